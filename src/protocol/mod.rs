@@ -1,0 +1,29 @@
+//! RESP framing. Requests are parsed far enough to name the command and find
+//! its keys ([`request`]); replies are only framed ([`reply`]). Neither
+//! re-encodes what it frames: the proxy forwards the bytes it received.
+
+pub mod reply;
+pub mod request;
+
+pub use reply::{Reply, ReplyKind, ReplyScanner};
+pub use request::{Command, RequestParser};
+
+/// A malformed client request. `Display` is Redis's exact error text; the
+/// connection is closed after replying with it, as Redis does.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("Protocol error: invalid multibulk length")]
+    InvalidMultibulkLength,
+    #[error("Protocol error: expected '$', got '{}'", char::from(*.0))]
+    ExpectedDollar(u8),
+    #[error("Protocol error: invalid bulk length")]
+    InvalidBulkLength,
+    #[error("Protocol error: unbalanced quotes in request")]
+    UnbalancedQuotes,
+    #[error("Protocol error: too big mbulk count string")]
+    TooBigMbulkCount,
+    #[error("Protocol error: too big bulk count string")]
+    TooBigBulkCount,
+    #[error("Protocol error: too big inline request")]
+    TooBigInline,
+}
