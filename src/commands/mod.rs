@@ -1,0 +1,232 @@
+//! The command table generated from Redis's own metadata, and what cutover
+//! derives from it: how each command is routed and where its keys are.
+//!
+//! Nothing here is typed by hand per command except the short, documented
+//! list in [`classify`] of commands whose routing Redis's flags do not decide
+//! (connection state, transactions, scripts that may write, what a proxy
+//! cannot carry yet).
+
+mod keys;
+mod spec;
+#[allow(dead_code)]
+#[rustfmt::skip]
+mod table;
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+pub use keys::{key_positions, KeyPositions};
+pub use spec::{
+    BeginSearch, CommandSpec, FindKeys, KeySpec, TIP_NONDETERMINISTIC_OUTPUT,
+    TIP_NONDETERMINISTIC_OUTPUT_ORDER,
+};
+pub use table::Group;
+
+use crate::protocol::Command;
+
+/// The Redis version the table was generated from.
+pub const TABLE_REDIS_VERSION: &str = table::REDIS_VERSION;
+
+static INDEX: LazyLock<HashMap<&'static [u8], &'static CommandSpec>> = LazyLock::new(|| {
+    let mut map = HashMap::new();
+    for spec in table::COMMANDS {
+        map.insert(spec.name.as_bytes(), spec);
+    }
+    map
+});
+
+/// Longest command name Redis knows is 20-odd bytes; anything longer is
+/// unknown without lowercasing it.
+const MAX_NAME: usize = 32;
+
+/// Finds a command's spec, descending into `container|sub` subcommands.
+/// `None`: not in the table (a module command, or newer than the table).
+pub fn lookup(cmd: &Command) -> Option<&'static CommandSpec> {
+    let spec = *INDEX.get(lowercase(cmd.name(), &mut [0; MAX_NAME])?)?;
+    if spec.subcommands.is_empty() {
+        return Some(spec);
+    }
+    let sub = cmd
+        .arg(1)
+        .and_then(|s| lowercase(s, &mut [0; MAX_NAME]).map(<[u8]>::to_vec));
+    let found = sub.and_then(|sub| {
+        spec.subcommands
+            .iter()
+            .find(|s| s.name.as_bytes().get(spec.name.len() + 1..) == Some(&sub[..]))
+    });
+    // An unknown subcommand is the container's: Redis itself replies with
+    // the "unknown subcommand" error.
+    Some(found.unwrap_or(spec))
+}
+
+fn lowercase<'a>(name: &[u8], buf: &'a mut [u8; MAX_NAME]) -> Option<&'a [u8]> {
+    let out = buf.get_mut(..name.len())?;
+    for (o, c) in out.iter_mut().zip(name) {
+        *o = c.to_ascii_lowercase();
+    }
+    Some(out)
+}
+
+/// How the proxy carries a command. Everything that is not a plain read or
+/// write is named here, with the reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Sent to the read side of its route.
+    Read,
+    /// Sent to the authoritative side, mirrored in dual phases.
+    Write,
+    /// Changes connection state: sent to every upstream connection of the
+    /// client and replayed on connections opened later.
+    State(StateCmd),
+    /// `MULTI`, `EXEC`, `DISCARD`, `WATCH`, `UNWATCH`.
+    Transaction(TxCmd),
+    /// Answered by the proxy: `QUIT`.
+    Quit,
+    /// Not carried by this version; the reason is sent to the client.
+    Unsupported(&'static str),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateCmd {
+    Select,
+    Hello,
+    Auth,
+    SetName,
+    SetInfo,
+    ReadOnly,
+    ReadWrite,
+    Reset,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxCmd {
+    Multi,
+    Exec,
+    Discard,
+    Watch,
+    Unwatch,
+}
+
+/// Decides how a known command is carried.
+///
+/// Decisions not taken from flags, and why:
+/// - `EVAL`, `EVALSHA`, `FCALL`: Redis 7.0 does not expose `may_replicate`,
+///   and a script may write, so they are writes (mirrored verbatim);
+///   `EVAL_RO`/`EVALSHA_RO`/`FCALL_RO` are flagged read-only and are reads.
+/// - `SCRIPT LOAD` / `SCRIPT FLUSH`: keyless writes so both sides share the
+///   script cache.
+/// - `PUBLISH` / `SPUBLISH`: writes routed by channel, so a subscriber on
+///   either side of a dual phase receives each message once.
+/// - Admin commands (`CONFIG SET`, `DEBUG`, `SHUTDOWN`, ...): reads, i.e.
+///   sent to the default route's read side only, never mirrored.
+/// - Replication (`SYNC`, `PSYNC`, `REPLCONF`), `MONITOR`, pub/sub
+///   subscriptions, `CLIENT REPLY`, `CLIENT TRACKING`: not carried yet.
+pub fn classify(spec: &CommandSpec, cmd: &Command) -> Kind {
+    use table::*;
+    match spec.name {
+        "select" => Kind::State(StateCmd::Select),
+        "hello" => Kind::State(StateCmd::Hello),
+        "auth" => Kind::State(StateCmd::Auth),
+        "client|setname" => Kind::State(StateCmd::SetName),
+        "client|setinfo" => Kind::State(StateCmd::SetInfo),
+        "readonly" => Kind::State(StateCmd::ReadOnly),
+        "readwrite" => Kind::State(StateCmd::ReadWrite),
+        "reset" => Kind::State(StateCmd::Reset),
+        "multi" => Kind::Transaction(TxCmd::Multi),
+        "exec" => Kind::Transaction(TxCmd::Exec),
+        "discard" => Kind::Transaction(TxCmd::Discard),
+        "watch" => Kind::Transaction(TxCmd::Watch),
+        "unwatch" => Kind::Transaction(TxCmd::Unwatch),
+        "quit" => Kind::Quit,
+        "eval" | "evalsha" | "fcall" | "script|load" | "script|flush" | "publish" | "spublish" => {
+            Kind::Write
+        }
+        "sync" | "psync" | "replconf" => {
+            Kind::Unsupported("replication cannot run through a proxy")
+        }
+        "monitor" => {
+            Kind::Unsupported("MONITOR is not supported by cutover; run it on the cache directly")
+        }
+        "client|tracking" | "client|caching" | "client|getredir" => {
+            Kind::Unsupported("client-side caching is not supported through cutover yet")
+        }
+        "client|reply" => match cmd.arg(2) {
+            Some(a) if a.eq_ignore_ascii_case(b"on") => Kind::Read,
+            _ => Kind::Unsupported("CLIENT REPLY OFF|SKIP is not supported through cutover"),
+        },
+        _ if spec.flags & F_PUBSUB != 0 && spec.name.contains("subscribe") => {
+            Kind::Unsupported("pub/sub subscriptions are not supported through cutover yet")
+        }
+        _ if spec.flags & F_WRITE != 0 => Kind::Write,
+        _ => Kind::Read,
+    }
+}
+
+/// True when the command may block its connection (exempt from the command
+/// timeout, and not mirrored as-is).
+pub fn is_blocking(spec: &CommandSpec) -> bool {
+    spec.flags & table::F_BLOCKING != 0 || spec.name == "wait" || spec.name == "waitaof"
+}
+
+/// Redis's check that `argc` satisfies the arity.
+pub fn arity_ok(spec: &CommandSpec, argc: usize) -> bool {
+    let a = spec.arity as i64;
+    (a >= 0 && argc as i64 == a) || (a < 0 && argc as i64 >= -a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(args: &[&str]) -> Command {
+        Command::from_args(args)
+    }
+
+    fn kind(args: &[&str]) -> Kind {
+        let c = cmd(args);
+        classify(lookup(&c).expect("known"), &c)
+    }
+
+    #[test]
+    fn lookup_is_case_insensitive_and_finds_subcommands() {
+        assert_eq!(lookup(&cmd(&["GeT", "k"])).unwrap().name, "get");
+        assert_eq!(
+            lookup(&cmd(&["client", "SETNAME", "x"])).unwrap().name,
+            "client|setname"
+        );
+        assert_eq!(lookup(&cmd(&["client", "nosuch"])).unwrap().name, "client");
+        assert!(lookup(&cmd(&["json.set", "k"])).is_none());
+        assert!(lookup(&cmd(&[&"x".repeat(100)])).is_none());
+    }
+
+    #[test]
+    fn classification() {
+        assert_eq!(kind(&["get", "k"]), Kind::Read);
+        assert_eq!(kind(&["set", "k", "v"]), Kind::Write);
+        assert_eq!(kind(&["ping"]), Kind::Read);
+        assert_eq!(kind(&["flushall"]), Kind::Write);
+        assert_eq!(kind(&["eval", "return 1", "0"]), Kind::Write);
+        assert_eq!(kind(&["eval_ro", "return 1", "0"]), Kind::Read);
+        assert_eq!(kind(&["select", "1"]), Kind::State(StateCmd::Select));
+        assert_eq!(
+            kind(&["client", "setname", "x"]),
+            Kind::State(StateCmd::SetName)
+        );
+        assert_eq!(kind(&["MULTI"]), Kind::Transaction(TxCmd::Multi));
+        assert!(matches!(kind(&["subscribe", "c"]), Kind::Unsupported(_)));
+        assert!(matches!(
+            kind(&["client", "reply", "off"]),
+            Kind::Unsupported(_)
+        ));
+        assert_eq!(kind(&["client", "reply", "on"]), Kind::Read);
+        assert!(is_blocking(lookup(&cmd(&["blpop", "k", "0"])).unwrap()));
+    }
+
+    #[test]
+    fn arity() {
+        let get = lookup(&cmd(&["get"])).unwrap();
+        assert!(arity_ok(get, 2) && !arity_ok(get, 1) && !arity_ok(get, 3));
+        let mset = lookup(&cmd(&["mset"])).unwrap();
+        assert!(arity_ok(mset, 3) && arity_ok(mset, 5) && !arity_ok(mset, 2));
+    }
+}
