@@ -1,0 +1,437 @@
+//! Settings: the TOML file (see `config/cutover.toml`), overridden by
+//! `CUTOVER_SECTION__KEY` environment variables, validated into typed errors
+//! that name the file and the field. Unknown keys are errors, never ignored.
+//!
+//! Loading is: parse the file with `toml` (for line-accurate errors), merge it
+//! with the environment through the `config` crate, then [`Settings::validate`].
+//! Nothing here touches the running proxy; the caller swaps what it built.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::routing::Phase;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub listen: Listen,
+    pub upstreams: Upstreams,
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub commands: CommandsConfig,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// `host:port` the proxy accepts clients on.
+    pub address: String,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Upstreams {
+    pub old: UpstreamConfig,
+    pub new: UpstreamConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `host:port` of the cache.
+    pub address: String,
+    /// ACL user for AUTH on every connection (Redis 6+); needs `password`.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Database selected on every new connection before the client's own SELECT.
+    #[serde(default)]
+    pub db: u32,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Longest wait for a reply before the connection is declared failed;
+    /// blocking commands are exempt. 0 disables.
+    #[serde(default = "default_command_timeout_ms")]
+    pub command_timeout_ms: u64,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    1000
+}
+
+fn default_command_timeout_ms() -> u64 {
+    5000
+}
+
+impl UpstreamConfig {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub fn command_timeout(&self) -> Option<Duration> {
+        (self.command_timeout_ms > 0).then(|| Duration::from_millis(self.command_timeout_ms))
+    }
+}
+
+/// A credential: deserialised from config or environment, never printed.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Redis glob patterns; absent on the one catch-all route, which is last.
+    #[serde(default)]
+    pub patterns: Option<Vec<String>>,
+    pub phase: Phase,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandsConfig {
+    #[serde(default)]
+    pub unknown: UnknownPolicy,
+}
+
+/// What to do with a command that is not in the generated table.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnknownPolicy {
+    /// Reply with an error naming `[commands] unknown`.
+    #[default]
+    Refuse,
+    /// Treat as a keyless write on the default route (mirrored in dual phases).
+    Write,
+    /// Treat as a keyless read on the default route.
+    Read,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest bulk argument accepted from a client (Redis's `proto-max-bulk-len`).
+    #[serde(default = "default_max_bulk_len")]
+    pub max_bulk_len: usize,
+    /// Client connections accepted at once (Redis's `maxclients`).
+    #[serde(default = "default_maxclients")]
+    pub maxclients: usize,
+    /// Deepest reply nesting accepted from an upstream.
+    #[serde(default = "default_max_reply_depth")]
+    pub max_reply_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bulk_len: default_max_bulk_len(),
+            maxclients: default_maxclients(),
+            max_reply_depth: default_max_reply_depth(),
+        }
+    }
+}
+
+fn default_max_bulk_len() -> usize {
+    crate::protocol::request::DEFAULT_MAX_BULK_LEN
+}
+
+fn default_maxclients() -> usize {
+    10_000
+}
+
+fn default_max_reply_depth() -> usize {
+    crate::protocol::reply::DEFAULT_MAX_DEPTH
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {file}: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {file}: {message}")]
+    Parse { file: PathBuf, message: String },
+    #[error("invalid configuration from environment (CUTOVER_*) over {file}: {message}")]
+    Env { file: PathBuf, message: String },
+    #[error("invalid config file {file}: {field}: {message}")]
+    Invalid {
+        file: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+/// Environment variables that configure the CLI, not the settings tree.
+const CLI_ENV: &[&str] = &["CUTOVER_CONFIG", "CUTOVER_LOG"];
+
+impl Settings {
+    /// Loads `path`, applies `CUTOVER_*` environment overrides and validates.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        Settings::load_with_env(path, std::env::vars())
+    }
+
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let file = path.to_path_buf();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        // Parsed once on its own so a mistake in the file is reported with
+        // its line and column, before the environment is merged in.
+        toml::from_str::<Settings>(&text).map_err(|e| ConfigError::Parse {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
+        let overrides: HashMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| {
+                k.starts_with("CUTOVER_") && k.contains("__") && !CLI_ENV.contains(&k.as_str())
+            })
+            .collect();
+        let settings: Settings = config::Config::builder()
+            .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("CUTOVER")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(Some(overrides)),
+            )
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Env {
+                file: file.clone(),
+                message: e.to_string(),
+            })?;
+        settings
+            .validate()
+            .map_err(|(field, message)| ConfigError::Invalid {
+                file,
+                field,
+                message,
+            })?;
+        Ok(settings)
+    }
+
+    /// Checks what serde cannot: the route list's shape and the addresses.
+    /// Errors are `(field, message)`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        check_address("listen.address", &self.listen.address)?;
+        check_address("upstreams.old.address", &self.upstreams.old.address)?;
+        check_address("upstreams.new.address", &self.upstreams.new.address)?;
+        for (side, up) in [("old", &self.upstreams.old), ("new", &self.upstreams.new)] {
+            if up.username.is_some() && up.password.is_none() {
+                return Err((
+                    format!("upstreams.{side}.username"),
+                    "a username needs a password".into(),
+                ));
+            }
+            if up.connect_timeout_ms == 0 {
+                return Err((
+                    format!("upstreams.{side}.connect_timeout_ms"),
+                    "must be greater than 0".into(),
+                ));
+            }
+        }
+        if self.routes.is_empty() {
+            return Err((
+                "routes".into(),
+                "at least one route is required: the default route, without `patterns`".into(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        let last = self.routes.len() - 1;
+        for (i, r) in self.routes.iter().enumerate() {
+            let field = format!("routes[{i}]");
+            if r.name.is_empty() {
+                return Err((format!("{field}.name"), "must not be empty".into()));
+            }
+            if !names.insert(r.name.as_str()) {
+                return Err((
+                    format!("{field}.name"),
+                    format!("duplicate route name {:?}", r.name),
+                ));
+            }
+            match &r.patterns {
+                None if i != last => {
+                    return Err((
+                        format!("{field}.patterns"),
+                        format!(
+                            "route {:?} has no patterns, so it is the default route, and the default route must be the last one",
+                            r.name
+                        ),
+                    ))
+                }
+                Some(_) if i == last => {
+                    return Err((
+                        format!("{field}.patterns"),
+                        format!("the last route ({:?}) must be the default route, without `patterns`", r.name),
+                    ))
+                }
+                Some(p) if p.is_empty() => {
+                    return Err((format!("{field}.patterns"), "must not be empty; omit it only on the default route".into()))
+                }
+                Some(p) if p.iter().any(String::is_empty) => {
+                    return Err((format!("{field}.patterns"), "a pattern must not be empty".into()))
+                }
+                _ => {}
+            }
+        }
+        if self.limits.maxclients == 0 {
+            return Err(("limits.maxclients".into(), "must be greater than 0".into()));
+        }
+        Ok(())
+    }
+}
+
+fn check_address(field: &str, addr: &str) -> Result<(), (String, String)> {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err((field.into(), format!("{addr:?} is not a host:port address"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[listen]
+address = "127.0.0.1:6400"
+
+[upstreams.old]
+address = "127.0.0.1:6379"
+
+[upstreams.new]
+address = "127.0.0.1:6380"
+
+[[routes]]
+name = "sessions"
+patterns = ["session:*", "sess:*"]
+phase = "dual-write"
+
+[[routes]]
+name = "default"
+phase = "old-only"
+"#;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cutover.toml");
+        std::fs::write(&path, text).unwrap();
+        Settings::load_with_env(
+            &path,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn the_contract_shape_loads() {
+        let s = load(GOOD, &[]).unwrap();
+        assert_eq!(s.routes.len(), 2);
+        assert_eq!(s.routes[0].phase, Phase::DualWrite);
+        assert_eq!(s.upstreams.old.command_timeout_ms, 5000);
+        assert_eq!(s.commands.unknown, UnknownPolicy::Refuse);
+    }
+
+    #[test]
+    fn typo_names_file_line_and_field() {
+        let err = load(
+            &GOOD.replace("[upstreams.new]\naddress", "[upstreams.new]\nadress"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("cutover.toml"), "{err}");
+        assert!(err.contains("adress"), "{err}");
+        assert!(err.contains("line 9"), "{err}");
+    }
+
+    #[test]
+    fn bad_phase_is_named() {
+        let err = load(&GOOD.replace("\"dual-write\"", "\"dual_write\""), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("dual_write") && err.contains("dual-write"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn env_overrides_with_prefix() {
+        let s = load(
+            GOOD,
+            &[
+                ("CUTOVER_UPSTREAMS__NEW__PASSWORD", "s3cret"),
+                ("CUTOVER_LISTEN__ADDRESS", "0.0.0.0:7000"),
+                ("CUTOVER_LOG", "debug"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            s.upstreams.new.password.as_ref().map(Secret::expose),
+            Some("s3cret")
+        );
+        assert_eq!(s.listen.address, "0.0.0.0:7000");
+        assert!(!format!("{s:?}").contains("s3cret"));
+        let err = load(GOOD, &[("CUTOVER_UPSTREAMS__NEW__PASWORD", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("paswor"), "{err}");
+    }
+
+    #[test]
+    fn route_shape_rules() {
+        let no_default = GOOD.replace(
+            "name = \"default\"\nphase",
+            "name = \"default\"\npatterns = [\"x\"]\nphase",
+        );
+        assert!(load(&no_default, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("routes[1].patterns"));
+        let default_first = GOOD.replace("patterns = [\"session:*\", \"sess:*\"]\n", "");
+        let err = load(&default_first, &[]).unwrap_err().to_string();
+        assert!(err.contains("routes[0].patterns"), "{err}");
+        let empty = GOOD.replace("[\"session:*\", \"sess:*\"]", "[]");
+        assert!(load(&empty, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("must not be empty"));
+        let dup = GOOD.replace("\"sessions\"", "\"default\"");
+        assert!(load(&dup, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("duplicate"));
+        let bad_addr = GOOD.replace("127.0.0.1:6380", "localhost");
+        assert!(load(&bad_addr, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("upstreams.new.address"));
+    }
+}

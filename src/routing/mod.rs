@@ -1,0 +1,291 @@
+//! Routes, phases and the hot-swappable routing table.
+//!
+//! The whole table lives behind one `ArcSwap`: a session loads it once per
+//! command, so a flip is a single pointer swap and a command already routed
+//! finishes under the table it was routed by. Counters are kept per route
+//! name outside the table, so they survive reloads.
+
+mod glob;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use serde::Deserialize;
+
+pub use glob::{string_match, Pattern};
+
+use crate::config::{RouteConfig, UnknownPolicy};
+
+/// One of the two caches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    Old,
+    New,
+}
+
+impl Side {
+    pub const BOTH: [Side; 2] = [Side::Old, Side::New];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Old => "old",
+            Side::New => "new",
+        }
+    }
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A route's migration phase (see DESIGN.md's table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    OldOnly,
+    DualWrite,
+    ReadNew,
+    NewOnly,
+}
+
+impl Phase {
+    /// Where reads go, and whose write reply the client sees.
+    pub fn authoritative(self) -> Side {
+        match self {
+            Phase::OldOnly | Phase::DualWrite => Side::Old,
+            Phase::ReadNew | Phase::NewOnly => Side::New,
+        }
+    }
+
+    /// Where writes are mirrored, in the dual phases.
+    pub fn mirror(self) -> Option<Side> {
+        match self {
+            Phase::DualWrite => Some(Side::New),
+            Phase::ReadNew => Some(Side::Old),
+            Phase::OldOnly | Phase::NewOnly => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::OldOnly => "old-only",
+            Phase::DualWrite => "dual-write",
+            Phase::ReadNew => "read-new",
+            Phase::NewOnly => "new-only",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Per-route counters. Relaxed atomics: they are statistics, not sync points.
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
+    /// Writes sent to the mirror side.
+    pub mirrored: AtomicU64,
+    /// Mirrored writes whose mirror reply was not an error.
+    pub mirror_ok: AtomicU64,
+    /// Mirrored writes the mirror answered with an error reply.
+    pub mirror_errors: AtomicU64,
+    /// Mirrored writes that never got a reply: mirror down, connection lost,
+    /// timed out. These keys may differ on the mirror until repaired.
+    pub mirror_failed: AtomicU64,
+}
+
+impl RouteStats {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> [(&'static str, u64); 6] {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("reads", g(&self.reads)),
+            ("writes", g(&self.writes)),
+            ("mirrored", g(&self.mirrored)),
+            ("mirror_ok", g(&self.mirror_ok)),
+            ("mirror_errors", g(&self.mirror_errors)),
+            ("mirror_failed", g(&self.mirror_failed)),
+        ]
+    }
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub patterns: Vec<Pattern>,
+    pub phase: Phase,
+    pub stats: Arc<RouteStats>,
+}
+
+/// An immutable routing table; the last route is the default. Everything a
+/// reload may change lives here, so one load gives a consistent view.
+#[derive(Debug)]
+pub struct RouteTable {
+    pub routes: Vec<Route>,
+    pub unknown: UnknownPolicy,
+    pub version: u64,
+}
+
+impl RouteTable {
+    /// Index of the first route whose patterns match `key` (the default
+    /// route when none does).
+    pub fn route_of(&self, key: &[u8]) -> usize {
+        let last = self.routes.len() - 1;
+        self.routes[..last]
+            .iter()
+            .position(|r| r.patterns.iter().any(|p| p.matches(key)))
+            .unwrap_or(last)
+    }
+
+    pub fn default_route(&self) -> usize {
+        self.routes.len() - 1
+    }
+}
+
+/// Holds the live table and the counters; the single writer of the swap.
+#[derive(Debug)]
+pub struct Router {
+    table: ArcSwap<RouteTable>,
+    stats: Mutex<HashMap<String, Arc<RouteStats>>>,
+}
+
+impl Router {
+    /// Builds a router from validated route configs.
+    pub fn new(routes: &[RouteConfig], unknown: UnknownPolicy) -> Router {
+        let router = Router {
+            table: ArcSwap::from_pointee(RouteTable {
+                routes: Vec::new(),
+                unknown,
+                version: 0,
+            }),
+            stats: Mutex::new(HashMap::new()),
+        };
+        router.replace(routes, unknown);
+        router
+    }
+
+    /// The current table; hold the guard for one command, not longer.
+    pub fn load(&self) -> arc_swap::Guard<Arc<RouteTable>> {
+        self.table.load()
+    }
+
+    pub fn current(&self) -> Arc<RouteTable> {
+        self.table.load_full()
+    }
+
+    /// Atomically installs a table built from `routes` (already validated).
+    /// Returns the new version. Writers are serialised by the stats lock.
+    pub fn replace(&self, routes: &[RouteConfig], unknown: UnknownPolicy) -> u64 {
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let version = self.table.load().version + 1;
+        let routes = routes
+            .iter()
+            .map(|r| Route {
+                name: r.name.as_str().into(),
+                patterns: r
+                    .patterns
+                    .iter()
+                    .flatten()
+                    .map(|p| Pattern::new(p.as_bytes()))
+                    .collect(),
+                phase: r.phase,
+                stats: stats.entry(r.name.clone()).or_default().clone(),
+            })
+            .collect();
+        self.table.store(Arc::new(RouteTable {
+            routes,
+            unknown,
+            version,
+        }));
+        version
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(name: &str, patterns: Option<&[&str]>, phase: Phase) -> RouteConfig {
+        RouteConfig {
+            name: name.into(),
+            patterns: patterns.map(|p| p.iter().map(|s| s.to_string()).collect()),
+            phase,
+        }
+    }
+
+    #[test]
+    fn first_match_wins_and_default_catches_rest() {
+        let r = Router::new(
+            &[
+                cfg("a", Some(&["user:admin:*"]), Phase::OldOnly),
+                cfg("b", Some(&["user:*", "u:*"]), Phase::DualWrite),
+                cfg("default", None, Phase::OldOnly),
+            ],
+            UnknownPolicy::Refuse,
+        );
+        let t = r.load();
+        assert_eq!(t.route_of(b"user:admin:1"), 0);
+        assert_eq!(t.route_of(b"user:7"), 1);
+        assert_eq!(t.route_of(b"u:7"), 1);
+        assert_eq!(t.route_of(b"other"), 2);
+    }
+
+    #[test]
+    fn stats_survive_a_reload_and_versions_increase() {
+        let r = Router::new(
+            &[
+                cfg("s", Some(&["s:*"]), Phase::DualWrite),
+                cfg("default", None, Phase::OldOnly),
+            ],
+            UnknownPolicy::Refuse,
+        );
+        RouteStats::bump(&r.load().routes[0].stats.writes);
+        let v = r.replace(
+            &[
+                cfg("s", Some(&["s:*"]), Phase::ReadNew),
+                cfg("default", None, Phase::OldOnly),
+            ],
+            UnknownPolicy::Write,
+        );
+        let t = r.load();
+        assert_eq!(t.version, v);
+        assert_eq!(t.routes[0].phase, Phase::ReadNew);
+        assert_eq!(t.routes[0].stats.writes.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn phase_sides() {
+        assert_eq!(
+            (Phase::OldOnly.authoritative(), Phase::OldOnly.mirror()),
+            (Side::Old, None)
+        );
+        assert_eq!(
+            (Phase::DualWrite.authoritative(), Phase::DualWrite.mirror()),
+            (Side::Old, Some(Side::New))
+        );
+        assert_eq!(
+            (Phase::ReadNew.authoritative(), Phase::ReadNew.mirror()),
+            (Side::New, Some(Side::Old))
+        );
+        assert_eq!(
+            (Phase::NewOnly.authoritative(), Phase::NewOnly.mirror()),
+            (Side::New, None)
+        );
+    }
+}
