@@ -1,0 +1,63 @@
+//! Data-path errors. Each says which side failed; [`UpstreamError::reply`]
+//! is what the client sees when it was waiting on that side.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::protocol::reply::ReplyError;
+use crate::routing::Side;
+
+/// An upstream connection that could not be opened or had to be dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream {side} ({addr}): connect failed: {source}")]
+    Connect {
+        side: Side,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("upstream {side} ({addr}): connect timed out after {after:?}")]
+    ConnectTimeout {
+        side: Side,
+        addr: String,
+        after: Duration,
+    },
+    #[error("upstream {side} ({addr}): connection setup failed at {step}: {reply}")]
+    Handshake {
+        side: Side,
+        addr: String,
+        step: &'static str,
+        reply: String,
+    },
+    #[error("upstream {side} ({addr}): {source}")]
+    Io {
+        side: Side,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("upstream {side} ({addr}): connection closed")]
+    Closed { side: Side, addr: String },
+    #[error("upstream {side} ({addr}): no reply within {after:?}")]
+    Timeout {
+        side: Side,
+        addr: String,
+        after: Duration,
+    },
+    #[error("upstream {side} ({addr}): malformed reply: {source}")]
+    Protocol {
+        side: Side,
+        addr: String,
+        source: ReplyError,
+    },
+    #[error("upstream {side} ({addr}): unavailable, reconnecting")]
+    Backoff { side: Side, addr: String },
+}
+
+impl UpstreamError {
+    /// The `-ERR` reply for a client command that was waiting on this side.
+    pub fn reply(&self) -> Bytes {
+        let text = self.to_string().replace(['\r', '\n'], " ");
+        Bytes::from(format!("-ERR cutover: {text}\r\n"))
+    }
+}

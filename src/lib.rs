@@ -1,0 +1,42 @@
+//! # cutover
+//!
+//! A transparent RESP proxy for moving a live Redis workload from one cache
+//! (`old`) to another (`new`): reads go to one side, writes to both, and each
+//! route flips from old to new once new is warm. See `DESIGN.md` (shared)
+//! for the contract and `README.md` for operation.
+//!
+//! # Layout
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`config`] | the TOML settings, environment overrides, validation errors |
+//! | [`protocol`] | request parsing (multibulk + inline, Redis's limits and errors) and reply framing |
+//! | [`commands`] | the command table generated from Redis 7, key positions, how each command is carried |
+//! | [`routing`] | routes, phases, Redis globs, the `ArcSwap`ped table and per-route counters |
+//! | [`upstream`] | opening and setting up a connection to `old` or `new`, reconnect backoff |
+//! | [`session`] | one client: route each command, order replies, mirror writes, replay state |
+//! | [`server`] | accept loop, `maxclients`, graceful shutdown |
+//! | [`reload`] | SIGHUP / file-change reload of the routing table |
+//! | [`error`] | data-path error types |
+//!
+//! # Data path
+//!
+//! ```text
+//! client bytes -> RequestParser (raw Bytes kept) -> lookup + classify + key positions
+//!   -> route (one ArcSwap load) -> phase
+//!   -> authoritative side: raw bytes appended to its write buffer; reply framed by
+//!      ReplyScanner and returned to the client in order (Slot FIFO)
+//!   -> mirror side (dual phases): same raw bytes; reply counted, never shown
+//! ```
+
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod protocol;
+pub mod reload;
+pub mod routing;
+pub mod server;
+pub mod session;
+pub mod upstream;
+
+pub use server::Proxy;

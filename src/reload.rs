@@ -1,0 +1,116 @@
+//! Hot reload of the routing table: on SIGHUP and whenever the config file
+//! changes, load and validate the file, then swap the table in one store.
+//! An invalid file is logged and the running table stays. Changes that need
+//! a restart (upstream addresses, listener, limits) are applied only to
+//! routes and the unknown-command policy, and said so in the log.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use crate::config::Settings;
+use crate::server::describe;
+use crate::session::Shared;
+
+/// Editors write a file in several steps; wait for them to settle.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Why a reload was requested, for the log.
+#[derive(Clone, Copy, Debug)]
+enum Trigger {
+    Signal,
+    FileChange,
+}
+
+/// Sets up the SIGHUP handler and the file watcher, and returns the task
+/// that reloads on either. Fails only if neither can be installed.
+pub fn watch(
+    path: PathBuf,
+    running: Settings,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<impl Future<Output = ()>> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let hup_tx = tx.clone();
+    let watcher = file_watcher(&path, tx);
+    Ok(async move {
+        // Kept alive for as long as this task runs.
+        let _watcher = watcher;
+        let forward = async {
+            while hup.recv().await.is_some() {
+                if hup_tx.send(Trigger::Signal).is_err() {
+                    break;
+                }
+            }
+        };
+        tokio::pin!(forward);
+        loop {
+            let trigger = tokio::select! {
+                t = rx.recv() => match t { Some(t) => t, None => break },
+                () = &mut forward => break,
+                _ = shutdown.changed() => break,
+            };
+            tokio::time::sleep(DEBOUNCE).await;
+            while rx.try_recv().is_ok() {}
+            reload_once(&path, &running, &shared, trigger);
+        }
+    })
+}
+
+fn file_watcher(
+    path: &std::path::Path,
+    tx: mpsc::UnboundedSender<Trigger>,
+) -> Option<notify::RecommendedWatcher> {
+    let name = path.file_name()?.to_owned();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    // The directory is watched, not the file: editors and config management
+    // replace the file by renaming a new one over it.
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            let ours = ev
+                .paths
+                .iter()
+                .any(|p| p.file_name() == Some(name.as_os_str()));
+            if ours && (ev.kind.is_modify() || ev.kind.is_create()) {
+                let _ = tx.send(Trigger::FileChange);
+            }
+        }
+    })
+    .map_err(|e| warn!(error = %e, "cannot watch the config file; reload with SIGHUP"))
+    .ok()?;
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|e| warn!(error = %e, dir = %dir.display(), "cannot watch the config directory; reload with SIGHUP"))
+        .ok()?;
+    Some(watcher)
+}
+
+fn reload_once(path: &std::path::Path, running: &Settings, shared: &Shared, trigger: Trigger) {
+    let next = match Settings::load(path) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(?trigger, error = %e, "config reload rejected; the running routing table stays");
+            return;
+        }
+    };
+    if next.upstreams != running.upstreams || next.listen.address != running.listen.address {
+        warn!(?trigger, "config reload: listener or upstream settings changed; they take effect only after a restart");
+    }
+    let before = describe(&shared.router);
+    let version = shared.router.replace(&next.routes, next.commands.unknown);
+    let after = describe(&shared.router);
+    if before == after {
+        info!(?trigger, version, routes = %after, "config reloaded, routes unchanged");
+    } else {
+        info!(?trigger, version, before = %before, routes = %after, "config reloaded, routing table swapped");
+    }
+}

@@ -1,0 +1,553 @@
+//! One client connection: decode, classify, route, and return replies in the
+//! order the client sent its commands.
+//!
+//! A session is a single task owning the client socket and the client's own
+//! connection to each upstream it uses (opened lazily). Commands are parsed
+//! from the client's bytes, routed with one load of the routing table each,
+//! and their original bytes appended to the chosen upstream's write buffer,
+//! so a pipeline goes out in one write. Every command sent records what its
+//! reply is for ([`Target`]): the client (a slot in `order`), a mirror (counted
+//! and dropped), or setup (checked and dropped). Replies from each upstream
+//! arrive in send order, so matching is positional; `order` then interleaves
+//! the two sides back into the client's order.
+//!
+//! What a session must not do: wait on a mirror. A mirror's replies, errors,
+//! slowness or death only change counters.
+
+mod route;
+mod state;
+
+use std::collections::VecDeque;
+use std::future::pending;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Sleep;
+use tracing::{debug, warn};
+
+use crate::config::Limits;
+use crate::error::UpstreamError;
+use crate::protocol::{Command, ReplyKind, ReplyScanner, RequestParser};
+use crate::routing::{RouteStats, Router, Side};
+use crate::upstream::{Conn, Upstream};
+
+pub use state::ConnState;
+
+/// Everything sessions share: the live routing table and the upstreams.
+#[derive(Debug)]
+pub struct Shared {
+    pub router: Router,
+    pub upstreams: [Upstream; 2],
+    pub limits: Limits,
+}
+
+impl Shared {
+    fn upstream(&self, side: Side) -> &Upstream {
+        &self.upstreams[side.index()]
+    }
+}
+
+/// Stop reading from a client that has this many replies outstanding or
+/// this many reply bytes unread (Redis's output-buffer limits, simplified).
+const MAX_PENDING_REPLIES: usize = 100_000;
+const MAX_OUTPUT_BYTES: usize = 64 * 1024 * 1024;
+/// How long a closing session waits for mirrored writes still in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the reply to a command sent upstream goes.
+#[derive(Debug)]
+enum Target {
+    /// To the client, in order. `undo` restores the connection state if the
+    /// command changed it and the reply is an error.
+    Client { undo: Option<Box<ConnState>> },
+    /// A mirrored write: counted on its route, never shown to the client.
+    Mirror(Arc<RouteStats>),
+    /// Proxy-internal (state propagated to the other side, a DISCARD in
+    /// place of an aborted EXEC): dropped, errors logged.
+    Quiet(&'static str),
+}
+
+#[derive(Debug)]
+struct Expect {
+    target: Target,
+    /// When the reply is overdue; `None` for blocking commands.
+    deadline: Option<Instant>,
+}
+
+/// A position in the client's reply order.
+#[derive(Debug)]
+enum Slot {
+    /// The next client-bound reply from this side.
+    Upstream(Side),
+    /// A reply made by the proxy (errors, QUIT's OK).
+    Local(Bytes),
+    /// Close the connection once everything before this is written.
+    Close,
+}
+
+enum Link {
+    Idle,
+    Connecting(JoinHandle<Result<Conn, UpstreamError>>),
+    Up(Conn),
+}
+
+enum SideEvent {
+    Connected(Result<Conn, UpstreamError>),
+    Read(std::io::Result<usize>),
+    Wrote(std::io::Result<usize>),
+}
+
+/// The client's connection to one upstream and what is in flight on it.
+struct SideConn {
+    side: Side,
+    link: Link,
+    /// Bytes queued for the upstream (written when connected and writable).
+    wbuf: BytesMut,
+    rbuf: BytesMut,
+    scanner: ReplyScanner,
+    inflight: VecDeque<Expect>,
+    /// Client-bound replies that arrived before their turn in `order`.
+    ready: VecDeque<Bytes>,
+}
+
+impl SideConn {
+    fn new(side: Side, max_depth: usize) -> SideConn {
+        SideConn {
+            side,
+            link: Link::Idle,
+            wbuf: BytesMut::new(),
+            rbuf: BytesMut::new(),
+            scanner: ReplyScanner::new(max_depth),
+            inflight: VecDeque::new(),
+            ready: VecDeque::new(),
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        matches!(self.link, Link::Idle)
+    }
+
+    fn settled(&self) -> bool {
+        self.inflight.is_empty() && self.wbuf.is_empty()
+    }
+
+    async fn event(&mut self) -> SideEvent {
+        match &mut self.link {
+            Link::Idle => pending().await,
+            Link::Connecting(task) => SideEvent::Connected(match task.await {
+                Ok(r) => r,
+                Err(e) => Err(UpstreamError::Io {
+                    side: self.side,
+                    addr: String::new(),
+                    source: std::io::Error::other(e),
+                }),
+            }),
+            Link::Up(conn) => {
+                let want_write = !self.wbuf.is_empty();
+                tokio::select! {
+                    biased;
+                    r = conn.wr.write(&self.wbuf), if want_write => SideEvent::Wrote(r),
+                    r = conn.rd.read_buf(&mut self.rbuf) => SideEvent::Read(r),
+                }
+            }
+        }
+    }
+}
+
+/// An open MULTI: which side it runs on, and whether a command was refused
+/// while queueing (EXEC then aborts, as Redis does after a queueing error).
+#[derive(Debug)]
+struct Tx {
+    side: Side,
+    aborted: bool,
+}
+
+pub struct Session<R, W> {
+    shared: Arc<Shared>,
+    client_rd: R,
+    client_wr: W,
+    cbuf: BytesMut,
+    parser: RequestParser,
+    out: BytesMut,
+    order: VecDeque<Slot>,
+    sides: [SideConn; 2],
+    state: ConnState,
+    tx: Option<Tx>,
+    /// The side WATCH went to; MULTI must follow it there.
+    watch_side: Option<Side>,
+    /// Still reading commands from the client.
+    reading: bool,
+    /// Client output failed: replies are dropped, mirrors still drained.
+    client_gone: bool,
+    drain_deadline: Option<Instant>,
+    timer: Pin<Box<Sleep>>,
+    timer_at: Option<Instant>,
+}
+
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    pub fn new(shared: Arc<Shared>, client_rd: R, client_wr: W) -> Session<R, W> {
+        let depth = shared.limits.max_reply_depth;
+        let parser = RequestParser::new(shared.limits.max_bulk_len);
+        Session {
+            shared,
+            client_rd,
+            client_wr,
+            cbuf: BytesMut::with_capacity(16 * 1024),
+            parser,
+            out: BytesMut::with_capacity(16 * 1024),
+            order: VecDeque::new(),
+            sides: [
+                SideConn::new(Side::Old, depth),
+                SideConn::new(Side::New, depth),
+            ],
+            state: ConnState::default(),
+            tx: None,
+            watch_side: None,
+            reading: true,
+            client_gone: false,
+            drain_deadline: None,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            timer_at: None,
+        }
+    }
+
+    /// Runs until the client leaves (or is closed) and in-flight mirrored
+    /// writes have landed, or `shutdown` fires and the session has drained.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            self.drain_ready();
+            if !self.reading {
+                if self.done() {
+                    break;
+                }
+                let deadline = *self
+                    .drain_deadline
+                    .get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
+                if Instant::now() >= deadline {
+                    self.abandon();
+                    break;
+                }
+            }
+            self.arm_timer();
+            let can_read = self.reading
+                && self.order.len() < MAX_PENDING_REPLIES
+                && self.out.len() < MAX_OUTPUT_BYTES;
+            let write_client = !self.out.is_empty() && !self.client_gone;
+            let timer_armed = self.timer_at.is_some();
+            let [old, new] = &mut self.sides;
+            tokio::select! {
+                biased;
+                ev = old.event() => self.on_side_event(Side::Old, ev),
+                ev = new.event() => self.on_side_event(Side::New, ev),
+                r = self.client_wr.write(&self.out), if write_client => match r {
+                    Ok(n) if n > 0 => self.out.advance(n),
+                    _ => self.client_left(),
+                },
+                r = self.client_rd.read_buf(&mut self.cbuf), if can_read => match r {
+                    Ok(n) if n > 0 => self.on_client_bytes(),
+                    _ => self.reading = false,
+                },
+                () = &mut self.timer, if timer_armed => self.on_timer(),
+                _ = shutdown.changed(), if self.reading => self.reading = false,
+                // Drain deadline while nothing else happens.
+                () = tokio::time::sleep(DRAIN_TIMEOUT), if !self.reading => {}
+            }
+        }
+        let _ = self.client_wr.shutdown().await;
+    }
+
+    fn done(&self) -> bool {
+        let client_done = self.client_gone || (self.order.is_empty() && self.out.is_empty());
+        client_done && self.sides.iter().all(SideConn::settled)
+    }
+
+    fn client_left(&mut self) {
+        self.client_gone = true;
+        self.reading = false;
+        self.out.clear();
+    }
+
+    /// Gives up on whatever is still in flight when the drain times out.
+    fn abandon(&mut self) {
+        for s in Side::BOTH {
+            let err = UpstreamError::Timeout {
+                side: s,
+                addr: self.shared.upstream(s).addr().into(),
+                after: DRAIN_TIMEOUT,
+            };
+            if !self.sides[s.index()].settled() {
+                self.fail_side(s, err);
+            }
+        }
+    }
+
+    fn on_client_bytes(&mut self) {
+        loop {
+            match self.parser.parse(&mut self.cbuf) {
+                Ok(Some(cmd)) => {
+                    self.dispatch(cmd);
+                    if !self.reading {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    debug!(error = %e, "client protocol error; closing");
+                    self.local(Bytes::from(format!("-ERR {e}\r\n")));
+                    self.close_after_replies();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Queues a proxy-made reply in order.
+    fn local(&mut self, reply: Bytes) {
+        self.order.push_back(Slot::Local(reply));
+    }
+
+    fn close_after_replies(&mut self) {
+        self.order.push_back(Slot::Close);
+        self.reading = false;
+        self.cbuf.clear();
+    }
+
+    /// Sends `cmd` to `side`, opening the connection if needed.
+    fn send(&mut self, side: Side, cmd: &Command, target: Target, blocking: bool) {
+        let upstream = self.shared.upstream(side);
+        let sc = &mut self.sides[side.index()];
+        if sc.is_idle() {
+            if let Target::Mirror(stats) = &target {
+                if !upstream.may_try() {
+                    RouteStats::bump(&stats.mirror_failed);
+                    return;
+                }
+            }
+            let shared = self.shared.clone();
+            let mut setup = upstream.base_setup();
+            setup.extend(self.state.replay(upstream.config.db));
+            let depth = self.shared.limits.max_reply_depth;
+            sc.link = Link::Connecting(tokio::spawn(async move {
+                shared.upstream(side).connect(setup, depth).await
+            }));
+        }
+        if matches!(target, Target::Client { .. }) {
+            self.order.push_back(Slot::Upstream(side));
+        }
+        let deadline = if blocking {
+            None
+        } else {
+            upstream
+                .config
+                .command_timeout()
+                .map(|t| Instant::now() + t)
+        };
+        sc.wbuf.extend_from_slice(cmd.raw());
+        sc.inflight.push_back(Expect { target, deadline });
+    }
+
+    fn on_side_event(&mut self, side: Side, ev: SideEvent) {
+        let sc = &mut self.sides[side.index()];
+        match ev {
+            SideEvent::Connected(Ok(conn)) => sc.link = Link::Up(conn),
+            SideEvent::Connected(Err(e)) => self.fail_side(side, e),
+            SideEvent::Wrote(Ok(n)) if n > 0 => sc.wbuf.advance(n),
+            SideEvent::Read(Ok(n)) if n > 0 => self.on_upstream_bytes(side),
+            SideEvent::Wrote(r) | SideEvent::Read(r) => {
+                let addr = self.shared.upstream(side).addr().into();
+                let err = match r {
+                    Err(source) => UpstreamError::Io { side, addr, source },
+                    Ok(_) => UpstreamError::Closed { side, addr },
+                };
+                self.fail_side(side, err);
+            }
+        }
+    }
+
+    fn on_upstream_bytes(&mut self, side: Side) {
+        loop {
+            let sc = &mut self.sides[side.index()];
+            let reply = match sc.scanner.next(&mut sc.rbuf) {
+                Ok(Some(r)) => r,
+                Ok(None) => return,
+                Err(source) => {
+                    let addr = self.shared.upstream(side).addr().into();
+                    return self.fail_side(side, UpstreamError::Protocol { side, addr, source });
+                }
+            };
+            if reply.kind == ReplyKind::Push {
+                // Out of band: never the reply to a command. Only the default
+                // route's read side may speak to the client unprompted.
+                if side
+                    == self
+                        .shared
+                        .router
+                        .load()
+                        .routes
+                        .last()
+                        .map_or(Side::Old, |r| r.phase.authoritative())
+                {
+                    self.out.extend_from_slice(&reply.bytes);
+                }
+                continue;
+            }
+            let Some(expect) = sc.inflight.pop_front() else {
+                let addr = self.shared.upstream(side).addr().into();
+                warn!(%side, "reply with no command waiting for it; dropping the connection");
+                return self.fail_side(side, UpstreamError::Closed { side, addr });
+            };
+            match expect.target {
+                Target::Client { undo } => {
+                    if reply.is_error() {
+                        if let Some(prev) = undo {
+                            self.state = *prev;
+                        }
+                    }
+                    sc.ready.push_back(reply.bytes);
+                }
+                Target::Mirror(stats) => {
+                    if reply.is_error() {
+                        RouteStats::bump(&stats.mirror_errors);
+                        debug!(%side, reply = %String::from_utf8_lossy(&reply.bytes).trim_end(), "mirror replied with an error");
+                    } else {
+                        RouteStats::bump(&stats.mirror_ok);
+                    }
+                }
+                Target::Quiet(what) => {
+                    if reply.is_error() {
+                        warn!(%side, what, reply = %String::from_utf8_lossy(&reply.bytes).trim_end(), "upstream refused a command the proxy sent");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops the connection to `side`: the client gets an error for each
+    /// reply it was waiting for from it, mirrored writes count as failed.
+    fn fail_side(&mut self, side: Side, err: UpstreamError) {
+        let sc = &mut self.sides[side.index()];
+        if let Link::Connecting(task) = &sc.link {
+            task.abort();
+        }
+        let mut lost_mirrors = 0;
+        let reply = err.reply();
+        for e in sc.inflight.drain(..) {
+            match e.target {
+                Target::Client { .. } => sc.ready.push_back(reply.clone()),
+                Target::Mirror(stats) => {
+                    RouteStats::bump(&stats.mirror_failed);
+                    lost_mirrors += 1;
+                }
+                Target::Quiet(_) => {}
+            }
+        }
+        warn!(error = %err, lost_mirrors, "upstream connection dropped");
+        sc.link = Link::Idle;
+        sc.wbuf.clear();
+        sc.rbuf.clear();
+        sc.scanner = ReplyScanner::new(self.shared.limits.max_reply_depth);
+        if self.tx.as_ref().is_some_and(|t| t.side == side) {
+            self.tx = None;
+        }
+        if self.watch_side == Some(side) {
+            self.watch_side = None;
+        }
+    }
+
+    /// Moves replies whose turn has come to the client output buffer.
+    fn drain_ready(&mut self) {
+        while let Some(slot) = self.order.front() {
+            match slot {
+                Slot::Upstream(side) => {
+                    let Some(reply) = self.sides[side.index()].ready.pop_front() else {
+                        return;
+                    };
+                    if !self.client_gone {
+                        self.out.extend_from_slice(&reply);
+                    }
+                }
+                Slot::Local(reply) => {
+                    if !self.client_gone {
+                        self.out.extend_from_slice(reply);
+                    }
+                }
+                Slot::Close => {
+                    self.reading = false;
+                    self.order.clear();
+                    return;
+                }
+            }
+            self.order.pop_front();
+        }
+    }
+
+    /// Arms the command-timeout timer for the earliest deadline at the head
+    /// of either side. It may fire early (the head moved on); `on_timer`
+    /// then simply re-arms.
+    fn arm_timer(&mut self) {
+        let next = self
+            .sides
+            .iter()
+            .filter_map(|s| s.inflight.front().and_then(|e| e.deadline))
+            .min();
+        match (next, self.timer_at) {
+            (None, _) => self.timer_at = None,
+            (Some(d), Some(at)) if at <= d => {}
+            (Some(d), _) => {
+                self.timer.as_mut().reset(d.into());
+                self.timer_at = Some(d);
+            }
+        }
+    }
+
+    fn on_timer(&mut self) {
+        self.timer_at = None;
+        let now = Instant::now();
+        for side in Side::BOTH {
+            let overdue = self.sides[side.index()]
+                .inflight
+                .front()
+                .and_then(|e| e.deadline)
+                .is_some_and(|d| d <= now);
+            if overdue {
+                let up = self.shared.upstream(side);
+                let after = up.config.command_timeout().unwrap_or_default();
+                self.fail_side(
+                    side,
+                    UpstreamError::Timeout {
+                        side,
+                        addr: up.addr().into(),
+                        after,
+                    },
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_error_reply_is_one_line() {
+        let e = UpstreamError::Handshake {
+            side: Side::New,
+            addr: "h:1".into(),
+            step: "SELECT",
+            reply: "ERR x\r\ny".into(),
+        };
+        let r = e.reply();
+        assert!(r.starts_with(b"-ERR cutover: upstream new (h:1)"));
+        assert_eq!(r.iter().filter(|&&b| b == b'\n').count(), 1);
+    }
+}

@@ -1,0 +1,213 @@
+//! The connection state a client has set (SELECT, HELLO, AUTH, CLIENT
+//! SETNAME/SETINFO, READONLY), kept so it can be replayed on an upstream
+//! connection opened later. Updated when the command is sent and undone if
+//! the authoritative side refuses it.
+
+use bytes::Bytes;
+
+use crate::commands::StateCmd;
+use crate::protocol::request::string2ll;
+use crate::protocol::Command;
+use crate::upstream::SetupStep;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnState {
+    /// The argument of the last SELECT.
+    db: Option<Bytes>,
+    /// Protocol version chosen with HELLO (2 when never sent).
+    protover: Option<Bytes>,
+    /// The client's own AUTH, as an `AUTH [user] pass` command.
+    auth: Option<Command>,
+    name: Option<Bytes>,
+    lib_name: Option<Bytes>,
+    lib_ver: Option<Bytes>,
+    readonly: bool,
+}
+
+fn owned(arg: Option<&[u8]>) -> Option<Bytes> {
+    arg.map(Bytes::copy_from_slice)
+}
+
+impl ConnState {
+    pub fn is_resp3(&self) -> bool {
+        self.protover.as_deref() == Some(b"3")
+    }
+
+    /// Records the effect `cmd` will have if it succeeds. Returns false when
+    /// the command is malformed (it is still forwarded: Redis answers it).
+    pub fn apply(&mut self, kind: StateCmd, cmd: &Command) -> bool {
+        match kind {
+            StateCmd::Select => match cmd.arg(1) {
+                Some(db) if cmd.len() == 2 && string2ll(db).is_some() => self.db = owned(Some(db)),
+                _ => return false,
+            },
+            StateCmd::Hello => return self.apply_hello(cmd),
+            StateCmd::Auth => {
+                if !(2..=3).contains(&cmd.len()) {
+                    return false;
+                }
+                self.auth = Some(cmd.clone());
+            }
+            StateCmd::SetName => match cmd.arg(2) {
+                Some(name) if cmd.len() == 3 => {
+                    self.name = (!name.is_empty()).then(|| Bytes::copy_from_slice(name))
+                }
+                _ => return false,
+            },
+            StateCmd::SetInfo => {
+                let (Some(attr), Some(value)) = (cmd.arg(2), cmd.arg(3)) else {
+                    return false;
+                };
+                if attr.eq_ignore_ascii_case(b"lib-name") {
+                    self.lib_name = owned(Some(value));
+                } else if attr.eq_ignore_ascii_case(b"lib-ver") {
+                    self.lib_ver = owned(Some(value));
+                } else {
+                    return false;
+                }
+            }
+            StateCmd::ReadOnly => self.readonly = true,
+            StateCmd::ReadWrite => self.readonly = false,
+            StateCmd::Reset => {
+                // RESET keeps the authenticated user: Redis does not log out.
+                let auth = self.auth.take();
+                *self = ConnState {
+                    auth,
+                    ..ConnState::default()
+                };
+            }
+        }
+        true
+    }
+
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`.
+    fn apply_hello(&mut self, cmd: &Command) -> bool {
+        let mut next = ConnState { ..self.clone() };
+        if let Some(v) = cmd.arg(1) {
+            if !matches!(v, b"2" | b"3") {
+                return false;
+            }
+            next.protover = owned(Some(v));
+        }
+        let mut i = 2;
+        while i < cmd.len() {
+            let opt = cmd.arg(i).unwrap_or_default();
+            if opt.eq_ignore_ascii_case(b"auth") && i + 2 < cmd.len() {
+                next.auth = Some(Command::from_args(&[
+                    b"AUTH",
+                    cmd.arg(i + 1).unwrap_or_default(),
+                    cmd.arg(i + 2).unwrap_or_default(),
+                ]));
+                i += 3;
+            } else if opt.eq_ignore_ascii_case(b"setname") && i + 1 < cmd.len() {
+                next.name = owned(cmd.arg(i + 1));
+                i += 2;
+            } else {
+                return false;
+            }
+        }
+        *self = next;
+        true
+    }
+
+    /// The commands that give a fresh upstream connection this state, in
+    /// an order Redis accepts (authenticate first).
+    pub fn replay(&self, default_db: u32) -> Vec<SetupStep> {
+        let mut steps = Vec::new();
+        if let Some(auth) = &self.auth {
+            steps.push(("AUTH (client credentials)", auth.clone()));
+        }
+        if let Some(v) = &self.protover {
+            steps.push(("HELLO", Command::from_args(&[&b"HELLO"[..], v])));
+        }
+        match &self.db {
+            Some(db) => steps.push(("SELECT", Command::from_args(&[&b"SELECT"[..], db]))),
+            None if default_db != 0 => steps.push((
+                "SELECT (upstream db)",
+                Command::from_args(&[b"SELECT", default_db.to_string().as_bytes()]),
+            )),
+            None => {}
+        }
+        if let Some(name) = &self.name {
+            steps.push((
+                "CLIENT SETNAME",
+                Command::from_args(&[&b"CLIENT"[..], b"SETNAME", name]),
+            ));
+        }
+        if let Some(v) = &self.lib_name {
+            steps.push((
+                "CLIENT SETINFO",
+                Command::from_args(&[&b"CLIENT"[..], b"SETINFO", b"LIB-NAME", v]),
+            ));
+        }
+        if let Some(v) = &self.lib_ver {
+            steps.push((
+                "CLIENT SETINFO",
+                Command::from_args(&[&b"CLIENT"[..], b"SETINFO", b"LIB-VER", v]),
+            ));
+        }
+        if self.readonly {
+            steps.push(("READONLY", Command::from_args(&[b"READONLY"])));
+        }
+        steps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(args: &[&str]) -> Command {
+        Command::from_args(args)
+    }
+
+    fn names(s: &ConnState) -> Vec<Vec<String>> {
+        s.replay(0)
+            .into_iter()
+            .map(|(_, cmd)| {
+                cmd.args()
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replays_what_the_client_set() {
+        let mut s = ConnState::default();
+        assert!(s.apply(StateCmd::Select, &c(&["SELECT", "3"])));
+        assert!(s.apply(StateCmd::Hello, &c(&["HELLO", "3", "SETNAME", "app"])));
+        assert!(s.apply(StateCmd::ReadOnly, &c(&["READONLY"])));
+        assert!(s.is_resp3());
+        assert_eq!(
+            names(&s),
+            vec![
+                vec!["HELLO", "3"],
+                vec!["SELECT", "3"],
+                vec!["CLIENT", "SETNAME", "app"],
+                vec!["READONLY"]
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_state_commands_change_nothing() {
+        let mut s = ConnState::default();
+        assert!(!s.apply(StateCmd::Select, &c(&["SELECT", "x"])));
+        assert!(!s.apply(StateCmd::Hello, &c(&["HELLO", "4"])));
+        assert!(!s.apply(StateCmd::Hello, &c(&["HELLO", "3", "BOGUS"])));
+        assert_eq!(s, ConnState::default());
+    }
+
+    #[test]
+    fn reset_keeps_auth_and_default_db_is_selected() {
+        let mut s = ConnState::default();
+        s.apply(StateCmd::Auth, &c(&["AUTH", "pw"]));
+        s.apply(StateCmd::Select, &c(&["SELECT", "2"]));
+        s.apply(StateCmd::Reset, &c(&["RESET"]));
+        assert_eq!(names(&s), vec![vec!["AUTH", "pw"]]);
+        let fresh = ConnState::default();
+        let steps = fresh.replay(4);
+        assert_eq!(steps[0].1.arg(1), Some(&b"4"[..]));
+    }
+}

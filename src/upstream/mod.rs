@@ -1,0 +1,185 @@
+//! Connections to the two caches. Each client session opens its own
+//! connection to each side it needs (DESIGN: no multiplexing by default), so
+//! this module only knows how to open one: TCP connect with a deadline, then
+//! the setup commands (upstream credentials, then the client's replayed
+//! connection state), each reply checked. It also keeps a per-upstream
+//! reconnect backoff shared by all sessions, so a dead mirror is not hammered
+//! by every client at once.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use crate::config::UpstreamConfig;
+use crate::error::UpstreamError;
+use crate::protocol::{Command, ReplyScanner};
+use crate::routing::Side;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// One cache as configured, plus its shared reconnect state.
+#[derive(Debug)]
+pub struct Upstream {
+    pub side: Side,
+    pub config: UpstreamConfig,
+    backoff: Mutex<Backoff>,
+}
+
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// An open, set-up connection.
+#[derive(Debug)]
+pub struct Conn {
+    pub rd: OwnedReadHalf,
+    pub wr: OwnedWriteHalf,
+}
+
+/// A command run while a connection is set up, named for error messages
+/// (never with its arguments: they may hold credentials).
+pub type SetupStep = (&'static str, Command);
+
+impl Upstream {
+    pub fn new(side: Side, config: UpstreamConfig) -> Upstream {
+        Upstream {
+            side,
+            config,
+            backoff: Mutex::new(Backoff::default()),
+        }
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.config.address
+    }
+
+    /// False while the upstream is in backoff after failed connects: a
+    /// mirror write is then counted as failed instead of waiting.
+    pub fn may_try(&self) -> bool {
+        let b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        b.retry_at.is_none_or(|t| Instant::now() >= t)
+    }
+
+    pub fn record_failure(&self) {
+        let mut b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        b.failures = b.failures.saturating_add(1);
+        let delay = BACKOFF_MIN
+            .saturating_mul(1 << b.failures.min(6))
+            .min(BACKOFF_MAX);
+        b.retry_at = Some(Instant::now() + delay);
+    }
+
+    pub fn record_success(&self) {
+        let mut b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        *b = Backoff::default();
+    }
+
+    /// The commands every new connection starts with: the upstream's own
+    /// credentials and database.
+    pub fn base_setup(&self) -> Vec<SetupStep> {
+        let mut steps = Vec::new();
+        if let Some(pass) = &self.config.password {
+            let cmd = match &self.config.username {
+                Some(user) => {
+                    Command::from_args(&[b"AUTH", user.as_bytes(), pass.expose().as_bytes()])
+                }
+                None => Command::from_args(&[b"AUTH", pass.expose().as_bytes()]),
+            };
+            steps.push(("AUTH (upstream credentials)", cmd));
+        }
+        steps
+    }
+
+    /// Connects and runs `setup`, all within the connect timeout.
+    pub async fn connect(
+        &self,
+        setup: Vec<SetupStep>,
+        max_depth: usize,
+    ) -> Result<Conn, UpstreamError> {
+        let after = self.config.connect_timeout();
+        let result = match tokio::time::timeout(after, self.connect_inner(setup, max_depth)).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::ConnectTimeout {
+                side: self.side,
+                addr: self.addr().into(),
+                after,
+            }),
+        };
+        match &result {
+            Ok(_) => self.record_success(),
+            Err(_) => self.record_failure(),
+        }
+        result
+    }
+
+    async fn connect_inner(
+        &self,
+        setup: Vec<SetupStep>,
+        max_depth: usize,
+    ) -> Result<Conn, UpstreamError> {
+        let (side, addr) = (self.side, self.addr());
+        let io_err = |source| UpstreamError::Io {
+            side,
+            addr: addr.into(),
+            source,
+        };
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| UpstreamError::Connect {
+                side,
+                addr: addr.into(),
+                source,
+            })?;
+        stream.set_nodelay(true).map_err(io_err)?;
+        let (mut rd, mut wr) = stream.into_split();
+        if !setup.is_empty() {
+            let mut out = BytesMut::new();
+            for (_, cmd) in &setup {
+                out.extend_from_slice(cmd.raw());
+            }
+            wr.write_all(&out).await.map_err(io_err)?;
+            let mut scanner = ReplyScanner::new(max_depth);
+            let mut buf = BytesMut::with_capacity(1024);
+            for (step, _) in &setup {
+                let reply = loop {
+                    if let Some(r) =
+                        scanner
+                            .next(&mut buf)
+                            .map_err(|source| UpstreamError::Protocol {
+                                side,
+                                addr: addr.into(),
+                                source,
+                            })?
+                    {
+                        break r;
+                    }
+                    if rd.read_buf(&mut buf).await.map_err(io_err)? == 0 {
+                        return Err(UpstreamError::Closed {
+                            side,
+                            addr: addr.into(),
+                        });
+                    }
+                };
+                if reply.is_error() {
+                    let text = String::from_utf8_lossy(&reply.bytes[1..])
+                        .trim_end()
+                        .to_string();
+                    return Err(UpstreamError::Handshake {
+                        side,
+                        addr: addr.into(),
+                        step,
+                        reply: text,
+                    });
+                }
+            }
+        }
+        Ok(Conn { rd, wr })
+    }
+}

@@ -1,0 +1,344 @@
+//! Test harness: real `redis-server` processes on free ports, the proxy
+//! in-process on port 0, and a raw RESP client for byte-level checks.
+//!
+//! A missing `redis-server` fails the test loudly; nothing here skips.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cutover::config::Settings;
+use cutover::routing::Phase;
+use cutover::Proxy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A throwaway redis-server, killed and reaped on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        let mut last_log = String::new();
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_port();
+            let log = dir.path().join("redis.log");
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--dir", dir.path().to_str().unwrap(), "--logfile", log.to_str().unwrap()])
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("redis-server must be installed (apt-get install redis-server); tests never skip");
+            let mut server = RedisServer {
+                port,
+                child: Some(child),
+                dir,
+            };
+            if server.wait_ready(Duration::from_secs(5)) {
+                return server;
+            }
+            last_log = std::fs::read_to_string(&log).unwrap_or_default();
+            server.kill();
+        }
+        panic!("redis-server did not start; last log:\n{last_log}");
+    }
+
+    fn wait_ready(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
+                return false;
+            }
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::Write;
+                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+                let mut buf = [0u8; 7];
+                if s.write_all(b"PING\r\n").is_ok()
+                    && s.read_exact(&mut buf).is_ok()
+                    && &buf == b"+PONG\r\n"
+                {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+
+    /// Kills the server (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// A plain synchronous connection for checks from outside the proxy.
+    pub fn sync(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The routes part of a config: `(name, patterns, phase)`, default last.
+pub type RouteSpec<'a> = (&'a str, Option<&'a [&'a str]>, Phase);
+
+pub fn config_text(old: &str, new: &str, routes: &[RouteSpec<'_>], extra: &str) -> String {
+    let mut s = format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\n\n[upstreams.old]\naddress = \"{old}\"\ncommand_timeout_ms = 2000\n\n[upstreams.new]\naddress = \"{new}\"\ncommand_timeout_ms = 2000\n\n"
+    );
+    for (name, patterns, phase) in routes {
+        s.push_str(&format!("[[routes]]\nname = \"{name}\"\n"));
+        if let Some(p) = patterns {
+            let list: Vec<String> = p.iter().map(|p| format!("\"{p}\"")).collect();
+            s.push_str(&format!("patterns = [{}]\n", list.join(", ")));
+        }
+        s.push_str(&format!("phase = \"{phase}\"\n\n"));
+    }
+    s.push_str(extra);
+    s
+}
+
+/// A proxy running in this process, with its config file in a temp dir.
+pub struct TestProxy {
+    pub proxy: Option<Proxy>,
+    pub addr: SocketAddr,
+    pub config_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestProxy {
+    pub async fn start(
+        old: &RedisServer,
+        new: &RedisServer,
+        routes: &[RouteSpec<'_>],
+    ) -> TestProxy {
+        TestProxy::start_text(&config_text(&old.addr(), &new.addr(), routes, "")).await
+    }
+
+    pub async fn start_text(text: &str) -> TestProxy {
+        init_tracing();
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("cutover.toml");
+        std::fs::write(&config_path, text).unwrap();
+        let settings = Settings::load(&config_path).expect("test config is valid");
+        let proxy = Proxy::start(settings, Some(config_path.clone()))
+            .await
+            .unwrap();
+        let addr = proxy.local_addr();
+        TestProxy {
+            proxy: Some(proxy),
+            addr,
+            config_path,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}/", self.addr)
+    }
+
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    pub async fn raw(&self) -> RawClient {
+        RawClient::connect(self.addr).await
+    }
+
+    /// Replaces the config file atomically (write + rename), as an operator's
+    /// tooling would.
+    pub fn rewrite_config(&self, text: &str) {
+        write_atomically(&self.config_path, text);
+    }
+
+    /// Counter `name` of route `route` (see `RouteStats::snapshot`).
+    pub fn stat(&self, route: &str, name: &str) -> u64 {
+        let table = self.proxy.as_ref().unwrap().shared().router.current();
+        let r = table
+            .routes
+            .iter()
+            .find(|r| &*r.name == route)
+            .expect("route exists");
+        r.stats
+            .snapshot()
+            .iter()
+            .find(|(n, _)| *n == name)
+            .expect("counter exists")
+            .1
+    }
+
+    pub fn phase(&self, route: &str) -> Phase {
+        let table = self.proxy.as_ref().unwrap().shared().router.current();
+        table
+            .routes
+            .iter()
+            .find(|r| &*r.name == route)
+            .expect("route exists")
+            .phase
+    }
+
+    /// Waits until `route` is in `phase` (a reload is asynchronous).
+    pub async fn wait_phase(&self, route: &str, phase: Phase) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.phase(route) != phase {
+            assert!(
+                Instant::now() < deadline,
+                "route {route} never reached {phase}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn shutdown(&mut self) {
+        if let Some(p) = self.proxy.take() {
+            p.shutdown().await;
+        }
+    }
+}
+
+pub fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A raw TCP client speaking bytes, for edges a client library hides.
+pub struct RawClient {
+    pub stream: TcpStream,
+}
+
+impl RawClient {
+    pub async fn connect(addr: impl tokio::net::ToSocketAddrs) -> RawClient {
+        RawClient {
+            stream: TcpStream::connect(addr).await.unwrap(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads until `want` bytes arrived, EOF, or 5 s passed.
+    pub async fn read_n(&mut self, want: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut buf = [0u8; 65536];
+        while out.len() < want {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        out
+    }
+
+    /// Reads everything until the server closes the connection (or 5 s).
+    /// Returns the bytes and whether EOF was seen.
+    pub async fn read_to_close(&mut self) -> (Vec<u8>, bool) {
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut buf = [0u8; 65536];
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
+                Err(_) => return (out, false),
+                Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    /// Reads for `quiet` after the last byte, for replies of unknown length.
+    pub async fn read_for(&mut self, quiet: Duration) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 65536];
+        while let Ok(Ok(n)) = tokio::time::timeout(quiet, self.stream.read(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    }
+}
+
+/// Sends `input` to a server and returns what came back before it closed or
+/// went quiet, plus whether it closed.
+pub async fn exchange(addr: impl tokio::net::ToSocketAddrs, input: &[u8]) -> (Vec<u8>, bool) {
+    let mut c = RawClient::connect(addr).await;
+    c.send(input).await;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match tokio::time::timeout(Duration::from_millis(300), c.stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
+            Err(_) => return (out, false),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+pub fn get(conn: &mut redis::Connection, key: &str) -> Option<String> {
+    redis::cmd("GET").arg(key).query(conn).unwrap()
+}
