@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Sleep;
 use tracing::{debug, warn};
 
+use crate::commands::StateCmd;
 use crate::config::Limits;
 use crate::error::UpstreamError;
 use crate::protocol::{Command, ReplyKind, ReplyScanner, RequestParser};
@@ -62,9 +63,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Where the reply to a command sent upstream goes.
 #[derive(Debug)]
 enum Target {
-    /// To the client, in order. `undo` restores the connection state if the
-    /// command changed it and the reply is an error.
-    Client { undo: Option<Box<ConnState>> },
+    /// To the client, in order. `state`: a connection-state command, which
+    /// becomes part of the confirmed state if this reply is not an error.
+    Client { state: bool },
     /// A mirrored write: counted on its route, never shown to the client.
     Mirror(Arc<RouteStats>),
     /// Proxy-internal (state propagated to the other side, a DISCARD in
@@ -176,7 +177,12 @@ pub struct Session<R, W> {
     out: BytesMut,
     order: VecDeque<Slot>,
     sides: [SideConn; 2],
+    /// State the client set and an upstream accepted: what a new upstream
+    /// connection is set up with.
     state: ConnState,
+    /// State commands sent but not yet answered, with the side that answers.
+    /// A connection opened meanwhile gets them after its setup.
+    pending_state: VecDeque<(Side, StateCmd, Command)>,
     tx: Option<Tx>,
     /// The side WATCH went to; MULTI must follow it there.
     watch_side: Option<Side>,
@@ -210,6 +216,7 @@ where
                 SideConn::new(Side::New, depth),
             ],
             state: ConnState::default(),
+            pending_state: VecDeque::new(),
             tx: None,
             watch_side: None,
             reading: true,
@@ -406,13 +413,11 @@ where
                 return self.fail_side(side, UpstreamError::Closed { side, addr });
             };
             match expect.target {
-                Target::Client { undo } => {
-                    if reply.is_error() {
-                        if let Some(prev) = undo {
-                            self.state = *prev;
-                        }
+                Target::Client { state } => {
+                    if state {
+                        self.confirm_state(side, !reply.is_error());
                     }
-                    sc.ready.push_back(reply.bytes);
+                    self.sides[side.index()].ready.push_back(reply.bytes);
                 }
                 Target::Mirror(stats) => {
                     if reply.is_error() {
@@ -452,6 +457,8 @@ where
         }
         warn!(error = %err, lost_mirrors, "upstream connection dropped");
         sc.link = Link::Idle;
+        // Their replies will never come: they were not applied.
+        self.pending_state.retain(|(s, _, _)| *s != side);
         sc.wbuf.clear();
         sc.rbuf.clear();
         sc.scanner = ReplyScanner::new(self.shared.limits.max_reply_depth);
@@ -460,6 +467,16 @@ where
         }
         if self.watch_side == Some(side) {
             self.watch_side = None;
+        }
+    }
+
+    /// The reply to the oldest state command answered by `side` arrived.
+    fn confirm_state(&mut self, side: Side, accepted: bool) {
+        if let Some(i) = self.pending_state.iter().position(|(s, _, _)| *s == side) {
+            let (_, kind, cmd) = self.pending_state.remove(i).expect("index is in range");
+            if accepted {
+                self.state.apply(kind, &cmd);
+            }
         }
     }
 

@@ -120,7 +120,12 @@ where
                 });
                 let stats = route.stats.clone();
                 drop(table);
-                self.send(authoritative, &cmd, Target::Client { undo: None }, blocking);
+                self.send(
+                    authoritative,
+                    &cmd,
+                    Target::Client { state: false },
+                    blocking,
+                );
                 if let Some(m) = mirror {
                     RouteStats::bump(&stats.mirrored);
                     self.send(m, &cmd, Target::Mirror(stats), false);
@@ -148,13 +153,15 @@ where
                 display_name(cmd)
             )));
         }
-        let before = self.state.clone();
-        let undo = self.state.apply(kind, cmd).then(|| Box::new(before));
         if kind == StateCmd::Reset {
             self.tx = None;
             self.watch_side = None;
         }
-        self.send(reply_side, cmd, Target::Client { undo }, false);
+        // Sent before it is recorded as pending, so a connection this opens
+        // is not set up with the very command it is about to carry.
+        self.send(reply_side, cmd, Target::Client { state: true }, false);
+        self.pending_state
+            .push_back((reply_side, kind, cmd.clone()));
         let other = match reply_side {
             Side::Old => Side::New,
             Side::New => Side::Old,
@@ -165,7 +172,7 @@ where
     }
 
     fn transaction(&mut self, t: TxCmd, cmd: &Command, table: &RouteTable, default_side: Side) {
-        let client = || Target::Client { undo: None };
+        let client = || Target::Client { state: false };
         match t {
             TxCmd::Multi => {
                 let side = match &self.tx {

@@ -1,7 +1,7 @@
 //! The connection state a client has set (SELECT, HELLO, AUTH, CLIENT
 //! SETNAME/SETINFO, READONLY), kept so it can be replayed on an upstream
-//! connection opened later. Updated when the command is sent and undone if
-//! the authoritative side refuses it.
+//! connection opened later. A change is recorded only once the upstream that
+//! answers the command accepted it, so a refused SELECT is never replayed.
 
 use bytes::Bytes;
 
@@ -33,8 +33,8 @@ impl ConnState {
         self.protover.as_deref() == Some(b"3")
     }
 
-    /// Records the effect `cmd` will have if it succeeds. Returns false when
-    /// the command is malformed (it is still forwarded: Redis answers it).
+    /// Records the effect of `cmd`, which an upstream accepted. Returns false
+    /// (changing nothing) when it is not a form the proxy can replay.
     pub fn apply(&mut self, kind: StateCmd, cmd: &Command) -> bool {
         match kind {
             StateCmd::Select => match cmd.arg(1) {

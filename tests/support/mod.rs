@@ -45,10 +45,19 @@ impl RedisServer {
     }
 
     pub fn start_with(extra: &[&str]) -> RedisServer {
+        RedisServer::start_inner(None, extra)
+    }
+
+    /// On a given port (a restarted server taking its old address back).
+    pub fn start_on_port(port: u16) -> RedisServer {
+        RedisServer::start_inner(Some(port), &[])
+    }
+
+    fn start_inner(fixed_port: Option<u16>, extra: &[&str]) -> RedisServer {
         let mut last_log = String::new();
         for _ in 0..5 {
             let dir = tempfile::tempdir().unwrap();
-            let port = free_port();
+            let port = fixed_port.unwrap_or_else(free_port);
             let log = dir.path().join("redis.log");
             let child = Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])

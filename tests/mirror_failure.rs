@@ -1,0 +1,96 @@
+//! A mirror that dies mid-run costs the client nothing.
+
+mod support;
+
+use std::time::Duration;
+
+use cutover::routing::Phase;
+use redis::AsyncCommands;
+use support::{get, RedisServer, TestProxy};
+
+#[tokio::test]
+async fn killed_mirror_causes_zero_client_errors() {
+    let (old, mut new) = (RedisServer::start(), RedisServer::start());
+    let proxy = TestProxy::start(
+        &old,
+        &new,
+        &[
+            ("s", Some(&["s:*"]), Phase::DualWrite),
+            ("default", None, Phase::OldOnly),
+        ],
+    )
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(proxy.conn().await);
+    }
+    let mut errors = 0;
+    for i in 0..2000 {
+        if i == 600 {
+            new.kill();
+        }
+        let c = &mut clients[i % 4];
+        let key = format!("s:{i}");
+        if c.set::<_, _, ()>(&key, i).await.is_err() {
+            errors += 1;
+        }
+        match c.get::<_, Option<i64>>(&key).await {
+            Ok(Some(v)) if v == i as i64 => {}
+            _ => errors += 1,
+        }
+    }
+    assert_eq!(errors, 0, "client saw errors after the mirror died");
+    let mut o = old.sync();
+    for i in 0..2000 {
+        assert!(
+            get(&mut o, &format!("s:{i}")).is_some(),
+            "s:{i} missing on old"
+        );
+    }
+    assert!(
+        proxy.stat("s", "mirror_failed") > 0,
+        "writes the mirror missed are counted"
+    );
+    assert!(proxy.stat("s", "mirror_ok") >= 600);
+    assert_eq!(
+        proxy.stat("s", "mirror_ok") + proxy.stat("s", "mirror_failed"),
+        2000
+    );
+}
+
+#[tokio::test]
+async fn mirror_down_from_the_start_and_coming_back() {
+    let old = RedisServer::start();
+    let mut new = RedisServer::start();
+    let new_port = new.port;
+    new.kill();
+    let proxy = TestProxy::start_text(&support::config_text(
+        &old.addr(),
+        &format!("127.0.0.1:{new_port}"),
+        &[("default", None, Phase::DualWrite)],
+        "",
+    ))
+    .await;
+    let mut c = proxy.conn().await;
+    for i in 0..50 {
+        let _: () = c.set(format!("k{i}"), i).await.unwrap();
+    }
+    assert!(proxy.stat("default", "mirror_failed") > 0);
+
+    // The mirror comes back on the same port: after the backoff, mirrored
+    // writes land again, on the same client connection.
+    let back = RedisServer::start_on_port(new_port);
+    assert_eq!(back.port, new_port);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let _: () = c.set("after", "1").await.unwrap();
+        if get(&mut back.sync(), "after").is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mirror never reconnected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
