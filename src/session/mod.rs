@@ -230,6 +230,13 @@ where
     /// Runs until the client leaves (or is closed) and in-flight mirrored
     /// writes have landed, or `shutdown` fires and the session has drained.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        // Created once: a future made per loop turn would register and
+        // deregister a waiter on every command.
+        let stop = async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        };
+        tokio::pin!(stop);
+        let mut stopping = false;
         loop {
             self.drain_ready();
             if !self.reading {
@@ -264,9 +271,10 @@ where
                     _ => self.reading = false,
                 },
                 () = &mut self.timer, if timer_armed => self.on_timer(),
-                _ = shutdown.changed(), if self.reading => self.reading = false,
-                // Drain deadline while nothing else happens.
-                () = tokio::time::sleep(DRAIN_TIMEOUT), if !self.reading => {}
+                () = &mut stop, if !stopping => {
+                    stopping = true;
+                    self.reading = false;
+                }
             }
         }
         let _ = self.client_wr.shutdown().await;
