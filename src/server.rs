@@ -84,6 +84,21 @@ impl Proxy {
         for t in self.tasks {
             let _ = t.await;
         }
+        for route in &self.shared.router.current().routes {
+            let c = route.stats.snapshot();
+            let get = |name| c.iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| *v);
+            info!(
+                route = %route.name,
+                phase = %route.phase,
+                reads = get("reads"),
+                writes = get("writes"),
+                mirrored = get("mirrored"),
+                mirror_ok = get("mirror_ok"),
+                mirror_errors = get("mirror_errors"),
+                mirror_failed = get("mirror_failed"),
+                "route counters at shutdown"
+            );
+        }
     }
 }
 

@@ -1,0 +1,95 @@
+//! A dead authoritative side gives a prompt error naming it, never a hang,
+//! and routes served by the other cache keep working.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use cutover::routing::Phase;
+use redis::AsyncCommands;
+use support::{exchange, RedisServer, TestProxy};
+
+#[tokio::test]
+async fn dead_old_fails_fast_and_new_routes_keep_serving() {
+    let (mut old, new) = (RedisServer::start(), RedisServer::start());
+    let proxy = TestProxy::start(
+        &old,
+        &new,
+        &[
+            ("n", Some(&["n:*"]), Phase::NewOnly),
+            ("default", None, Phase::OldOnly),
+        ],
+    )
+    .await;
+    let mut c = proxy.conn().await;
+    let _: () = c.set("o:1", "x").await.unwrap();
+    let _: () = c.set("n:1", "y").await.unwrap();
+    old.kill();
+
+    let started = Instant::now();
+    let err = c.get::<_, String>("o:1").await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "error took {:?}",
+        started.elapsed()
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("upstream old") && text.contains(&old.addr()),
+        "{text}"
+    );
+
+    // Same connection: the route on new is unaffected.
+    let v: String = c.get("n:1").await.unwrap();
+    assert_eq!(v, "y");
+    let _: () = c.set("n:2", "z").await.unwrap();
+
+    // A pipeline mixing both sides keeps its order: error, value, error.
+    let (reply, closed) = exchange(proxy.addr, b"GET o:1\r\nGET n:1\r\nGET o:2\r\n").await;
+    let text = String::from_utf8_lossy(&reply);
+    let lines: Vec<&str> = text.split("\r\n").collect();
+    assert!(lines[0].starts_with("-ERR cutover: upstream old"), "{text}");
+    assert_eq!(&lines[1..3], ["$1", "y"], "{text}");
+    assert!(lines[3].starts_with("-ERR cutover: upstream old"), "{text}");
+    assert!(!closed);
+}
+
+#[tokio::test]
+async fn maxclients_refuses_with_redis_error() {
+    let (old, new) = (RedisServer::start(), RedisServer::start());
+    let text = support::config_text(
+        &old.addr(),
+        &new.addr(),
+        &[("default", None, Phase::OldOnly)],
+        "[limits]\nmaxclients = 2\n",
+    );
+    let proxy = TestProxy::start_text(&text).await;
+    let mut a = proxy.raw().await;
+    let mut b = proxy.raw().await;
+    a.send(b"PING\r\n").await;
+    b.send(b"PING\r\n").await;
+    assert_eq!(a.read_n(7).await, b"+PONG\r\n");
+    assert_eq!(b.read_n(7).await, b"+PONG\r\n");
+    let mut third = proxy.raw().await;
+    let (reply, closed) = third.read_to_close().await;
+    assert_eq!(
+        String::from_utf8_lossy(&reply),
+        "-ERR max number of clients reached\r\n"
+    );
+    assert!(closed);
+    // A slot frees up when a client leaves.
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (reply, _) = exchange(proxy.addr, b"PING\r\n").await;
+        if reply == b"+PONG\r\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slot never freed: {:?}",
+            String::from_utf8_lossy(&reply)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
