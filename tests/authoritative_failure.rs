@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use cutover::routing::Phase;
 use redis::AsyncCommands;
-use support::{exchange, RedisServer, TestProxy};
+use support::{exchange, TestProxy};
 
 #[tokio::test]
 async fn dead_old_fails_fast_and_new_routes_keep_serving() {
-    let (mut old, new) = (RedisServer::start(), RedisServer::start());
+    let (mut old, new) = support::start_pair();
     let proxy = TestProxy::start(
         &old,
         &new,
@@ -56,7 +56,7 @@ async fn dead_old_fails_fast_and_new_routes_keep_serving() {
 
 #[tokio::test]
 async fn maxclients_refuses_with_redis_error() {
-    let (old, new) = (RedisServer::start(), RedisServer::start());
+    let (old, new) = support::start_pair();
     let text = support::config_text(
         &old.addr(),
         &new.addr(),

@@ -18,7 +18,7 @@ fn client_list(server: &RedisServer) -> String {
 
 #[tokio::test]
 async fn select_and_setname_reach_both_sides() {
-    let (old, new) = (RedisServer::start(), RedisServer::start());
+    let (old, new) = support::start_pair();
     let proxy = TestProxy::start(
         &old,
         &new,
@@ -50,8 +50,7 @@ async fn select_and_setname_reach_both_sides() {
         .await
         .unwrap();
     let _: () = c.set("session:2", "b").await.unwrap();
-    let _: String = redis::cmd("PING").query_async(&mut c).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.wait_mirrors_settled().await;
 
     for (name, server) in [("old", &old), ("new", &new)] {
         let mut s = server.sync();
@@ -102,14 +101,14 @@ async fn failed_select_does_not_stick() {
         String::from_utf8_lossy(&got),
         "-ERR DB index is out of range\r\n+OK\r\n$1\r\nx\r\n"
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.wait_mirrors_settled().await;
     let on_new: Option<String> = redis::cmd("GET").arg("s:1").query(&mut new.sync()).unwrap();
     assert_eq!(on_new.as_deref(), Some("x"));
 }
 
 #[tokio::test]
 async fn resp3_map_arrives_as_a_map() {
-    let (old, new) = (RedisServer::start(), RedisServer::start());
+    let (old, new) = support::start_pair();
     let proxy = TestProxy::start(
         &old,
         &new,
@@ -157,7 +156,7 @@ async fn resp3_map_arrives_as_a_map() {
         String::from_utf8_lossy(&got),
         ":1\r\n%1\r\n$1\r\na\r\n$1\r\n1\r\n_\r\n"
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.wait_mirrors_settled().await;
     let list = client_list(&new);
     assert!(
         list.lines().any(|l| l.contains("resp=3")),

@@ -10,7 +10,7 @@ use support::{get, RedisServer, TestProxy};
 
 #[tokio::test]
 async fn killed_mirror_causes_zero_client_errors() {
-    let (old, mut new) = (RedisServer::start(), RedisServer::start());
+    let (old, mut new) = support::start_pair();
     let proxy = TestProxy::start(
         &old,
         &new,

@@ -4,12 +4,12 @@ mod support;
 
 use cutover::routing::Phase;
 use redis::AsyncCommands;
-use support::{get, RedisServer, TestProxy};
+use support::{get, TestProxy};
 
 /// Writes `k:write` through the proxy and reads `k:read`, which holds a
 /// different value on each side, and reports who saw and who answered.
 async fn observe(phase: Phase) -> (Option<String>, Option<String>, String) {
-    let (old, new) = (RedisServer::start(), RedisServer::start());
+    let (old, new) = support::start_pair();
     let proxy = TestProxy::start(
         &old,
         &new,
@@ -37,24 +37,8 @@ async fn observe(phase: Phase) -> (Option<String>, Option<String>, String) {
     // A later read on the same connection sees the write (read-your-writes).
     let mine: String = c.get("k:write").await.unwrap();
     assert_eq!(mine, "v");
-    // Mirrored writes are applied in order on the mirror connection; a PING
-    // on it after the write guarantees it landed before we look.
-    let _: String = redis::cmd("PING").query_async(&mut c).await.unwrap();
-    wait_mirror(&proxy, phase).await;
+    proxy.wait_mirrors_settled().await;
     (get(&mut o, "k:write"), get(&mut n, "k:write"), read)
-}
-
-async fn wait_mirror(proxy: &TestProxy, phase: Phase) {
-    if phase.mirror().is_none() {
-        return;
-    }
-    for _ in 0..200 {
-        if proxy.stat("k", "mirror_ok") >= 1 {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    panic!("mirrored write never acknowledged");
 }
 
 #[tokio::test]
@@ -95,7 +79,7 @@ async fn new_only_reads_and_writes_new() {
 
 #[tokio::test]
 async fn mirror_replies_are_counted_not_returned() {
-    let (old, new) = (RedisServer::start(), RedisServer::start());
+    let (old, new) = support::start_pair();
     let proxy = TestProxy::start(
         &old,
         &new,
@@ -135,13 +119,7 @@ async fn mirror_replies_are_counted_not_returned() {
         .unwrap();
     let r: redis::RedisResult<i64> = c.append("k:list2", "y").await;
     assert_eq!(r.unwrap(), 2);
-    let _: String = redis::cmd("PING").query_async(&mut c).await.unwrap();
-    for _ in 0..200 {
-        if proxy.stat("k", "mirror_ok") + proxy.stat("k", "mirror_errors") >= 3 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    proxy.wait_mirrors_settled().await;
     assert_eq!(proxy.stat("k", "mirrored"), 3);
     assert_eq!(proxy.stat("k", "mirror_ok"), 2);
     assert_eq!(
@@ -154,7 +132,7 @@ async fn mirror_replies_are_counted_not_returned() {
 
 #[tokio::test]
 async fn keyless_commands_follow_the_default_route() {
-    let (old, new) = (RedisServer::start(), RedisServer::start());
+    let (old, new) = support::start_pair();
     let proxy = TestProxy::start(
         &old,
         &new,
@@ -182,15 +160,14 @@ async fn keyless_commands_follow_the_default_route() {
         .query(&mut old.sync())
         .unwrap();
     let _: () = redis::cmd("FLUSHDB").query_async(&mut c).await.unwrap();
-    let _: String = redis::cmd("PING").query_async(&mut c).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    proxy.wait_mirrors_settled().await;
     let old_size: i64 = redis::cmd("DBSIZE").query(&mut old.sync()).unwrap();
     assert_eq!(old_size, 0);
 }
 
 #[tokio::test]
 async fn cross_route_multi_key_commands_are_refused() {
-    let (old, new) = (RedisServer::start(), RedisServer::start());
+    let (old, new) = support::start_pair();
     let proxy = TestProxy::start(
         &old,
         &new,

@@ -5,11 +5,11 @@ mod support;
 
 use cutover::routing::Phase;
 use redis::Value;
-use support::{RedisServer, TestProxy};
+use support::TestProxy;
 
 #[tokio::test]
 async fn thousand_mixed_commands_across_two_sides_stay_in_order() {
-    let (old, new) = (RedisServer::start(), RedisServer::start());
+    let (old, new) = support::start_pair();
     let proxy = TestProxy::start(
         &old,
         &new,
@@ -65,8 +65,7 @@ async fn thousand_mixed_commands_across_two_sides_stay_in_order() {
         assert_eq!(r[2], Value::Int(i as i64 + 1), "command {}", i * 4 + 2);
         assert_eq!(r[3], Value::Int(i as i64 + 1), "command {}", i * 4 + 3);
     }
-    let _: String = redis::cmd("PING").query_async(&mut c).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    proxy.wait_mirrors_settled().await;
     let mirrored: i64 = redis::cmd("GET").arg("a:counter").query(&mut o).unwrap();
     assert_eq!(mirrored, 250, "every INCR was mirrored to old, in order");
 }
@@ -74,7 +73,7 @@ async fn thousand_mixed_commands_across_two_sides_stay_in_order() {
 #[tokio::test]
 async fn pipeline_split_across_many_small_writes() {
     use tokio::io::AsyncWriteExt;
-    let (old, new) = (RedisServer::start(), RedisServer::start());
+    let (old, new) = support::start_pair();
     let proxy = TestProxy::start(
         &old,
         &new,

@@ -31,7 +31,7 @@ const SAME_AS_REDIS: &[&[u8]] = &[
 
 #[tokio::test]
 async fn replies_match_redis_byte_for_byte() {
-    let (old, new) = (RedisServer::start(), RedisServer::start());
+    let (old, new) = support::start_pair();
     let direct = RedisServer::start();
     let proxy = TestProxy::start(&old, &new, &[("default", None, Phase::OldOnly)]).await;
     for input in SAME_AS_REDIS {
@@ -71,7 +71,7 @@ async fn replies_match_redis_byte_for_byte() {
 async fn same_bytes_in_dual_write() {
     // In dual-write the client must not be able to tell either: the mirror's
     // replies never leak.
-    let (old, new) = (RedisServer::start(), RedisServer::start());
+    let (old, new) = support::start_pair();
     let direct = RedisServer::start();
     let proxy = TestProxy::start(&old, &new, &[("default", None, Phase::DualWrite)]).await;
     for input in [
@@ -89,7 +89,7 @@ async fn same_bytes_in_dual_write() {
 
 #[tokio::test]
 async fn malformed_frame_closes_only_that_client() {
-    let (old, new) = (RedisServer::start(), RedisServer::start());
+    let (old, new) = support::start_pair();
     let proxy = TestProxy::start(
         &old,
         &new,
@@ -119,7 +119,7 @@ async fn malformed_frame_closes_only_that_client() {
 
 #[tokio::test]
 async fn binary_keys_and_values_pass_through() {
-    let (old, new) = (RedisServer::start(), RedisServer::start());
+    let (old, new) = support::start_pair();
     let proxy = TestProxy::start(
         &old,
         &new,
@@ -135,15 +135,14 @@ async fn binary_keys_and_values_pass_through() {
     let _: () = c.set(&key, &value).await.unwrap();
     let back: Vec<u8> = c.get(&key).await.unwrap();
     assert_eq!(back, value);
-    let _: String = redis::cmd("PING").query_async(&mut c).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    proxy.wait_mirrors_settled().await;
     let on_new: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut new.sync()).unwrap();
     assert_eq!(on_new, value);
 }
 
 #[tokio::test]
 async fn unknown_commands_follow_the_policy() {
-    let (old, new) = (RedisServer::start(), RedisServer::start());
+    let (old, new) = support::start_pair();
     let proxy = TestProxy::start(&old, &new, &[("default", None, Phase::DualWrite)]).await;
     let (reply, _) = exchange(proxy.addr, b"JSON.SET k $ 1\r\nPING\r\n").await;
     let text = String::from_utf8_lossy(&reply);
@@ -176,7 +175,7 @@ async fn unknown_commands_follow_the_policy() {
 
 #[tokio::test]
 async fn unsupported_commands_get_a_clear_error() {
-    let (old, new) = (RedisServer::start(), RedisServer::start());
+    let (old, new) = support::start_pair();
     let proxy = TestProxy::start(
         &old,
         &new,
@@ -215,7 +214,7 @@ async fn unsupported_commands_get_a_clear_error() {
 
 #[tokio::test]
 async fn transactions_on_single_side_routes_and_refused_otherwise() {
-    let (old, new) = (RedisServer::start(), RedisServer::start());
+    let (old, new) = support::start_pair();
     let proxy = TestProxy::start(
         &old,
         &new,

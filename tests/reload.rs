@@ -9,7 +9,7 @@ use cutover::config::Settings;
 use cutover::routing::Phase;
 use cutover::Proxy;
 use redis::AsyncCommands;
-use support::{config_text, get, write_atomically, RedisServer, TestProxy};
+use support::{config_text, get, write_atomically, TestProxy};
 
 fn routes(phase: Phase) -> Vec<support::RouteSpec<'static>> {
     vec![
@@ -20,7 +20,7 @@ fn routes(phase: Phase) -> Vec<support::RouteSpec<'static>> {
 
 #[tokio::test]
 async fn file_change_flips_mid_connection() {
-    let (old, new) = (RedisServer::start(), RedisServer::start());
+    let (old, new) = support::start_pair();
     let proxy = TestProxy::start(&old, &new, &routes(Phase::DualWrite)).await;
     let _: () = redis::cmd("SET")
         .arg("k:read")
@@ -55,7 +55,7 @@ async fn file_change_flips_mid_connection() {
 
 #[tokio::test]
 async fn rollback_loses_nothing() {
-    let (old, new) = (RedisServer::start(), RedisServer::start());
+    let (old, new) = support::start_pair();
     let proxy = TestProxy::start(&old, &new, &routes(Phase::DualWrite)).await;
     let text = |p| config_text(&old.addr(), &new.addr(), &routes(p), "");
     let mut c = proxy.conn().await;
@@ -86,8 +86,7 @@ async fn rollback_loses_nothing() {
         let n: i64 = c.get("k:counter").await.unwrap();
         assert_eq!(n, written.len() as i64, "counter after flip to {phase}");
     }
-    let _: String = redis::cmd("PING").query_async(&mut c).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.wait_mirrors_settled().await;
     let (mut o, mut n) = (old.sync(), new.sync());
     for key in &written {
         assert!(get(&mut o, key).is_some(), "{key} missing on old");
@@ -98,7 +97,7 @@ async fn rollback_loses_nothing() {
 
 #[tokio::test]
 async fn invalid_file_keeps_the_running_table() {
-    let (old, new) = (RedisServer::start(), RedisServer::start());
+    let (old, new) = support::start_pair();
     let proxy = TestProxy::start(&old, &new, &routes(Phase::DualWrite)).await;
     let mut c = proxy.conn().await;
     let good = config_text(&old.addr(), &new.addr(), &routes(Phase::ReadNew), "");
@@ -113,7 +112,7 @@ async fn invalid_file_keeps_the_running_table() {
 
 #[tokio::test]
 async fn sighup_reloads() {
-    let (old, new) = (RedisServer::start(), RedisServer::start());
+    let (old, new) = support::start_pair();
     // The proxy's config path is a symlink into another directory, so editing
     // the real file fires no watch event: only SIGHUP can pick it up.
     let (link_dir, real_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

@@ -32,6 +32,19 @@ fn free_port() -> u16 {
         .port()
 }
 
+pub async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Two throwaway servers: `(old, new)`.
+pub fn start_pair() -> (RedisServer, RedisServer) {
+    (RedisServer::start(), RedisServer::start())
+}
+
 /// A throwaway redis-server, killed and reaped on drop.
 pub struct RedisServer {
     pub port: u16,
@@ -124,11 +137,7 @@ impl RedisServer {
     }
 
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
+        connect(&self.url()).await
     }
 
     /// A plain synchronous connection for checks from outside the proxy.
@@ -205,11 +214,7 @@ impl TestProxy {
     }
 
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
+        connect(&self.url()).await
     }
 
     pub async fn raw(&self) -> RawClient {
@@ -246,6 +251,24 @@ impl TestProxy {
             .find(|r| &*r.name == route)
             .expect("route exists")
             .phase
+    }
+
+    /// Waits until every mirrored write has been answered or counted as
+    /// failed, on every route: what the mirror will ever get has landed.
+    pub async fn wait_mirrors_settled(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let table = self.proxy.as_ref().unwrap().shared().router.current();
+            let settled = table.routes.iter().all(|r| {
+                let c: std::collections::HashMap<_, _> = r.stats.snapshot().into_iter().collect();
+                c["mirror_ok"] + c["mirror_errors"] + c["mirror_failed"] >= c["mirrored"]
+            });
+            if settled {
+                return;
+            }
+            assert!(Instant::now() < deadline, "mirrored writes never settled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Waits until `route` is in `phase` (a reload is asynchronous).
