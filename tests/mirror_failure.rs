@@ -94,3 +94,58 @@ async fn mirror_down_from_the_start_and_coming_back() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn stalled_mirror_costs_the_client_nothing_and_times_out() {
+    let (old, new) = support::start_pair();
+    let relay = support::StallingRelay::start(new.addr()).await;
+    let text = support::config_text(
+        &old.addr(),
+        &relay.addr.to_string(),
+        &[("default", None, Phase::DualWrite)],
+        "",
+    )
+    .replace(
+        &format!("address = \"{}\"\ncommand_timeout_ms = 2000", relay.addr),
+        &format!("address = \"{}\"\ncommand_timeout_ms = 300", relay.addr),
+    );
+    assert!(text.contains("command_timeout_ms = 300"));
+    let proxy = TestProxy::start_text(&text).await;
+    let mut c = proxy.conn().await;
+    let _: () = c.set("warm", 1).await.unwrap();
+    proxy.wait_mirrors_settled().await;
+
+    relay.stall(true);
+    let mut slowest = Duration::ZERO;
+    for i in 0..300 {
+        let started = std::time::Instant::now();
+        let _: () = c.set(format!("k{i}"), i).await.unwrap();
+        let v: i64 = c.get(format!("k{i}")).await.unwrap();
+        assert_eq!(v, i);
+        slowest = slowest.max(started.elapsed());
+        if i % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(
+        slowest < Duration::from_millis(250),
+        "a stalled mirror slowed the client: {slowest:?}"
+    );
+    // Its writes time out: counted, the connection and what it held dropped.
+    proxy.wait_mirrors_settled().await;
+    assert!(proxy.stat("default", "mirror_failed") > 0);
+
+    relay.stall(false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let _: () = c.set("after", "1").await.unwrap();
+        if get(&mut new.sync(), "after").is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mirror never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -129,6 +129,14 @@ pub fn classify(spec: &CommandSpec, cmd: &Command) -> Kind {
         "auth" => Kind::State(StateCmd::Auth),
         "client|setname" => Kind::State(StateCmd::SetName),
         "client|setinfo" => Kind::State(StateCmd::SetInfo),
+        // Tables from Redis < 7.2 lack SETINFO; client libraries send it anyway.
+        "client"
+            if cmd
+                .arg(1)
+                .is_some_and(|a| a.eq_ignore_ascii_case(b"setinfo")) =>
+        {
+            Kind::State(StateCmd::SetInfo)
+        }
         "readonly" => Kind::State(StateCmd::ReadOnly),
         "readwrite" => Kind::State(StateCmd::ReadWrite),
         "reset" => Kind::State(StateCmd::Reset),

@@ -374,3 +374,65 @@ pub async fn exchange(addr: impl tokio::net::ToSocketAddrs, input: &[u8]) -> (Ve
 pub fn get(conn: &mut redis::Connection, key: &str) -> Option<String> {
     redis::cmd("GET").arg(key).query(conn).unwrap()
 }
+
+/// A TCP relay in front of a real server that can stall: while stalled it
+/// keeps accepting and reading requests but holds every reply back, like
+/// a cache that stopped answering.
+pub struct StallingRelay {
+    pub addr: SocketAddr,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StallingRelay {
+    pub async fn start(target: String) -> StallingRelay {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stalled = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stalled.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                });
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    loop {
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        while flag.load(Ordering::Relaxed) {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        StallingRelay {
+            addr,
+            stalled,
+            task,
+        }
+    }
+
+    pub fn stall(&self, on: bool) {
+        self.stalled.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for StallingRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
