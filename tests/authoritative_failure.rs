@@ -93,3 +93,28 @@ async fn maxclients_refuses_with_redis_error() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn shutdown_is_not_held_up_by_a_client_blocked_forever() {
+    let (old, new) = support::start_pair();
+    let mut proxy = TestProxy::start(&old, &new, &[("default", None, Phase::OldOnly)]).await;
+    let mut blocked = proxy.raw().await;
+    blocked.send(b"BLPOP never 0\r\n").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    proxy.shutdown().await;
+    // The session drains for at most its drain timeout (5 s), then gives up
+    // on the blocked command; it must not wait forever.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    let (reply, closed) = blocked.read_to_close().await;
+    assert!(closed, "the blocked client is closed");
+    assert!(
+        String::from_utf8_lossy(&reply).starts_with("-ERR cutover"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+}

@@ -163,3 +163,27 @@ async fn resp3_map_arrives_as_a_map() {
         "new's connection was switched to RESP3:\n{list}"
     );
 }
+
+#[tokio::test]
+async fn pipelined_select_reaches_a_connection_opened_by_the_same_pipeline() {
+    // SELECT's reply has not arrived when the SET behind it opens the
+    // connection to new: new must still get the SELECT before the SET.
+    let (old, new) = support::start_pair();
+    let proxy = TestProxy::start(&old, &new, &[("default", None, Phase::DualWrite)]).await;
+    let (reply, _) = support::exchange(
+        proxy.addr,
+        b"SELECT 3\r\nSET k v\r\nCLIENT SETNAME piped\r\nSET k2 v\r\n",
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&reply),
+        "+OK\r\n+OK\r\n+OK\r\n+OK\r\n"
+    );
+    proxy.wait_mirrors_settled().await;
+    for (name, server) in [("old", &old), ("new", &new)] {
+        let mut s = server.sync();
+        let _: () = redis::cmd("SELECT").arg(3).query(&mut s).unwrap();
+        let n: i64 = redis::cmd("DBSIZE").query(&mut s).unwrap();
+        assert_eq!(n, 2, "both keys in db 3 on {name}");
+    }
+}

@@ -277,6 +277,13 @@ where
                 }
             }
         }
+        // What abandon() answered still reaches the client, briefly bounded.
+        self.drain_ready();
+        if !self.client_gone && !self.out.is_empty() {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), self.client_wr.write_all(&self.out))
+                    .await;
+        }
         let _ = self.client_wr.shutdown().await;
     }
 
@@ -348,12 +355,25 @@ where
                 }
             }
             let shared = self.shared.clone();
+            let own_credentials = upstream.config.password.is_some();
             let mut setup = upstream.base_setup();
-            setup.extend(self.state.replay(upstream.config.db));
+            setup.extend(self.state.replay(upstream.config.db, own_credentials));
             let depth = self.shared.limits.max_reply_depth;
             sc.link = Link::Connecting(tokio::spawn(async move {
                 shared.upstream(side).connect(setup, depth).await
             }));
+            // State sent but not yet confirmed goes right after the setup, in
+            // order, ahead of this command; if the side that answers it
+            // refuses it, this side's refusal is only logged.
+            for (_, kind, cmd) in &self.pending_state {
+                if let Some(cmd) = state::for_other_side(*kind, cmd, own_credentials) {
+                    sc.wbuf.extend_from_slice(cmd.raw());
+                    sc.inflight.push_back(Expect {
+                        target: Target::Quiet("connection state"),
+                        deadline: None,
+                    });
+                }
+            }
         }
         if matches!(target, Target::Client { .. }) {
             self.order.push_back(Slot::Upstream(side));
@@ -515,17 +535,18 @@ where
         }
     }
 
-    /// Arms the command-timeout timer for the earliest deadline at the head
-    /// of either side. It may fire early (the head moved on); `on_timer`
-    /// then simply re-arms.
+    /// Arms the one timer for the earliest of: the command deadline at the
+    /// head of either side, and the drain deadline. It may fire early (the
+    /// head moved on); `on_timer` then re-arms. Left armed while idle, so a
+    /// request/reply loop does not touch the timer wheel per command.
     fn arm_timer(&mut self) {
-        let next = self
+        let heads = self
             .sides
             .iter()
-            .filter_map(|s| s.inflight.front().and_then(|e| e.deadline))
-            .min();
+            .filter_map(|s| s.inflight.front().and_then(|e| e.deadline));
+        let next = heads.chain(self.drain_deadline).min();
         match (next, self.timer_at) {
-            (None, _) => self.timer_at = None,
+            (None, _) => {}
             (Some(d), Some(at)) if at <= d => {}
             (Some(d), _) => {
                 self.timer.as_mut().reset(d.into());

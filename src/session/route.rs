@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{Session, Target, Tx};
+use super::{state, Session, Target, Tx};
 use crate::commands::{self, Kind, StateCmd, TxCmd};
 use crate::config::UnknownPolicy;
 use crate::protocol::Command;
@@ -166,8 +166,14 @@ where
             Side::Old => Side::New,
             Side::New => Side::Old,
         };
+        let own_credentials = self.shared.upstreams[other.index()]
+            .config
+            .password
+            .is_some();
         if !self.sides[other.index()].is_idle() {
-            self.send(other, cmd, Target::Quiet("connection state"), false);
+            if let Some(cmd) = state::for_other_side(kind, cmd, own_credentials) {
+                self.send(other, &cmd, Target::Quiet("connection state"), false);
+            }
         }
     }
 

@@ -111,10 +111,11 @@ impl ConnState {
     }
 
     /// The commands that give a fresh upstream connection this state, in
-    /// an order Redis accepts (authenticate first).
-    pub fn replay(&self, default_db: u32) -> Vec<SetupStep> {
+    /// an order Redis accepts (authenticate first). An upstream with its own
+    /// credentials (`own_credentials`) never gets the client's.
+    pub fn replay(&self, default_db: u32, own_credentials: bool) -> Vec<SetupStep> {
         let mut steps = Vec::new();
-        if let Some(auth) = &self.auth {
+        if let Some(auth) = self.auth.as_ref().filter(|_| !own_credentials) {
             steps.push(("AUTH (client credentials)", auth.clone()));
         }
         if let Some(v) = &self.protover {
@@ -153,6 +154,30 @@ impl ConnState {
     }
 }
 
+/// What a state command becomes on an upstream that is not the one
+/// answering it: unchanged, except that an upstream with its own credentials
+/// gets no client credentials (AUTH is skipped, HELLO loses its AUTH part).
+pub(super) fn for_other_side(kind: StateCmd, cmd: &Command, own_credentials: bool) -> Option<Command> {
+    match kind {
+        _ if !own_credentials => Some(cmd.clone()),
+        StateCmd::Auth => None,
+        StateCmd::Hello => {
+            let mut args: Vec<&[u8]> = Vec::with_capacity(cmd.len());
+            let mut i = 0;
+            while let Some(a) = cmd.arg(i) {
+                if i >= 2 && a.eq_ignore_ascii_case(b"auth") {
+                    i += 3;
+                    continue;
+                }
+                args.push(a);
+                i += 1;
+            }
+            Some(Command::from_args(&args))
+        }
+        _ => Some(cmd.clone()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,7 +187,7 @@ mod tests {
     }
 
     fn names(s: &ConnState) -> Vec<Vec<String>> {
-        s.replay(0)
+        s.replay(0, false)
             .into_iter()
             .map(|(_, cmd)| {
                 cmd.args()
@@ -200,6 +225,29 @@ mod tests {
     }
 
     #[test]
+    fn client_credentials_never_reach_an_upstream_with_its_own() {
+        let mut s = ConnState::default();
+        s.apply(StateCmd::Auth, &c(&["AUTH", "pw"]));
+        assert_eq!(s.replay(0, true).len(), 0);
+        assert_eq!(s.replay(0, false).len(), 1);
+        assert_eq!(
+            for_other_side(StateCmd::Auth, &c(&["AUTH", "pw"]), true),
+            None
+        );
+        let hello = for_other_side(
+            StateCmd::Hello,
+            &c(&["HELLO", "3", "AUTH", "u", "pw", "SETNAME", "n"]),
+            true,
+        );
+        assert_eq!(hello, Some(c(&["HELLO", "3", "SETNAME", "n"])));
+        let select = c(&["SELECT", "1"]);
+        assert_eq!(
+            for_other_side(StateCmd::Select, &select, true),
+            Some(select)
+        );
+    }
+
+    #[test]
     fn reset_keeps_auth_and_default_db_is_selected() {
         let mut s = ConnState::default();
         s.apply(StateCmd::Auth, &c(&["AUTH", "pw"]));
@@ -207,7 +255,7 @@ mod tests {
         s.apply(StateCmd::Reset, &c(&["RESET"]));
         assert_eq!(names(&s), vec![vec!["AUTH", "pw"]]);
         let fresh = ConnState::default();
-        let steps = fresh.replay(4);
+        let steps = fresh.replay(4, false);
         assert_eq!(steps[0].1.arg(1), Some(&b"4"[..]));
     }
 }

@@ -104,9 +104,10 @@ impl RedisServer {
                 use std::io::Write;
                 let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
                 let mut buf = [0u8; 7];
+                // A password-protected server answers -NOAUTH: up all the same.
                 if s.write_all(b"PING\r\n").is_ok()
                     && s.read_exact(&mut buf).is_ok()
-                    && &buf == b"+PONG\r\n"
+                    && (&buf == b"+PONG\r\n" || &buf == b"-NOAUTH")
                 {
                     return true;
                 }
