@@ -468,14 +468,18 @@ where
     /// reply it was waiting for from it, mirrored writes count as failed.
     fn fail_side(&mut self, side: Side, err: UpstreamError) {
         let sc = &mut self.sides[side.index()];
+        let was_connecting = matches!(sc.link, Link::Connecting(_));
         if let Link::Connecting(task) = &sc.link {
             task.abort();
         }
-        let mut lost_mirrors = 0;
+        let (mut lost_mirrors, mut failed_replies) = (0, 0);
         let reply = err.reply();
         for e in sc.inflight.drain(..) {
             match e.target {
-                Target::Client { .. } => sc.ready.push_back(reply.clone()),
+                Target::Client { .. } => {
+                    sc.ready.push_back(reply.clone());
+                    failed_replies += 1;
+                }
                 Target::Mirror(stats) => {
                     RouteStats::bump(&stats.mirror_failed);
                     lost_mirrors += 1;
@@ -483,7 +487,14 @@ where
                 Target::Quiet(_) => {}
             }
         }
-        warn!(error = %err, lost_mirrors, "upstream connection dropped");
+        // Failures while connecting are logged once per outage by the
+        // upstream; a dropped connection is worth a warning when it cost
+        // something.
+        if (lost_mirrors > 0 || failed_replies > 0) && !was_connecting {
+            warn!(error = %err, lost_mirrors, failed_replies, "upstream connection dropped");
+        } else {
+            debug!(error = %err, lost_mirrors, failed_replies, "upstream connection dropped");
+        }
         sc.link = Link::Idle;
         // Their replies will never come: they were not applied.
         self.pending_state.retain(|(s, _, _)| *s != side);

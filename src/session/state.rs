@@ -157,7 +157,11 @@ impl ConnState {
 /// What a state command becomes on an upstream that is not the one
 /// answering it: unchanged, except that an upstream with its own credentials
 /// gets no client credentials (AUTH is skipped, HELLO loses its AUTH part).
-pub(super) fn for_other_side(kind: StateCmd, cmd: &Command, own_credentials: bool) -> Option<Command> {
+pub(super) fn for_other_side(
+    kind: StateCmd,
+    cmd: &Command,
+    own_credentials: bool,
+) -> Option<Command> {
     match kind {
         _ if !own_credentials => Some(cmd.clone()),
         StateCmd::Auth => None,

@@ -14,6 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
+use tracing::{debug, info, warn};
+
 use crate::config::UpstreamConfig;
 use crate::error::UpstreamError;
 use crate::protocol::{Command, ReplyScanner};
@@ -67,8 +69,16 @@ impl Upstream {
         b.retry_at.is_none_or(|t| Instant::now() >= t)
     }
 
-    pub fn record_failure(&self) {
+    /// Counts a failed connect. The first one after a success is logged as
+    /// a warning; the rest of an outage only at debug, so thousands of
+    /// sessions hitting one dead cache do not flood the log.
+    pub fn record_failure(&self, err: &UpstreamError) {
         let mut b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        if b.failures == 0 {
+            warn!(error = %err, "upstream unreachable; retrying with backoff");
+        } else {
+            debug!(error = %err, failures = b.failures, "upstream still unreachable");
+        }
         b.failures = b.failures.saturating_add(1);
         let delay = BACKOFF_MIN
             .saturating_mul(1 << b.failures.min(6))
@@ -78,6 +88,9 @@ impl Upstream {
 
     pub fn record_success(&self) {
         let mut b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        if b.failures > 0 {
+            info!(side = %self.side, addr = %self.addr(), failed_attempts = b.failures, "upstream reachable again");
+        }
         *b = Backoff::default();
     }
 
@@ -114,7 +127,7 @@ impl Upstream {
         };
         match &result {
             Ok(_) => self.record_success(),
-            Err(_) => self.record_failure(),
+            Err(e) => self.record_failure(e),
         }
         result
     }
