@@ -1,0 +1,122 @@
+//! WATCH/MULTI/EXEC and scripts through the proxy behave as on Redis.
+
+mod support;
+
+use cutover::routing::Phase;
+use redis::AsyncCommands;
+use support::{exchange, get, TestProxy};
+
+#[tokio::test]
+async fn watch_aborts_exec_when_another_client_writes() {
+    let (old, new) = support::start_pair();
+    let proxy = TestProxy::start(&old, &new, &[("default", None, Phase::OldOnly)]).await;
+    let mut a = proxy.raw().await;
+    a.send(b"SET w 1\r\nWATCH w\r\n").await;
+    assert_eq!(a.read_n(10).await, b"+OK\r\n+OK\r\n");
+    // Another client changes the watched key through the proxy.
+    let mut b = proxy.conn().await;
+    let _: () = b.set("w", "2").await.unwrap();
+    a.send(b"MULTI\r\nSET w 3\r\nEXEC\r\nGET w\r\n").await;
+    let got = a
+        .read_n(b"+OK\r\n+QUEUED\r\n*-1\r\n$1\r\n2\r\n".len())
+        .await;
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "+OK\r\n+QUEUED\r\n*-1\r\n$1\r\n2\r\n"
+    );
+    // Unchanged: EXEC runs.
+    a.send(b"WATCH w\r\nMULTI\r\nSET w 4\r\nEXEC\r\nGET w\r\n")
+        .await;
+    let got = a
+        .read_n(b"+OK\r\n+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n$1\r\n4\r\n".len())
+        .await;
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "+OK\r\n+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n$1\r\n4\r\n"
+    );
+}
+
+#[tokio::test]
+async fn watch_follows_the_cache_that_serves_the_keys() {
+    // Keys on a new-only route: WATCH and the MULTI after it go to new.
+    let (old, new) = support::start_pair();
+    let proxy = TestProxy::start(
+        &old,
+        &new,
+        &[
+            ("n", Some(&["n:*"]), Phase::NewOnly),
+            ("default", None, Phase::OldOnly),
+        ],
+    )
+    .await;
+    let (reply, _) = exchange(proxy.addr, b"WATCH n:1\r\nMULTI\r\nINCR n:1\r\nEXEC\r\n").await;
+    assert_eq!(
+        String::from_utf8_lossy(&reply),
+        "+OK\r\n+OK\r\n+QUEUED\r\n*1\r\n:1\r\n"
+    );
+    assert_eq!(get(&mut new.sync(), "n:1").as_deref(), Some("1"));
+    assert_eq!(get(&mut old.sync(), "n:1"), None);
+    // Watching keys served by both caches cannot work in one transaction.
+    let (reply, _) = exchange(proxy.addr, b"WATCH n:1 other\r\n").await;
+    assert!(
+        String::from_utf8_lossy(&reply).starts_with("-CROSSROUTE"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+}
+
+#[tokio::test]
+async fn scripts_are_mirrored_verbatim_in_dual_write() {
+    let (old, new) = support::start_pair();
+    let proxy = TestProxy::start(
+        &old,
+        &new,
+        &[
+            ("s", Some(&["s:*"]), Phase::DualWrite),
+            ("default", None, Phase::OldOnly),
+        ],
+    )
+    .await;
+    let mut c = proxy.conn().await;
+    let script = "redis.call('SET', KEYS[1], ARGV[1]); return redis.call('GET', KEYS[1])";
+    let v: String = redis::cmd("EVAL")
+        .arg(script)
+        .arg(1)
+        .arg("s:1")
+        .arg("hello")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(v, "hello");
+    // SCRIPT LOAD goes to both, so EVALSHA works on the mirror too.
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(script)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let v: String = redis::cmd("EVALSHA")
+        .arg(&sha)
+        .arg(1)
+        .arg("s:2")
+        .arg("world")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(v, "world");
+    proxy.wait_mirrors_settled().await;
+    assert_eq!(proxy.stat("s", "mirror_errors"), 0);
+    assert_eq!(get(&mut new.sync(), "s:1").as_deref(), Some("hello"));
+    assert_eq!(get(&mut new.sync(), "s:2").as_deref(), Some("world"));
+    // A read-only script is a read: it is not mirrored.
+    let before = proxy.stat("s", "mirrored");
+    let v: String = redis::cmd("EVAL_RO")
+        .arg("return redis.call('GET', KEYS[1])")
+        .arg(1)
+        .arg("s:1")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(v, "hello");
+    assert_eq!(proxy.stat("s", "mirrored"), before);
+}
