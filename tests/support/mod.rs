@@ -24,7 +24,7 @@ pub fn init_tracing() {
         .try_init();
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
