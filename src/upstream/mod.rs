@@ -49,6 +49,13 @@ pub struct Conn {
 /// (never with its arguments: they may hold credentials).
 pub type SetupStep = (&'static str, Command);
 
+/// 100 ms after the first failed round, doubling, capped at 5 s.
+fn backoff_delay(failed_rounds: u32) -> Duration {
+    BACKOFF_MIN
+        .saturating_mul(1 << failed_rounds.saturating_sub(1).min(6))
+        .min(BACKOFF_MAX)
+}
+
 impl Upstream {
     pub fn new(side: Side, config: UpstreamConfig) -> Upstream {
         Upstream {
@@ -79,11 +86,15 @@ impl Upstream {
         } else {
             debug!(error = %err, failures = b.failures, "upstream still unreachable");
         }
+        let now = Instant::now();
+        // Many sessions may fail in the same round (they all connected before
+        // the first failure was known): the delay grows once per round, not
+        // once per session, or one outage would jump straight to the cap.
+        if b.retry_at.is_some_and(|t| now < t) {
+            return;
+        }
         b.failures = b.failures.saturating_add(1);
-        let delay = BACKOFF_MIN
-            .saturating_mul(1 << b.failures.min(6))
-            .min(BACKOFF_MAX);
-        b.retry_at = Some(Instant::now() + delay);
+        b.retry_at = Some(now + backoff_delay(b.failures));
     }
 
     pub fn record_success(&self) {
@@ -194,5 +205,42 @@ impl Upstream {
             }
         }
         Ok(Conn { rd, wr })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream() -> Upstream {
+        let config: crate::config::UpstreamConfig =
+            toml::from_str("address = \"127.0.0.1:1\"").expect("minimal upstream config");
+        Upstream::new(Side::New, config)
+    }
+
+    fn refused() -> UpstreamError {
+        UpstreamError::Closed {
+            side: Side::New,
+            addr: "127.0.0.1:1".into(),
+        }
+    }
+
+    #[test]
+    fn delay_doubles_from_100ms_to_a_5s_cap() {
+        let ms: Vec<u128> = (1..=8).map(|r| backoff_delay(r).as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+    }
+
+    #[test]
+    fn sessions_failing_in_the_same_round_count_once() {
+        let up = upstream();
+        for _ in 0..1000 {
+            up.record_failure(&refused());
+        }
+        assert_eq!(up.backoff.lock().unwrap().failures, 1);
+        assert!(!up.may_try(), "in backoff after a failed round");
+        up.record_success();
+        assert!(up.may_try());
+        assert_eq!(up.backoff.lock().unwrap().failures, 0);
     }
 }
