@@ -14,6 +14,7 @@
 //! | [`commands`] | the command table generated from Redis 7, key positions, how each command is carried |
 //! | [`routing`] | routes, phases, Redis globs, the `ArcSwap`ped table and per-route counters |
 //! | [`upstream`] | opening and setting up a connection to `old` or `new`, reconnect backoff |
+//! | [`mirror`] | effect translation: what the mirror runs for blocking, random and transactional writes |
 //! | [`session`] | one client: route each command, order replies, mirror writes, replay state |
 //! | [`server`] | accept loop, `maxclients`, graceful shutdown |
 //! | [`reload`] | SIGHUP / file-change reload of the routing table |
@@ -27,11 +28,14 @@
 //!   -> authoritative side: raw bytes appended to its write buffer; reply framed by
 //!      ReplyScanner and returned to the client in order (Slot FIFO)
 //!   -> mirror side (dual phases): same raw bytes; reply counted, never shown
+//!      (or, for a blocking/random write or an EXEC, the effect derived from the
+//!      authoritative reply; later mirrored writes wait behind it to keep order)
 //! ```
 
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod mirror;
 pub mod protocol;
 pub mod reload;
 pub mod routing;

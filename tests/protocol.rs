@@ -187,13 +187,13 @@ async fn unsupported_commands_get_a_clear_error() {
     .await;
     let (reply, closed) = exchange(
         proxy.addr,
-        b"SUBSCRIBE ch\r\nMONITOR\r\nBLPOP k:list 1\r\nBLPOP other 0.01\r\nPING\r\n",
+        b"SYNC\r\nMONITOR\r\nCLIENT REPLY OFF\r\nBLPOP other 0.01\r\nPING\r\n",
     )
     .await;
     let text = String::from_utf8_lossy(&reply);
     let lines: Vec<&str> = text.split("\r\n").collect();
     assert!(
-        lines[0].starts_with("-ERR cutover does not support 'subscribe'"),
+        lines[0].starts_with("-ERR cutover does not support 'sync'"),
         "{text}"
     );
     assert!(
@@ -201,7 +201,7 @@ async fn unsupported_commands_get_a_clear_error() {
         "{text}"
     );
     assert!(
-        lines[2].starts_with("-ERR cutover: blocking write 'blpop' on route 'k' in dual-write"),
+        lines[2].starts_with("-ERR cutover does not support 'client reply'"),
         "{text}"
     );
     assert_eq!(
@@ -210,40 +210,4 @@ async fn unsupported_commands_get_a_clear_error() {
     );
     assert_eq!(lines[4], "+PONG");
     assert!(!closed);
-}
-
-#[tokio::test]
-async fn transactions_on_single_side_routes_and_refused_otherwise() {
-    let (old, new) = support::start_pair();
-    let proxy = TestProxy::start(
-        &old,
-        &new,
-        &[
-            ("k", Some(&["k:*"]), Phase::DualWrite),
-            ("default", None, Phase::OldOnly),
-        ],
-    )
-    .await;
-    let (reply, _) = exchange(proxy.addr, b"MULTI\r\nSET a 1\r\nINCR a\r\nEXEC\r\nMULTI\r\nSET a 5\r\nSET k:1 x\r\nEXEC\r\nGET a\r\nEXISTS k:1\r\n").await;
-    let text = String::from_utf8_lossy(&reply);
-    let lines: Vec<&str> = text.split("\r\n").collect();
-    assert_eq!(
-        &lines[..6],
-        ["+OK", "+QUEUED", "+QUEUED", "*2", "+OK", ":2"],
-        "{text}"
-    );
-    assert_eq!(&lines[6..8], ["+OK", "+QUEUED"], "{text}");
-    assert!(
-        lines[8].starts_with("-ERR cutover: 'set' on route 'k' (dual-write) cannot be queued"),
-        "{text}"
-    );
-    assert_eq!(
-        lines[9], "-EXECABORT Transaction discarded because of previous errors.",
-        "{text}"
-    );
-    assert_eq!(
-        &lines[10..14],
-        ["$1", "2", ":0", ""],
-        "nothing of the aborted MULTI ran: {text}"
-    );
 }

@@ -4,9 +4,11 @@
 
 pub mod reply;
 pub mod request;
+pub mod value;
 
 pub use reply::{Reply, ReplyKind, ReplyScanner};
 pub use request::{Command, RequestParser};
+pub use value::Value;
 
 /// A malformed client request. `Display` is Redis's exact error text; the
 /// connection is closed after replying with it, as Redis does.

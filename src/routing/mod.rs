@@ -39,6 +39,12 @@ impl Side {
             Side::New => "new",
         }
     }
+    pub fn other(self) -> Side {
+        match self {
+            Side::Old => Side::New,
+            Side::New => Side::Old,
+        }
+    }
 }
 
 impl fmt::Display for Side {

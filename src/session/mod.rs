@@ -14,6 +14,7 @@
 //! What a session must not do: wait on a mirror. A mirror's replies, errors,
 //! slowness or death only change counters.
 
+mod held;
 mod route;
 mod state;
 
@@ -66,6 +67,9 @@ enum Target {
     /// To the client, in order. `state`: a connection-state command, which
     /// becomes part of the confirmed state if this reply is not an error.
     Client { state: bool },
+    /// To the client, in order; then the held mirrored write waiting for
+    /// this reply (ticket) is derived from it and released.
+    Effect(u64),
     /// A mirrored write: counted on its route, never shown to the client.
     Mirror(Arc<RouteStats>),
     /// Proxy-internal (state propagated to the other side, a DISCARD in
@@ -160,12 +164,28 @@ impl SideConn {
     }
 }
 
-/// An open MULTI: which side it runs on, and whether a command was refused
-/// while queueing (EXEC then aborts, as Redis does after a queueing error).
-#[derive(Debug)]
+/// An open MULTI.
+///
+/// MULTI itself is answered by the proxy and sent upstream only once the
+/// first queued command (or WATCH) tells which side the transaction runs on.
+#[derive(Debug, Default)]
 struct Tx {
-    side: Side,
+    /// The authoritative side of every command queued so far.
+    side: Option<Side>,
+    /// A command was refused while queueing: EXEC aborts, as Redis does
+    /// after a queueing error.
     aborted: bool,
+    /// The connection to `side` dropped: MULTI is gone there, so further
+    /// commands must not be sent (they would run at once).
+    lost: bool,
+    /// A command was served by the other side: EXEC fails with this error
+    /// and nothing runs anywhere (Redis cluster's CROSSSLOT at EXEC).
+    crossroute: Option<String>,
+    /// Commands queued on `side` so far: the index of the next one in the
+    /// EXEC reply.
+    queued: usize,
+    /// Writes to mirror as one MULTI block once EXEC returns an array.
+    mirror: Vec<held::TxItem>,
 }
 
 pub struct Session<R, W> {
@@ -184,6 +204,10 @@ pub struct Session<R, W> {
     /// A connection opened meanwhile gets them after its setup.
     pending_state: VecDeque<(Side, StateCmd, Command)>,
     tx: Option<Tx>,
+    /// Mirrored writes waiting for an authoritative reply, and those queued
+    /// behind them.
+    held: VecDeque<held::Held>,
+    ticket: u64,
     /// The side WATCH went to; MULTI must follow it there.
     watch_side: Option<Side>,
     /// Still reading commands from the client.
@@ -218,6 +242,8 @@ where
             state: ConnState::default(),
             pending_state: VecDeque::new(),
             tx: None,
+            held: VecDeque::new(),
+            ticket: 0,
             watch_side: None,
             reading: true,
             client_gone: false,
@@ -289,7 +315,7 @@ where
 
     fn done(&self) -> bool {
         let client_done = self.client_gone || (self.order.is_empty() && self.out.is_empty());
-        client_done && self.sides.iter().all(SideConn::settled)
+        client_done && self.held.is_empty() && self.sides.iter().all(SideConn::settled)
     }
 
     fn client_left(&mut self) {
@@ -375,7 +401,7 @@ where
                 }
             }
         }
-        if matches!(target, Target::Client { .. }) {
+        if matches!(target, Target::Client { .. } | Target::Effect(_)) {
             self.order.push_back(Slot::Upstream(side));
         }
         let deadline = if blocking {
@@ -447,6 +473,11 @@ where
                     }
                     self.sides[side.index()].ready.push_back(reply.bytes);
                 }
+                Target::Effect(ticket) => {
+                    let value = (!reply.is_error()).then_some(&reply.bytes);
+                    self.resolve_effect(ticket, value);
+                    self.sides[side.index()].ready.push_back(reply.bytes);
+                }
                 Target::Mirror(stats) => {
                     if reply.is_error() {
                         RouteStats::bump(&stats.mirror_errors);
@@ -474,11 +505,17 @@ where
         }
         let (mut lost_mirrors, mut failed_replies) = (0, 0);
         let reply = err.reply();
+        let mut lost_effects = Vec::new();
         for e in sc.inflight.drain(..) {
             match e.target {
                 Target::Client { .. } => {
                     sc.ready.push_back(reply.clone());
                     failed_replies += 1;
+                }
+                Target::Effect(ticket) => {
+                    sc.ready.push_back(reply.clone());
+                    failed_replies += 1;
+                    lost_effects.push(ticket);
                 }
                 Target::Mirror(stats) => {
                     RouteStats::bump(&stats.mirror_failed);
@@ -501,11 +538,15 @@ where
         sc.wbuf.clear();
         sc.rbuf.clear();
         sc.scanner = ReplyScanner::new(self.shared.limits.max_reply_depth);
-        if self.tx.as_ref().is_some_and(|t| t.side == side) {
-            self.tx = None;
+        if let Some(tx) = self.tx.as_mut().filter(|t| t.side == Some(side)) {
+            tx.lost = true;
+            tx.aborted = true;
         }
         if self.watch_side == Some(side) {
             self.watch_side = None;
+        }
+        for ticket in lost_effects {
+            self.resolve_effect(ticket, None);
         }
     }
 

@@ -1,12 +1,16 @@
 //! Per-command routing decisions: which side answers, which side mirrors,
 //! and which commands the proxy answers itself.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::held::{Pending, TxItem};
 use super::{state, Session, Target, Tx};
 use crate::commands::{self, Kind, StateCmd, TxCmd};
 use crate::config::UnknownPolicy;
+use crate::mirror;
 use crate::protocol::Command;
 use crate::routing::{RouteStats, RouteTable, Side};
 
@@ -96,18 +100,28 @@ where
                     .phase
                     .mirror()
                     .filter(|_| write && spec.is_none_or(|s| commands::arity_ok(s, cmd.len())));
-                if let Some(tx) = &self.tx {
-                    if authoritative != tx.side || mirror.is_some() {
-                        return self.refuse_in_tx(err(format!(
-                            "cutover: '{}' on route '{}' ({}) cannot be queued in this MULTI: transactions are carried only when all their keys are in single-side routes of the same side",
-                            display_name(&cmd),
-                            route.name,
-                            route.phase
-                        )));
-                    }
-                } else if blocking && mirror.is_some() {
+                let effect = match (spec, mirror) {
+                    (Some(s), Some(_)) => mirror::effect_of(s.name, &cmd),
+                    _ => None,
+                };
+                if self.tx.is_some() {
+                    let route_desc = format!("route '{}' ({})", route.name, route.phase);
+                    let stats = route.stats.clone();
+                    drop(table);
+                    let arity_ok = spec.is_none_or(|s| commands::arity_ok(s, cmd.len()));
+                    return self.queue_in_tx(
+                        cmd,
+                        authoritative,
+                        mirror,
+                        effect,
+                        stats,
+                        arity_ok,
+                        route_desc,
+                    );
+                }
+                if blocking && mirror.is_some() && effect.is_none() {
                     return self.local(err(format!(
-                        "cutover: blocking write '{}' on route '{}' in {} is not supported yet (its effect cannot be mirrored safely)",
+                        "cutover: blocking write '{}' on route '{}' in {} is not supported (its effect cannot be mirrored)",
                         display_name(&cmd),
                         route.name,
                         route.phase
@@ -120,15 +134,33 @@ where
                 });
                 let stats = route.stats.clone();
                 drop(table);
-                self.send(
-                    authoritative,
-                    &cmd,
-                    Target::Client { state: false },
-                    blocking,
-                );
-                if let Some(m) = mirror {
-                    RouteStats::bump(&stats.mirrored);
-                    self.send(m, &cmd, Target::Mirror(stats), false);
+                match (mirror, effect) {
+                    (Some(m), Some(effect)) => {
+                        let ticket = self.defer_mirror(
+                            m,
+                            Pending::One {
+                                effect,
+                                cmd: cmd.clone(),
+                                stats,
+                            },
+                        );
+                        self.send(authoritative, &cmd, Target::Effect(ticket), blocking);
+                    }
+                    (Some(m), None) => {
+                        self.send(
+                            authoritative,
+                            &cmd,
+                            Target::Client { state: false },
+                            blocking,
+                        );
+                        self.mirror(m, cmd, stats);
+                    }
+                    (None, _) => self.send(
+                        authoritative,
+                        &cmd,
+                        Target::Client { state: false },
+                        blocking,
+                    ),
                 }
             }
         }
@@ -147,7 +179,7 @@ where
     /// the reply from the default route's read side; connections opened later
     /// get the state replayed.
     fn send_state(&mut self, kind: StateCmd, cmd: &Command, reply_side: Side) {
-        if self.tx.is_some() {
+        if self.tx.is_some() && kind != StateCmd::Reset {
             return self.refuse_in_tx(err(format!(
                 "cutover: '{}' inside MULTI is not supported (connection state must be known when it is sent)",
                 display_name(cmd)
@@ -162,10 +194,7 @@ where
         self.send(reply_side, cmd, Target::Client { state: true }, false);
         self.pending_state
             .push_back((reply_side, kind, cmd.clone()));
-        let other = match reply_side {
-            Side::Old => Side::New,
-            Side::New => Side::Old,
-        };
+        let other = reply_side.other();
         let own_credentials = self.shared.upstreams[other.index()]
             .config
             .password
@@ -177,48 +206,145 @@ where
         }
     }
 
+    /// A command inside MULTI. It is sent to the transaction's side (which
+    /// the first command decides) and its write, if mirrored, held for the
+    /// mirror's MULTI block. A command served by the other side is not sent:
+    /// it is answered QUEUED and EXEC fails for the whole block, like
+    /// CROSSSLOT in a Redis cluster.
+    #[allow(clippy::too_many_arguments)]
+    fn queue_in_tx(
+        &mut self,
+        cmd: Command,
+        authoritative: Side,
+        mirror: Option<Side>,
+        effect: Option<mirror::Effect>,
+        stats: Arc<RouteStats>,
+        arity_ok: bool,
+        route_desc: String,
+    ) {
+        let Some(side) = self.tx_side(authoritative) else {
+            return self.refuse_in_tx(err(format!(
+                "cutover: the connection to the cache serving this MULTI was lost; '{}' not queued",
+                display_name(&cmd)
+            )));
+        };
+        if side != authoritative && arity_ok {
+            let tx = self.tx.as_mut().expect("in a transaction");
+            tx.crossroute.get_or_insert_with(|| {
+                format!(
+                    "-CROSSROUTE Transaction discarded: '{}' on {route_desc} is served by the {authoritative} cache, earlier commands by the {side} cache\r\n",
+                    display_name(&cmd)
+                )
+            });
+            return self.local(Bytes::from_static(b"+QUEUED\r\n"));
+        }
+        let tx = self.tx.as_mut().expect("in a transaction");
+        let index = tx.queued;
+        tx.queued += 1;
+        if let Some(m) = mirror.filter(|_| side == authoritative) {
+            debug_assert_ne!(m, side);
+            tx.mirror.push(TxItem {
+                index,
+                cmd: cmd.clone(),
+                effect,
+                stats,
+            });
+        }
+        self.send(side, &cmd, Target::Client { state: false }, false);
+    }
+
+    /// The side of the open transaction, fixed to `want` (and MULTI sent
+    /// there) if no command decided it yet. `None` when its connection was
+    /// lost.
+    fn tx_side(&mut self, want: Side) -> Option<Side> {
+        let tx = self.tx.as_mut()?;
+        if tx.lost {
+            return None;
+        }
+        if let Some(side) = tx.side {
+            return Some(side);
+        }
+        tx.side = Some(want);
+        self.send(
+            want,
+            &Command::from_args(&[b"MULTI"]),
+            Target::Quiet("MULTI"),
+            false,
+        );
+        Some(want)
+    }
+
     fn transaction(&mut self, t: TxCmd, cmd: &Command, table: &RouteTable, default_side: Side) {
         let client = || Target::Client { state: false };
         match t {
             TxCmd::Multi => {
-                let side = match &self.tx {
-                    Some(tx) => tx.side,
-                    None => {
-                        let side = self.watch_side.unwrap_or(default_side);
+                if self.tx.is_some() {
+                    return self.local(Bytes::from_static(
+                        b"-ERR MULTI calls can not be nested\r\n",
+                    ));
+                }
+                // After WATCH the side is known: MULTI goes there now.
+                match self.watch_side {
+                    Some(side) => {
                         self.tx = Some(Tx {
-                            side,
-                            aborted: false,
+                            side: Some(side),
+                            ..Tx::default()
                         });
-                        side
+                        self.send(side, cmd, client(), false);
                     }
-                };
-                self.send(side, cmd, client(), false);
+                    None => {
+                        self.tx = Some(Tx::default());
+                        self.local(Bytes::from_static(b"+OK\r\n"));
+                    }
+                }
             }
             TxCmd::Exec | TxCmd::Discard => {
                 self.watch_side = None;
-                match self.tx.take() {
-                    None => self.send(default_side, cmd, client(), false),
-                    Some(Tx {
-                        side,
-                        aborted: true,
-                    }) if t == TxCmd::Exec => {
-                        self.send(
+                let Some(tx) = self.tx.take() else {
+                    return self.send(default_side, cmd, client(), false);
+                };
+                let discard = |s: &mut Self| {
+                    if let (Some(side), false) = (tx.side, tx.lost) {
+                        s.send(
                             side,
                             &Command::from_args(&[b"DISCARD"]),
-                            Target::Quiet("DISCARD of an aborted MULTI"),
+                            Target::Quiet("DISCARD of a transaction that cannot run"),
                             false,
                         );
-                        self.local(Bytes::from_static(
-                            b"-EXECABORT Transaction discarded because of previous errors.\r\n",
-                        ));
                     }
-                    Some(Tx { side, .. }) => self.send(side, cmd, client(), false),
+                };
+                if t == TxCmd::Discard {
+                    return match tx.side.filter(|_| !tx.lost) {
+                        Some(side) => self.send(side, cmd, client(), false),
+                        None => self.local(Bytes::from_static(b"+OK\r\n")),
+                    };
                 }
+                if tx.aborted {
+                    discard(self);
+                    return self.local(Bytes::from_static(
+                        b"-EXECABORT Transaction discarded because of previous errors.\r\n",
+                    ));
+                }
+                if let Some(reply) = &tx.crossroute {
+                    discard(self);
+                    return self.local(Bytes::from(reply.clone()));
+                }
+                let Some(side) = tx.side else {
+                    // Nothing queued and nothing watched: nothing to run.
+                    return self.local(Bytes::from_static(b"*0\r\n"));
+                };
+                if tx.mirror.is_empty() {
+                    return self.send(side, cmd, client(), false);
+                }
+                let mirror_side = side.other();
+                let ticket = self.defer_mirror(mirror_side, Pending::Tx(tx.mirror));
+                self.send(side, cmd, Target::Effect(ticket), false);
             }
             TxCmd::Watch => {
-                if let Some(tx) = &self.tx {
-                    // Redis answers "WATCH inside MULTI is not allowed".
-                    return self.send(tx.side, cmd, client(), false);
+                if self.tx.is_some() {
+                    return self.local(Bytes::from_static(
+                        b"-ERR WATCH inside MULTI is not allowed\r\n",
+                    ));
                 }
                 let positions: Vec<usize> = (1..cmd.len()).collect();
                 let side = match resolve(table, cmd, &positions) {
@@ -234,12 +360,20 @@ where
                 self.send(side, cmd, client(), false);
             }
             TxCmd::Unwatch => {
-                let side = self
-                    .tx
-                    .as_ref()
-                    .map(|t| t.side)
-                    .or(self.watch_side.take())
-                    .unwrap_or(default_side);
+                if self.tx.is_some() {
+                    // Queued like any command.
+                    return match self.tx_side(default_side) {
+                        Some(side) => {
+                            self.tx.as_mut().expect("in a transaction").queued += 1;
+                            self.send(side, cmd, client(), false)
+                        }
+                        None => self.refuse_in_tx(err(
+                            "cutover: the connection to the cache serving this MULTI was lost"
+                                .into(),
+                        )),
+                    };
+                }
+                let side = self.watch_side.take().unwrap_or(default_side);
                 self.send(side, cmd, client(), false);
             }
         }

@@ -1,0 +1,550 @@
+//! Effect translation: what the mirror must run so that it ends up where the
+//! authoritative side did, for writes whose outcome is not decided by their
+//! arguments alone.
+//!
+//! Such a write is sent to the authoritative side only; once its reply is
+//! known, [`translate`] turns the reply into the deterministic commands that
+//! reproduce the same change (what Redis itself propagates to replicas).
+//! The mirror never runs a blocking or random command.
+//!
+//! Decisions, for every write the table tips as `nondeterministic_output`
+//! and every blocking write:
+//!
+//! | command | mirrored as |
+//! | --- | --- |
+//! | `BLPOP` / `BRPOP` | `LPOP` / `RPOP` of the key that was popped |
+//! | `BLMOVE` / `BRPOPLPUSH` | `LMOVE` / `RPOPLPUSH` of the same keys |
+//! | `BLMPOP` | `LPOP` / `RPOP key count` of the key and count popped |
+//! | `BZPOPMIN` / `BZPOPMAX` / `BZMPOP` | `ZREM key member...` of the popped members |
+//! | `SPOP` | `SREM key member...` of the popped members |
+//! | `XADD` with `*` or `<ms>-*` | `XADD` with the ID the authoritative side assigned |
+//! | `XREADGROUP` (`>` IDs) | `XCLAIM key group consumer 0 id... FORCE JUSTID LASTID id`, or `XGROUP SETID` with `NOACK` |
+//! | `XCLAIM` | `XCLAIM` with min-idle-time 0 restricted to the IDs it claimed |
+//! | `XAUTOCLAIM` | `XCLAIM key group consumer 0 id...` of the IDs it claimed |
+//! | `MIGRATE` | refused (moves data out of the cache) |
+//!
+//! Left verbatim, on purpose: `XTRIM` and `XADD` with `~` trimming (the
+//! amount trimmed depends on the stream's node layout, identical when both
+//! caches have the same `stream-node-max-*` settings and history); `LMPOP`,
+//! `ZPOPMIN`, `ZMPOP` and friends (deterministic given the same data);
+//! `XREADGROUP` on history IDs (only delivery counters change); scripts
+//! (Redis 7 replicates a script's effects, but a proxy only sees the call:
+//! a script that calls `SPOP` or `TIME` may diverge, and divergence repair
+//! is what catches it).
+//! Random reads (`SRANDMEMBER`, `RANDOMKEY`, `HRANDFIELD`, ...) are reads:
+//! one side answers, nothing is mirrored.
+
+use bytes::Bytes;
+
+use crate::protocol::{Command, Value};
+
+/// How to derive the mirror's commands from the authoritative reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// `BLPOP`/`BRPOP`: reply `[key, element]`.
+    Pop { left: bool },
+    /// `BLMOVE src dst from to timeout`: reply the element moved.
+    LMove,
+    /// `BRPOPLPUSH src dst timeout`: reply the element moved.
+    RPopLPush,
+    /// `BLMPOP`: reply `[key, [elements]]`.
+    LMPop { left: bool },
+    /// `BZPOPMIN`/`BZPOPMAX`: reply `[key, member, score]`.
+    ZPop,
+    /// `BZMPOP`: reply `[key, [[member, score]...]]`.
+    ZMPop,
+    /// `SPOP key [count]`: reply a member, nil, or an array of members.
+    SPop,
+    /// `XADD` whose ID argument (at this index) is to be assigned.
+    XAdd { id_at: usize },
+    /// `XREADGROUP GROUP g c ... STREAMS k... id...`.
+    XReadGroup,
+    /// `XCLAIM key group consumer min-idle id... [options]`: options begin
+    /// at this index.
+    XClaim { options_at: usize },
+    /// `XAUTOCLAIM key group consumer min-idle start [COUNT n] [JUSTID]`.
+    XAutoClaim,
+}
+
+fn eq(a: Option<&[u8]>, b: &str) -> bool {
+    a.is_some_and(|a| a.eq_ignore_ascii_case(b.as_bytes()))
+}
+
+/// The effect translation a write needs when mirrored, or `None` when it
+/// is mirrored verbatim. `name` is the table's (lowercase) name.
+pub fn effect_of(name: &str, cmd: &Command) -> Option<Effect> {
+    Some(match name {
+        "blpop" => Effect::Pop { left: true },
+        "brpop" => Effect::Pop { left: false },
+        "blmove" => Effect::LMove,
+        "brpoplpush" => Effect::RPopLPush,
+        "blmpop" => {
+            // BLMPOP timeout numkeys key... LEFT|RIGHT [COUNT n]
+            let numkeys = crate::protocol::request::string2ll(cmd.arg(2)?)?;
+            let dir = cmd.arg(3 + usize::try_from(numkeys).ok()?);
+            Effect::LMPop {
+                left: eq(dir, "left"),
+            }
+        }
+        "bzpopmin" | "bzpopmax" => Effect::ZPop,
+        "bzmpop" => Effect::ZMPop,
+        "spop" => Effect::SPop,
+        "xadd" => {
+            let id_at = xadd_id_position(cmd)?;
+            // An explicit ID is deterministic: verbatim is exact.
+            if !cmd.arg(id_at)?.contains(&b'*') {
+                return None;
+            }
+            Effect::XAdd { id_at }
+        }
+        "xreadgroup" => Effect::XReadGroup,
+        "xclaim" => {
+            let mut i = 5;
+            while let Some(a) = cmd.arg(i) {
+                if is_xclaim_option(a) {
+                    break;
+                }
+                i += 1;
+            }
+            Effect::XClaim { options_at: i }
+        }
+        "xautoclaim" => Effect::XAutoClaim,
+        _ => return None,
+    })
+}
+
+fn is_xclaim_option(a: &[u8]) -> bool {
+    ["idle", "time", "retrycount", "force", "justid", "lastid"]
+        .iter()
+        .any(|o| a.eq_ignore_ascii_case(o.as_bytes()))
+}
+
+/// `XADD key [NOMKSTREAM] [MAXLEN|MINID [=|~] threshold [LIMIT count]] id ...`
+fn xadd_id_position(cmd: &Command) -> Option<usize> {
+    let mut i = 2;
+    loop {
+        let a = cmd.arg(i)?;
+        if a.eq_ignore_ascii_case(b"nomkstream") {
+            i += 1;
+        } else if a.eq_ignore_ascii_case(b"maxlen") || a.eq_ignore_ascii_case(b"minid") {
+            i += 1;
+            if matches!(cmd.arg(i)?, b"=" | b"~") {
+                i += 1;
+            }
+            i += 1;
+            if eq(cmd.arg(i), "limit") {
+                i += 2;
+            }
+        } else {
+            return Some(i);
+        }
+    }
+}
+
+/// Commands that reproduce on the mirror what `cmd` did on the authoritative
+/// side, given its reply there. Empty when it changed nothing (a timed-out
+/// block, an empty pop, an error).
+pub fn translate(effect: &Effect, cmd: &Command, reply: &Value) -> Vec<Command> {
+    translate_inner(effect, cmd, reply).unwrap_or_default()
+}
+
+fn arg(cmd: &Command, i: usize) -> Option<&[u8]> {
+    cmd.arg(i)
+}
+
+fn translate_inner(effect: &Effect, cmd: &Command, reply: &Value) -> Option<Vec<Command>> {
+    if matches!(reply, Value::Nil | Value::Error(_)) {
+        return None;
+    }
+    let one = |c: Command| Some(vec![c]);
+    match effect {
+        Effect::Pop { left } => {
+            let [key, _elem] = reply.as_array()? else {
+                return None;
+            };
+            let verb: &[u8] = if *left { b"LPOP" } else { b"RPOP" };
+            one(Command::from_args(&[verb, key.as_bytes()?]))
+        }
+        Effect::LMove => {
+            reply.as_bytes()?;
+            one(Command::from_args(&[
+                &b"LMOVE"[..],
+                arg(cmd, 1)?,
+                arg(cmd, 2)?,
+                arg(cmd, 3)?,
+                arg(cmd, 4)?,
+            ]))
+        }
+        Effect::RPopLPush => {
+            reply.as_bytes()?;
+            one(Command::from_args(&[
+                &b"RPOPLPUSH"[..],
+                arg(cmd, 1)?,
+                arg(cmd, 2)?,
+            ]))
+        }
+        Effect::LMPop { left } => {
+            let [key, elems] = reply.as_array()? else {
+                return None;
+            };
+            let n = elems.as_array()?.len().to_string();
+            let verb: &[u8] = if *left { b"LPOP" } else { b"RPOP" };
+            one(Command::from_args(&[verb, key.as_bytes()?, n.as_bytes()]))
+        }
+        Effect::ZPop => {
+            let [key, member, _score] = reply.as_array()? else {
+                return None;
+            };
+            one(Command::from_args(&[
+                &b"ZREM"[..],
+                key.as_bytes()?,
+                member.as_bytes()?,
+            ]))
+        }
+        Effect::ZMPop => {
+            let [key, pairs] = reply.as_array()? else {
+                return None;
+            };
+            let mut args: Vec<&[u8]> = vec![b"ZREM", key.as_bytes()?];
+            for pair in pairs.as_array()? {
+                args.push(pair.as_array()?.first()?.as_bytes()?);
+            }
+            (args.len() > 2).then(|| vec![Command::from_args(&args)])
+        }
+        Effect::SPop => {
+            let key = arg(cmd, 1)?;
+            let mut args: Vec<&[u8]> = vec![b"SREM", key];
+            match reply {
+                Value::Str(m) => args.push(m),
+                Value::Array(ms) => {
+                    for m in ms {
+                        args.push(m.as_bytes()?);
+                    }
+                }
+                _ => return None,
+            }
+            (args.len() > 2).then(|| vec![Command::from_args(&args)])
+        }
+        Effect::XAdd { id_at } => {
+            let id = reply.as_bytes()?;
+            let args: Vec<&[u8]> = cmd
+                .args()
+                .enumerate()
+                .map(|(i, a)| if i == *id_at { &id[..] } else { a })
+                .collect();
+            one(Command::from_args(&args))
+        }
+        Effect::XReadGroup => xreadgroup(cmd, reply),
+        Effect::XClaim { options_at } => {
+            let ids = claimed_ids(reply.as_array()?)?;
+            let has_lastid = (*options_at..cmd.len()).any(|i| eq(cmd.arg(i), "lastid"));
+            if ids.is_empty() && !has_lastid {
+                return None;
+            }
+            let mut args: Vec<&[u8]> = cmd.args().take(4).collect();
+            args.push(b"0");
+            args.extend(ids.iter().map(|b| &b[..]));
+            args.extend(cmd.args().skip(*options_at));
+            if ids.is_empty() {
+                // XCLAIM needs at least one ID; one that cannot exist claims
+                // nothing but still applies LASTID.
+                args.insert(5, b"0-0");
+            }
+            one(Command::from_args(&args))
+        }
+        Effect::XAutoClaim => {
+            let parts = reply.as_array()?;
+            let ids = claimed_ids(parts.get(1)?.as_array()?)?;
+            if ids.is_empty() {
+                return None;
+            }
+            let mut args: Vec<&[u8]> = vec![b"XCLAIM"];
+            args.extend(cmd.args().skip(1).take(3));
+            args.push(b"0");
+            args.extend(ids.iter().map(|b| &b[..]));
+            if (5..cmd.len()).any(|i| eq(cmd.arg(i), "justid")) {
+                args.push(b"JUSTID");
+            }
+            one(Command::from_args(&args))
+        }
+    }
+}
+
+/// The IDs in an XCLAIM-style reply: entries `[id, fields]` or bare IDs
+/// (JUSTID); deleted entries (nil) are skipped.
+fn claimed_ids(items: &[Value]) -> Option<Vec<Bytes>> {
+    let mut ids = Vec::with_capacity(items.len());
+    for item in items {
+        match item {
+            Value::Str(id) => ids.push(id.clone()),
+            Value::Array(entry) => ids.push(entry.first()?.as_bytes()?.clone()),
+            Value::Nil => {}
+            _ => return None,
+        }
+    }
+    Some(ids)
+}
+
+/// `XREADGROUP GROUP group consumer [COUNT n] [BLOCK ms] [NOACK] STREAMS
+/// key... id...`: the new entries each stream delivered are claimed by the
+/// same consumer on the mirror (which also moves the group's last ID).
+fn xreadgroup(cmd: &Command, reply: &Value) -> Option<Vec<Command>> {
+    let group = arg(cmd, 2)?;
+    let consumer = arg(cmd, 3)?;
+    let mut noack = false;
+    let mut i = 4;
+    let streams_at = loop {
+        let a = cmd.arg(i)?;
+        if a.eq_ignore_ascii_case(b"streams") {
+            break i + 1;
+        }
+        if a.eq_ignore_ascii_case(b"noack") {
+            noack = true;
+            i += 1;
+        } else {
+            i += 2;
+        }
+    };
+    let nstreams = (cmd.len() - streams_at) / 2;
+    // RESP2: [[key, entries]...]; RESP3: {key: entries}.
+    let per_key: Vec<(&Value, &Value)> = match reply {
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|kv| match kv.as_array()? {
+                [k, v] => Some((k, v)),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
+        _ => return None,
+    };
+    let mut out = Vec::new();
+    for (key, entries) in per_key {
+        let key = key.as_bytes()?;
+        let pos = (0..nstreams).find(|&j| cmd.arg(streams_at + j) == Some(&key[..]))?;
+        // Only new entries (">") move the group; history reads change
+        // delivery counters only.
+        if cmd.arg(streams_at + nstreams + pos) != Some(b">") {
+            continue;
+        }
+        let ids = claimed_ids(entries.as_array()?)?;
+        let Some(last) = ids.last().cloned() else {
+            continue;
+        };
+        if noack {
+            out.push(Command::from_args(&[
+                &b"XGROUP"[..],
+                b"SETID",
+                key,
+                group,
+                &last,
+            ]));
+        } else {
+            let mut args: Vec<&[u8]> = vec![b"XCLAIM", key, group, consumer, b"0"];
+            args.extend(ids.iter().map(|b| &b[..]));
+            args.extend([&b"FORCE"[..], b"JUSTID", b"LASTID", &last]);
+            out.push(Command::from_args(&args));
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::value::decode;
+
+    fn c(args: &[&str]) -> Command {
+        Command::from_args(args)
+    }
+
+    fn run(args: &[&str], name: &str, reply: &str) -> Vec<Vec<String>> {
+        let cmd = c(args);
+        let effect = effect_of(name, &cmd).expect("has an effect");
+        let v = decode(&Bytes::copy_from_slice(reply.as_bytes()), 16).expect("valid reply");
+        translate(&effect, &cmd, &v)
+            .into_iter()
+            .map(|c| {
+                c.args()
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn blocking_pops_become_their_effect() {
+        assert_eq!(
+            run(
+                &["BLPOP", "a", "b", "0"],
+                "blpop",
+                "*2\r\n$1\r\nb\r\n$1\r\nx\r\n"
+            ),
+            vec![vec!["LPOP", "b"]]
+        );
+        assert!(run(&["BRPOP", "a", "1"], "brpop", "*-1\r\n").is_empty());
+        assert!(run(&["BRPOP", "a", "1"], "brpop", "_\r\n").is_empty());
+        assert_eq!(
+            run(
+                &["BLMOVE", "s", "d", "LEFT", "RIGHT", "0"],
+                "blmove",
+                "$1\r\nx\r\n"
+            ),
+            vec![vec!["LMOVE", "s", "d", "LEFT", "RIGHT"]]
+        );
+        assert_eq!(
+            run(&["BRPOPLPUSH", "s", "d", "0"], "brpoplpush", "$1\r\nx\r\n"),
+            vec![vec!["RPOPLPUSH", "s", "d"]]
+        );
+        assert_eq!(
+            run(
+                &["BLMPOP", "0", "2", "a", "b", "RIGHT", "COUNT", "5"],
+                "blmpop",
+                "*2\r\n$1\r\nb\r\n*2\r\n$1\r\nx\r\n$1\r\ny\r\n"
+            ),
+            vec![vec!["RPOP", "b", "2"]]
+        );
+        assert_eq!(
+            run(
+                &["BZPOPMIN", "z", "0"],
+                "bzpopmin",
+                "*3\r\n$1\r\nz\r\n$1\r\nm\r\n,1.5\r\n"
+            ),
+            vec![vec!["ZREM", "z", "m"]]
+        );
+        assert_eq!(
+            run(
+                &["BZMPOP", "0", "1", "z", "MAX", "COUNT", "2"],
+                "bzmpop",
+                "*2\r\n$1\r\nz\r\n*2\r\n*2\r\n$1\r\nm\r\n$1\r\n2\r\n*2\r\n$1\r\nn\r\n$1\r\n1\r\n"
+            ),
+            vec![vec!["ZREM", "z", "m", "n"]]
+        );
+    }
+
+    #[test]
+    fn random_writes_become_their_effect() {
+        assert_eq!(
+            run(&["SPOP", "s"], "spop", "$1\r\nm\r\n"),
+            vec![vec!["SREM", "s", "m"]]
+        );
+        assert_eq!(
+            run(&["SPOP", "s", "3"], "spop", "*2\r\n$1\r\nm\r\n$1\r\nn\r\n"),
+            vec![vec!["SREM", "s", "m", "n"]]
+        );
+        assert!(run(&["SPOP", "s", "3"], "spop", "*0\r\n").is_empty());
+        assert_eq!(
+            run(
+                &[
+                    "XADD",
+                    "x",
+                    "NOMKSTREAM",
+                    "MAXLEN",
+                    "~",
+                    "10",
+                    "LIMIT",
+                    "5",
+                    "*",
+                    "f",
+                    "v"
+                ],
+                "xadd",
+                "$3\r\n5-0\r\n"
+            ),
+            vec![vec![
+                "XADD",
+                "x",
+                "NOMKSTREAM",
+                "MAXLEN",
+                "~",
+                "10",
+                "LIMIT",
+                "5",
+                "5-0",
+                "f",
+                "v"
+            ]]
+        );
+        assert_eq!(
+            run(&["XADD", "x", "7-*", "f", "v"], "xadd", "$3\r\n7-3\r\n"),
+            vec![vec!["XADD", "x", "7-3", "f", "v"]]
+        );
+        assert_eq!(effect_of("xadd", &c(&["XADD", "x", "1-1", "f", "v"])), None);
+    }
+
+    #[test]
+    fn stream_groups_become_claims() {
+        let reply = "*1\r\n*2\r\n$1\r\ns\r\n*2\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n*2\r\n$3\r\n2-0\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n";
+        assert_eq!(
+            run(
+                &[
+                    "XREADGROUP",
+                    "GROUP",
+                    "g",
+                    "c",
+                    "COUNT",
+                    "2",
+                    "BLOCK",
+                    "0",
+                    "STREAMS",
+                    "s",
+                    ">"
+                ],
+                "xreadgroup",
+                reply
+            ),
+            vec![vec![
+                "XCLAIM", "s", "g", "c", "0", "1-0", "2-0", "FORCE", "JUSTID", "LASTID", "2-0"
+            ]]
+        );
+        assert_eq!(
+            run(
+                &[
+                    "XREADGROUP",
+                    "GROUP",
+                    "g",
+                    "c",
+                    "NOACK",
+                    "STREAMS",
+                    "s",
+                    ">"
+                ],
+                "xreadgroup",
+                reply
+            ),
+            vec![vec!["XGROUP", "SETID", "s", "g", "2-0"]]
+        );
+        assert!(run(
+            &["XREADGROUP", "GROUP", "g", "c", "STREAMS", "s", "0"],
+            "xreadgroup",
+            reply
+        )
+        .is_empty());
+        assert_eq!(
+            run(
+                &[
+                    "XCLAIM",
+                    "s",
+                    "g",
+                    "c",
+                    "100",
+                    "1-0",
+                    "2-0",
+                    "RETRYCOUNT",
+                    "3"
+                ],
+                "xclaim",
+                "*1\r\n*2\r\n$3\r\n2-0\r\n*0\r\n"
+            ),
+            vec![vec!["XCLAIM", "s", "g", "c", "0", "2-0", "RETRYCOUNT", "3"]]
+        );
+        assert_eq!(
+            run(
+                &["XAUTOCLAIM", "s", "g", "c", "100", "0", "JUSTID"],
+                "xautoclaim",
+                "*3\r\n$3\r\n0-0\r\n*1\r\n$3\r\n1-0\r\n*0\r\n"
+            ),
+            vec![vec!["XCLAIM", "s", "g", "c", "0", "1-0", "JUSTID"]]
+        );
+    }
+}

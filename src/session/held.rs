@@ -1,0 +1,195 @@
+//! Mirrored writes that must wait for an authoritative reply.
+//!
+//! A write mirrored as its effect (a blocking pop, SPOP, XADD `*`, a MULTI
+//! block) can only be sent to the mirror once the authoritative side has
+//! answered. Mirrored writes the client sent after it wait behind it, so the
+//! mirror applies this client's writes in the order the authoritative side
+//! did. The wait costs the client nothing: those writes are queued behind
+//! the same command on the authoritative connection too.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::debug;
+
+use super::{Session, Target};
+use crate::mirror::{self, Effect};
+use crate::protocol::{value, Command, Value};
+use crate::routing::{RouteStats, Side};
+
+/// A write queued in a mirrored MULTI: its place in the EXEC reply.
+#[derive(Debug)]
+pub(super) struct TxItem {
+    pub(super) index: usize,
+    pub(super) cmd: Command,
+    pub(super) effect: Option<Effect>,
+    pub(super) stats: Arc<RouteStats>,
+}
+
+#[derive(Debug)]
+pub(super) enum Pending {
+    One {
+        effect: Effect,
+        cmd: Command,
+        stats: Arc<RouteStats>,
+    },
+    Tx(Vec<TxItem>),
+}
+
+#[derive(Debug)]
+enum Work {
+    Waiting(Pending),
+    Ready(Vec<(Command, Target)>),
+}
+
+#[derive(Debug)]
+pub(super) struct Held {
+    ticket: u64,
+    side: Side,
+    work: Work,
+}
+
+/// What a mirrored MULTI block becomes once EXEC's reply is known: the
+/// writes (each as its effect, given its element of the EXEC array) inside
+/// MULTI ... EXEC, or nothing when EXEC did not run it.
+fn resolve_tx(items: Vec<TxItem>, reply: Option<&Value>) -> Vec<(Command, Target)> {
+    let Some(results) = reply.and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    let mut body = Vec::with_capacity(items.len());
+    let mut last_stats = None;
+    for item in items {
+        let Some(result) = results.get(item.index) else {
+            continue;
+        };
+        let cmds = match &item.effect {
+            Some(effect) => mirror::translate(effect, &item.cmd, result),
+            None => vec![item.cmd],
+        };
+        for cmd in cmds {
+            body.push((cmd, Target::Quiet("write queued in a mirrored MULTI")));
+        }
+        last_stats = Some(item.stats);
+    }
+    let Some(stats) = last_stats.filter(|_| !body.is_empty()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(body.len() + 2);
+    out.push((
+        Command::from_args(&[b"MULTI"]),
+        Target::Quiet("MULTI of a mirrored transaction"),
+    ));
+    out.extend(body);
+    // The EXEC reply stands for the whole block in the route's counters.
+    out.push((Command::from_args(&[b"EXEC"]), Target::Mirror(stats)));
+    out
+}
+
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    /// Sends a verbatim mirrored write, or queues it behind a pending effect.
+    pub(super) fn mirror(&mut self, side: Side, cmd: Command, stats: Arc<RouteStats>) {
+        if self.held.is_empty() {
+            RouteStats::bump(&stats.mirrored);
+            self.send(side, &cmd, Target::Mirror(stats), false);
+        } else {
+            let ticket = self.next_ticket();
+            self.held.push_back(Held {
+                ticket,
+                side,
+                work: Work::Ready(vec![(cmd, Target::Mirror(stats))]),
+            });
+        }
+    }
+
+    /// Queues a mirrored write that waits for the authoritative reply to
+    /// the command sent with `Target::Effect(ticket)`.
+    pub(super) fn defer_mirror(&mut self, side: Side, pending: Pending) -> u64 {
+        let ticket = self.next_ticket();
+        self.held.push_back(Held {
+            ticket,
+            side,
+            work: Work::Waiting(pending),
+        });
+        ticket
+    }
+
+    fn next_ticket(&mut self) -> u64 {
+        self.ticket += 1;
+        self.ticket
+    }
+
+    /// The authoritative reply for `ticket` arrived (`None`: it never will,
+    /// the connection failed): derive the mirror's commands, then send
+    /// everything no longer waiting.
+    pub(super) fn resolve_effect(&mut self, ticket: u64, reply: Option<&bytes::Bytes>) {
+        let depth = self.shared.limits.max_reply_depth;
+        let value = reply.and_then(|r| value::decode(r, depth));
+        if let Some(h) = self.held.iter_mut().find(|h| h.ticket == ticket) {
+            let Work::Waiting(pending) = std::mem::replace(&mut h.work, Work::Ready(Vec::new()))
+            else {
+                return;
+            };
+            h.work = Work::Ready(match pending {
+                Pending::One { effect, cmd, stats } => match &value {
+                    Some(v) => mirror::translate(&effect, &cmd, v)
+                        .into_iter()
+                        .map(|c| (c, Target::Mirror(stats.clone())))
+                        .collect(),
+                    None => {
+                        // Unknown outcome: the mirror may now differ.
+                        RouteStats::bump(&stats.mirror_failed);
+                        RouteStats::bump(&stats.mirrored);
+                        Vec::new()
+                    }
+                },
+                Pending::Tx(items) => {
+                    if value.is_none() {
+                        if let Some(item) = items.first() {
+                            RouteStats::bump(&item.stats.mirror_failed);
+                            RouteStats::bump(&item.stats.mirrored);
+                        }
+                    }
+                    resolve_tx(items, value.as_ref())
+                }
+            });
+        }
+        self.flush_held();
+    }
+
+    fn flush_held(&mut self) {
+        while let Some(h) = self.held.front() {
+            if matches!(h.work, Work::Waiting(_)) {
+                return;
+            }
+            let Some(Held {
+                side,
+                work: Work::Ready(batch),
+                ..
+            }) = self.held.pop_front()
+            else {
+                return;
+            };
+            // A batch is all or nothing: never half a MULTI block.
+            let unreachable = self.sides[side.index()].is_idle()
+                && !self.shared.upstreams[side.index()].may_try();
+            for (cmd, target) in batch {
+                if let Target::Mirror(stats) = &target {
+                    RouteStats::bump(&stats.mirrored);
+                    if unreachable {
+                        RouteStats::bump(&stats.mirror_failed);
+                        continue;
+                    }
+                }
+                if unreachable {
+                    continue;
+                }
+                debug!(%side, "sending a mirrored effect");
+                self.send(side, &cmd, target, false);
+            }
+        }
+    }
+}
