@@ -80,6 +80,9 @@ pub enum Kind {
     State(StateCmd),
     /// `MULTI`, `EXEC`, `DISCARD`, `WATCH`, `UNWATCH`.
     Transaction(TxCmd),
+    /// `(P|S)SUBSCRIBE`, `(P|S)UNSUBSCRIBE`: routed by channel to the
+    /// read side, confirmed by the proxy.
+    PubSub(PubSubCmd),
     /// Answered by the proxy: `QUIT`.
     Quit,
     /// Not carried by this version; the reason is sent to the client.
@@ -96,6 +99,16 @@ pub enum StateCmd {
     ReadOnly,
     ReadWrite,
     Reset,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PubSubCmd {
+    Subscribe,
+    PSubscribe,
+    SSubscribe,
+    Unsubscribe,
+    PUnsubscribe,
+    SUnsubscribe,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,8 +132,8 @@ pub enum TxCmd {
 ///   either side of a dual phase receives each message once.
 /// - Admin commands (`CONFIG SET`, `DEBUG`, `SHUTDOWN`, ...): reads, i.e.
 ///   sent to the default route's read side only, never mirrored.
-/// - Replication (`SYNC`, `PSYNC`, `REPLCONF`), `MONITOR`, pub/sub
-///   subscriptions, `CLIENT REPLY`, `CLIENT TRACKING`: not carried yet.
+/// - Replication (`SYNC`, `PSYNC`, `REPLCONF`), `MONITOR`, `CLIENT REPLY`,
+///   `CLIENT TRACKING`: not carried yet.
 pub fn classify(spec: &CommandSpec, cmd: &Command) -> Kind {
     use table::*;
     match spec.name {
@@ -162,9 +175,12 @@ pub fn classify(spec: &CommandSpec, cmd: &Command) -> Kind {
             Some(a) if a.eq_ignore_ascii_case(b"on") => Kind::Read,
             _ => Kind::Unsupported("CLIENT REPLY OFF|SKIP is not supported through cutover"),
         },
-        _ if spec.flags & F_PUBSUB != 0 && spec.name.contains("subscribe") => {
-            Kind::Unsupported("pub/sub subscriptions are not supported through cutover yet")
-        }
+        "subscribe" => Kind::PubSub(PubSubCmd::Subscribe),
+        "psubscribe" => Kind::PubSub(PubSubCmd::PSubscribe),
+        "ssubscribe" => Kind::PubSub(PubSubCmd::SSubscribe),
+        "unsubscribe" => Kind::PubSub(PubSubCmd::Unsubscribe),
+        "punsubscribe" => Kind::PubSub(PubSubCmd::PUnsubscribe),
+        "sunsubscribe" => Kind::PubSub(PubSubCmd::SUnsubscribe),
         _ if spec.flags & F_WRITE != 0 => Kind::Write,
         _ => Kind::Read,
     }
@@ -221,7 +237,10 @@ mod tests {
             Kind::State(StateCmd::SetName)
         );
         assert_eq!(kind(&["MULTI"]), Kind::Transaction(TxCmd::Multi));
-        assert!(matches!(kind(&["subscribe", "c"]), Kind::Unsupported(_)));
+        assert_eq!(
+            kind(&["subscribe", "c"]),
+            Kind::PubSub(PubSubCmd::Subscribe)
+        );
         assert!(matches!(
             kind(&["client", "reply", "off"]),
             Kind::Unsupported(_)

@@ -117,7 +117,7 @@ where
         ticket
     }
 
-    fn next_ticket(&mut self) -> u64 {
+    pub(super) fn next_ticket(&mut self) -> u64 {
         self.ticket += 1;
         self.ticket
     }

@@ -15,10 +15,11 @@
 //! slowness or death only change counters.
 
 mod held;
+mod pubsub;
 mod route;
 mod state;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::pending;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -70,6 +71,9 @@ enum Target {
     /// To the client, in order; then the held mirrored write waiting for
     /// this reply (ticket) is derived from it and released.
     Effect(u64),
+    /// One confirmation frame of a (un)subscribe the proxy answers itself
+    /// once every frame of it arrived (the wait with this id).
+    SubAck(u64),
     /// A mirrored write: counted on its route, never shown to the client.
     Mirror(Arc<RouteStats>),
     /// Proxy-internal (state propagated to the other side, a DISCARD in
@@ -93,6 +97,9 @@ enum Slot {
     Local(Bytes),
     /// Close the connection once everything before this is written.
     Close,
+    /// A reply made by the proxy that waits for upstream confirmations
+    /// (`sub_waits[id]` frames still to come).
+    Wait(u64, Bytes),
 }
 
 enum Link {
@@ -208,6 +215,12 @@ pub struct Session<R, W> {
     /// behind them.
     held: VecDeque<held::Held>,
     ticket: u64,
+    subs: pubsub::Subscriptions,
+    /// Subscriptions held on each side's connection.
+    sub_count: [usize; 2],
+    /// Confirmation frames still expected, per proxy-made (un)subscribe
+    /// reply; an upstream error replaces that reply.
+    sub_waits: HashMap<u64, (usize, Option<Bytes>)>,
     /// The side WATCH went to; MULTI must follow it there.
     watch_side: Option<Side>,
     /// Still reading commands from the client.
@@ -244,6 +257,9 @@ where
             tx: None,
             held: VecDeque::new(),
             ticket: 0,
+            subs: pubsub::Subscriptions::default(),
+            sub_count: [0; 2],
+            sub_waits: HashMap::new(),
             watch_side: None,
             reading: true,
             client_gone: false,
@@ -445,22 +461,52 @@ where
                     return self.fail_side(side, UpstreamError::Protocol { side, addr, source });
                 }
             };
-            if reply.kind == ReplyKind::Push {
-                // Out of band: never the reply to a command. Only the default
-                // route's read side may speak to the client unprompted.
-                if side
-                    == self
-                        .shared
-                        .router
-                        .load()
-                        .routes
-                        .last()
-                        .map_or(Side::Old, |r| r.phase.authoritative())
-                {
-                    self.out.extend_from_slice(&reply.bytes);
+            let awaiting_ack = matches!(
+                sc.inflight.front(),
+                Some(Expect {
+                    target: Target::SubAck(_),
+                    ..
+                })
+            );
+            let pubsub = self.sub_count[side.index()] > 0 || awaiting_ack;
+            if reply.kind == ReplyKind::Push || pubsub {
+                match pubsub::frame_kind(&reply.bytes) {
+                    pubsub::FrameKind::Confirmation if awaiting_ack => {
+                        let Some(Expect {
+                            target: Target::SubAck(id),
+                            ..
+                        }) = sc.inflight.pop_front()
+                        else {
+                            unreachable!("checked above")
+                        };
+                        self.sub_ack(id, None);
+                        continue;
+                    }
+                    // A message can only follow the replies to everything
+                    // sent before the subscription; in RESP2 an array is a
+                    // message only when no other reply is due.
+                    pubsub::FrameKind::Message
+                        if reply.kind == ReplyKind::Push
+                            || sc.inflight.is_empty()
+                            || awaiting_ack =>
+                    {
+                        if !self.client_gone {
+                            self.out.extend_from_slice(&reply.bytes);
+                        }
+                        continue;
+                    }
+                    _ if reply.kind == ReplyKind::Push => {
+                        // Out of band (invalidations, ...): never the reply
+                        // to a command.
+                        if !self.client_gone {
+                            self.out.extend_from_slice(&reply.bytes);
+                        }
+                        continue;
+                    }
+                    _ => {}
                 }
-                continue;
             }
+            let sc = &mut self.sides[side.index()];
             let Some(expect) = sc.inflight.pop_front() else {
                 let addr = self.shared.upstream(side).addr().into();
                 warn!(%side, "reply with no command waiting for it; dropping the connection");
@@ -486,6 +532,16 @@ where
                         RouteStats::bump(&stats.mirror_ok);
                     }
                 }
+                Target::SubAck(id) => {
+                    // An error instead of a confirmation (an ACL refusal):
+                    // it answers the whole command.
+                    let sc = &mut self.sides[side.index()];
+                    while matches!(sc.inflight.front(), Some(Expect { target: Target::SubAck(i), .. }) if *i == id)
+                    {
+                        sc.inflight.pop_front();
+                    }
+                    self.sub_ack(id, Some(reply.bytes));
+                }
                 Target::Quiet(what) => {
                     if reply.is_error() {
                         warn!(%side, what, reply = %String::from_utf8_lossy(&reply.bytes).trim_end(), "upstream refused a command the proxy sent");
@@ -506,6 +562,7 @@ where
         let (mut lost_mirrors, mut failed_replies) = (0, 0);
         let reply = err.reply();
         let mut lost_effects = Vec::new();
+        let mut lost_acks = Vec::new();
         for e in sc.inflight.drain(..) {
             match e.target {
                 Target::Client { .. } => {
@@ -517,6 +574,7 @@ where
                     failed_replies += 1;
                     lost_effects.push(ticket);
                 }
+                Target::SubAck(id) => lost_acks.push(id),
                 Target::Mirror(stats) => {
                     RouteStats::bump(&stats.mirror_failed);
                     lost_mirrors += 1;
@@ -548,6 +606,41 @@ where
         for ticket in lost_effects {
             self.resolve_effect(ticket, None);
         }
+        for id in lost_acks {
+            self.sub_ack(id, Some(reply.clone()));
+        }
+        // Subscriptions held there are gone and the client cannot be told
+        // in-band: close it, as a dead Redis would, so it resubscribes.
+        if self.sub_count[side.index()] > 0 {
+            warn!(%side, "upstream holding this client's subscriptions dropped; closing the client");
+            self.sub_count[side.index()] = 0;
+            self.close_after_replies();
+        }
+    }
+
+    /// One confirmation (or the error replacing them all) for wait `id`.
+    fn sub_ack(&mut self, id: u64, error: Option<Bytes>) {
+        if let Some((left, err)) = self.sub_waits.get_mut(&id) {
+            if error.is_some() {
+                *left = 0;
+                err.get_or_insert_with(|| error.unwrap_or_default());
+            } else {
+                *left = left.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Whether replies to the client are RESP3: the last HELLO sent decides,
+    /// answered or not (commands pipelined after it are already under it).
+    fn resp3(&self) -> bool {
+        for (_, kind, cmd) in self.pending_state.iter().rev() {
+            match (kind, cmd.arg(1)) {
+                (StateCmd::Hello, Some(b"3")) => return true,
+                (StateCmd::Hello, Some(b"2")) | (StateCmd::Reset, _) => return false,
+                _ => {}
+            }
+        }
+        self.state.is_resp3()
     }
 
     /// The reply to the oldest state command answered by `side` arrived.
@@ -581,6 +674,19 @@ where
                     self.reading = false;
                     self.order.clear();
                     return;
+                }
+                Slot::Wait(id, reply) => {
+                    let id = *id;
+                    match self.sub_waits.get(&id) {
+                        Some((0, err)) => {
+                            if !self.client_gone {
+                                self.out.extend_from_slice(err.as_ref().unwrap_or(reply));
+                            }
+                            self.sub_waits.remove(&id);
+                        }
+                        Some(_) => return,
+                        None => {}
+                    }
                 }
             }
             self.order.pop_front();

@@ -72,7 +72,30 @@ where
             },
         };
         let default_side = table.routes[table.default_route()].phase.authoritative();
+        if !self.subs.is_empty() && !self.resp3() {
+            // The RESP2 subscribed state.
+            match kind {
+                Kind::PubSub(_) | Kind::Quit | Kind::State(StateCmd::Reset) => {}
+                _ if spec.is_some_and(|s| s.name == "ping") && cmd.len() <= 2 => {
+                    let arg = cmd.arg(1).unwrap_or_default();
+                    let mut reply = format!("*2\r\n$4\r\npong\r\n${}\r\n", arg.len()).into_bytes();
+                    reply.extend_from_slice(arg);
+                    reply.extend_from_slice(b"\r\n");
+                    return self.local(Bytes::from(reply));
+                }
+                _ => {
+                    let name = spec.map_or_else(|| display_name(&cmd), |s| s.name.to_string());
+                    if let Some(refusal) = self.subscribed_refusal(&name) {
+                        return self.local(refusal);
+                    }
+                }
+            }
+        }
         match kind {
+            Kind::PubSub(what) => {
+                drop(table);
+                self.pubsub(what, &cmd)
+            }
             Kind::Unsupported(reason) => {
                 let name = spec.map_or_else(|| display_name(&cmd), |s| s.name.replace('|', " "));
                 self.local(err(format!("cutover does not support '{name}': {reason}")))
@@ -168,7 +191,7 @@ where
 
     /// A command refused by the proxy: inside MULTI it also aborts the
     /// transaction, as a queueing error does in Redis.
-    fn refuse_in_tx(&mut self, reply: Bytes) {
+    pub(super) fn refuse_in_tx(&mut self, reply: Bytes) {
         if let Some(tx) = &mut self.tx {
             tx.aborted = true;
         }
@@ -186,8 +209,11 @@ where
             )));
         }
         if kind == StateCmd::Reset {
+            // RESET also drops every subscription, silently.
             self.tx = None;
             self.watch_side = None;
+            self.subs.clear();
+            self.sub_count = [0; 2];
         }
         // Sent before it is recorded as pending, so a connection this opens
         // is not set up with the very command it is about to carry.

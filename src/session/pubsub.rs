@@ -1,0 +1,241 @@
+//! Pub/sub through the proxy.
+//!
+//! A channel (or pattern, or shard channel) is routed like a key: the first
+//! route whose patterns match its name decides, and the subscription goes to
+//! that route's read side. In a dual phase PUBLISH goes to both sides, so a
+//! subscriber receives each message published through the proxy exactly
+//! once, from the side it subscribed on. A subscription stays on the side it
+//! was made on when the route flips between `dual-write` and `read-new`
+//! (both sides receive every publish then).
+//!
+//! Subscriptions may be split across the two upstream connections, so the
+//! confirmations the client sees are made here, from the session's own set
+//! of subscriptions, with the counts Redis would give. Each is released only
+//! after the upstreams confirmed their part, so a client that publishes
+//! right after its SUBSCRIBE returned cannot miss its own message.
+//!
+//! Upstream frames that are messages (`message`, `pmessage`, `smessage`)
+//! pass through to the client as they arrive, in a pipeline too; in RESP3
+//! every push frame does.
+
+use bytes::Bytes;
+use std::collections::HashMap;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{Session, Slot, Target};
+use crate::commands::PubSubCmd;
+use crate::protocol::{value, Command, Value};
+use crate::routing::Side;
+
+/// The client's subscriptions and the side each one lives on.
+#[derive(Debug, Default)]
+pub(super) struct Subscriptions {
+    channels: HashMap<Bytes, Side>,
+    patterns: HashMap<Bytes, Side>,
+    shards: HashMap<Bytes, Side>,
+}
+
+impl Subscriptions {
+    /// Redis's count in (un)subscribe confirmations: channels + patterns,
+    /// or shard channels alone for the shard commands.
+    fn count(&self, shard: bool) -> usize {
+        if shard {
+            self.shards.len()
+        } else {
+            self.channels.len() + self.patterns.len()
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.channels.is_empty() && self.patterns.is_empty() && self.shards.is_empty()
+    }
+
+    pub(super) fn clear(&mut self) {
+        *self = Subscriptions::default();
+    }
+}
+
+/// What an upstream frame is, for a connection that has subscriptions.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum FrameKind {
+    Message,
+    Confirmation,
+    Other,
+}
+
+/// Classifies an array or push frame by its first element.
+pub(super) fn frame_kind(frame: &Bytes) -> FrameKind {
+    if !matches!(frame.first(), Some(b'*' | b'>')) {
+        return FrameKind::Other;
+    }
+    let Some(Value::Array(items)) = value::decode(frame, 4) else {
+        return FrameKind::Other;
+    };
+    let Some(Value::Str(kind)) = items.first() else {
+        return FrameKind::Other;
+    };
+    match &kind[..] {
+        b"message" | b"pmessage" | b"smessage" => FrameKind::Message,
+        b"subscribe" | b"psubscribe" | b"ssubscribe" | b"unsubscribe" | b"punsubscribe"
+        | b"sunsubscribe" => FrameKind::Confirmation,
+        _ => FrameKind::Other,
+    }
+}
+
+/// One confirmation frame as Redis writes it.
+fn confirmation(out: &mut Vec<u8>, resp3: bool, kind: &str, channel: Option<&[u8]>, count: usize) {
+    out.extend_from_slice(if resp3 { b">3\r\n" } else { b"*3\r\n" });
+    out.extend_from_slice(format!("${}\r\n{kind}\r\n", kind.len()).as_bytes());
+    match channel {
+        Some(c) => {
+            out.extend_from_slice(format!("${}\r\n", c.len()).as_bytes());
+            out.extend_from_slice(c);
+            out.extend_from_slice(b"\r\n");
+        }
+        None if resp3 => out.extend_from_slice(b"_\r\n"),
+        None => out.extend_from_slice(b"$-1\r\n"),
+    }
+    out.extend_from_slice(format!(":{count}\r\n").as_bytes());
+}
+
+impl PubSubCmd {
+    fn name(self) -> &'static str {
+        match self {
+            PubSubCmd::Subscribe => "subscribe",
+            PubSubCmd::PSubscribe => "psubscribe",
+            PubSubCmd::SSubscribe => "ssubscribe",
+            PubSubCmd::Unsubscribe => "unsubscribe",
+            PubSubCmd::PUnsubscribe => "punsubscribe",
+            PubSubCmd::SUnsubscribe => "sunsubscribe",
+        }
+    }
+
+    fn subscribes(self) -> bool {
+        matches!(
+            self,
+            PubSubCmd::Subscribe | PubSubCmd::PSubscribe | PubSubCmd::SSubscribe
+        )
+    }
+
+    fn shard(self) -> bool {
+        matches!(self, PubSubCmd::SSubscribe | PubSubCmd::SUnsubscribe)
+    }
+
+    fn upstream_name(self) -> &'static [u8] {
+        match self {
+            PubSubCmd::Subscribe => b"SUBSCRIBE",
+            PubSubCmd::PSubscribe => b"PSUBSCRIBE",
+            PubSubCmd::SSubscribe => b"SSUBSCRIBE",
+            PubSubCmd::Unsubscribe => b"UNSUBSCRIBE",
+            PubSubCmd::PUnsubscribe => b"PUNSUBSCRIBE",
+            PubSubCmd::SUnsubscribe => b"SUNSUBSCRIBE",
+        }
+    }
+}
+
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    pub(super) fn pubsub(&mut self, what: PubSubCmd, cmd: &Command) {
+        if self.tx.is_some() {
+            // Redis queues these and runs them at EXEC; a proxy cannot split
+            // a transaction's replies into pushes.
+            return self.refuse_in_tx(Bytes::from(format!(
+                "-ERR cutover: '{}' inside MULTI is not supported\r\n",
+                what.name()
+            )));
+        }
+        if what.subscribes() && cmd.len() < 2 {
+            return self.local(Bytes::from(format!(
+                "-ERR wrong number of arguments for '{}' command\r\n",
+                what.name()
+            )));
+        }
+        let resp3 = self.resp3();
+        let table = self.shared.router.load();
+        let mut count = self.subs.count(what.shard());
+        let set = match what {
+            PubSubCmd::Subscribe | PubSubCmd::Unsubscribe => &mut self.subs.channels,
+            PubSubCmd::PSubscribe | PubSubCmd::PUnsubscribe => &mut self.subs.patterns,
+            PubSubCmd::SSubscribe | PubSubCmd::SUnsubscribe => &mut self.subs.shards,
+        };
+        // The names to act on: the arguments, or every subscription of the
+        // kind for an UNSUBSCRIBE without arguments.
+        let names: Vec<Bytes> = if cmd.len() > 1 {
+            cmd.args().skip(1).map(Bytes::copy_from_slice).collect()
+        } else {
+            set.keys().cloned().collect()
+        };
+        let mut per_side: [Vec<&[u8]>; 2] = [Vec::new(), Vec::new()];
+        let mut out = Vec::new();
+        for name in &names {
+            if what.subscribes() {
+                let side = match set.get(name) {
+                    Some(side) => *side,
+                    None => {
+                        let side = table.routes[table.route_of(name)].phase.authoritative();
+                        set.insert(name.clone(), side);
+                        self.sub_count[side.index()] += 1;
+                        count += 1;
+                        side
+                    }
+                };
+                per_side[side.index()].push(name);
+            } else if let Some(side) = set.remove(name) {
+                self.sub_count[side.index()] -= 1;
+                count -= 1;
+                per_side[side.index()].push(name);
+            }
+            confirmation(&mut out, resp3, what.name(), Some(name), count);
+        }
+        drop(table);
+        if names.is_empty() {
+            confirmation(&mut out, resp3, what.name(), None, count);
+        }
+        let id = self.next_ticket();
+        let mut frames_expected = 0;
+        for side in Side::BOTH {
+            let names = &per_side[side.index()];
+            if names.is_empty() {
+                continue;
+            }
+            let mut args: Vec<&[u8]> = Vec::with_capacity(names.len() + 1);
+            args.push(what.upstream_name());
+            args.extend(names.iter().copied());
+            // One confirmation frame per name, duplicates included.
+            frames_expected += names.len();
+            self.send_subscription(side, &Command::from_args(&args), id, names.len());
+        }
+        if frames_expected == 0 {
+            self.local(Bytes::from(out));
+        } else {
+            self.sub_waits.insert(id, (frames_expected, None));
+            self.order.push_back(Slot::Wait(id, Bytes::from(out)));
+        }
+    }
+
+    /// Sends a (un)subscribe upstream, expecting `frames` confirmations.
+    fn send_subscription(&mut self, side: Side, cmd: &Command, id: u64, frames: usize) {
+        self.send(side, cmd, Target::SubAck(id), false);
+        for _ in 1..frames {
+            self.sides[side.index()].inflight.push_back(super::Expect {
+                target: Target::SubAck(id),
+                deadline: None,
+            });
+        }
+    }
+
+    /// The RESP2 subscribed state allows exactly what Redis allows in it.
+    /// Returns the refusal for a command outside that set.
+    pub(super) fn subscribed_refusal(&self, name: &str) -> Option<Bytes> {
+        if self.subs.is_empty() || self.resp3() {
+            return None;
+        }
+        Some(Bytes::from(format!(
+            "-ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n"
+        )))
+    }
+}
