@@ -46,6 +46,7 @@ impl Proxy {
                 Upstream::new(Side::New, settings.upstreams.new.clone()),
             ],
             limits: settings.limits.clone(),
+            scripts: Default::default(),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = vec![tokio::spawn(accept_loop(

@@ -120,3 +120,65 @@ async fn scripts_are_mirrored_verbatim_in_dual_write() {
     assert_eq!(v, "hello");
     assert_eq!(proxy.stat("s", "mirrored"), before);
 }
+
+#[tokio::test]
+async fn evalsha_unknown_to_the_mirror_is_retried_with_the_body() {
+    let (old, new) = support::start_pair();
+    let proxy = TestProxy::start(
+        &old,
+        &new,
+        &[
+            ("s", Some(&["s:*"]), Phase::DualWrite),
+            ("default", None, Phase::OldOnly),
+        ],
+    )
+    .await;
+    let mut c = proxy.conn().await;
+    // Loaded on old before the migration: the proxy never saw its body.
+    let early = "return redis.call('SET', KEYS[1], 'early')";
+    let early_sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(early)
+        .query(&mut old.sync())
+        .unwrap();
+    let _: () = redis::cmd("EVALSHA")
+        .arg(&early_sha)
+        .arg(1)
+        .arg("s:e")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    proxy.wait_mirrors_settled().await;
+    assert_eq!(proxy.stat("s", "script_unknown"), 1);
+    assert_eq!(get(&mut new.sync(), "s:e"), None, "counted, not applied");
+
+    // Loaded through the proxy while the default route is old-only: only
+    // old has it, but the proxy saw the body.
+    let script = "return redis.call('INCR', KEYS[1])";
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(script)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let exists: Vec<i64> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(&sha)
+        .query(&mut new.sync())
+        .unwrap();
+    assert_eq!(exists, [0]);
+    for _ in 0..3 {
+        let _: i64 = redis::cmd("EVALSHA")
+            .arg(&sha)
+            .arg(1)
+            .arg("s:n")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    proxy.wait_mirrors_settled().await;
+    // The first met NOSCRIPT and was retried as EVAL, which loaded it.
+    assert_eq!(proxy.stat("s", "script_retries"), 1);
+    assert_eq!(get(&mut new.sync(), "s:n").as_deref(), Some("3"));
+    assert_eq!(get(&mut old.sync(), "s:n").as_deref(), Some("3"));
+}

@@ -4,5 +4,7 @@
 //! Nothing here does I/O; the session decides when to send.
 
 pub mod effect;
+pub mod scripts;
 
 pub use effect::{effect_of, translate, Effect};
+pub use scripts::ScriptCache;

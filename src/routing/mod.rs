@@ -111,6 +111,11 @@ pub struct RouteStats {
     /// Mirrored writes that never got a reply: mirror down, connection lost,
     /// timed out. These keys may differ on the mirror until repaired.
     pub mirror_failed: AtomicU64,
+    /// EVALSHA the mirror did not know, retried there with the body.
+    pub script_retries: AtomicU64,
+    /// EVALSHA the mirror did not know and whose body never passed through
+    /// the proxy: not applied on the mirror.
+    pub script_unknown: AtomicU64,
 }
 
 impl RouteStats {
@@ -118,7 +123,7 @@ impl RouteStats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn snapshot(&self) -> [(&'static str, u64); 6] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 8] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("reads", g(&self.reads)),
@@ -127,6 +132,8 @@ impl RouteStats {
             ("mirror_ok", g(&self.mirror_ok)),
             ("mirror_errors", g(&self.mirror_errors)),
             ("mirror_failed", g(&self.mirror_failed)),
+            ("script_retries", g(&self.script_retries)),
+            ("script_unknown", g(&self.script_unknown)),
         ]
     }
 }

@@ -91,16 +91,27 @@ where
     W: AsyncWrite + Unpin,
 {
     /// Sends a verbatim mirrored write, or queues it behind a pending effect.
-    pub(super) fn mirror(&mut self, side: Side, cmd: Command, stats: Arc<RouteStats>) {
+    pub(super) fn mirror(
+        &mut self,
+        side: Side,
+        cmd: Command,
+        stats: Arc<RouteStats>,
+        evalsha: bool,
+    ) {
+        let target = if evalsha {
+            Target::MirrorEvalSha(stats.clone(), cmd.clone())
+        } else {
+            Target::Mirror(stats.clone())
+        };
         if self.held.is_empty() {
             RouteStats::bump(&stats.mirrored);
-            self.send(side, &cmd, Target::Mirror(stats), false);
+            self.send(side, &cmd, target, false);
         } else {
             let ticket = self.next_ticket();
             self.held.push_back(Held {
                 ticket,
                 side,
-                work: Work::Ready(vec![(cmd, Target::Mirror(stats))]),
+                work: Work::Ready(vec![(cmd, target)]),
             });
         }
     }
@@ -177,7 +188,7 @@ where
             let unreachable = self.sides[side.index()].is_idle()
                 && !self.shared.upstreams[side.index()].may_try();
             for (cmd, target) in batch {
-                if let Target::Mirror(stats) = &target {
+                if let Target::Mirror(stats) | Target::MirrorEvalSha(stats, _) = &target {
                     RouteStats::bump(&stats.mirrored);
                     if unreachable {
                         RouteStats::bump(&stats.mirror_failed);

@@ -47,6 +47,8 @@ pub struct Shared {
     pub router: Router,
     pub upstreams: [Upstream; 2],
     pub limits: Limits,
+    /// Script bodies by SHA1, for EVALSHA retries on the mirror.
+    pub scripts: crate::mirror::ScriptCache,
 }
 
 impl Shared {
@@ -76,6 +78,9 @@ enum Target {
     SubAck(u64),
     /// A mirrored write: counted on its route, never shown to the client.
     Mirror(Arc<RouteStats>),
+    /// A mirrored EVALSHA (this command): on NOSCRIPT it is retried as
+    /// EVAL with the body the proxy saw.
+    MirrorEvalSha(Arc<RouteStats>, Command),
     /// Proxy-internal (state propagated to the other side, a DISCARD in
     /// place of an aborted EXEC): dropped, errors logged.
     Quiet(&'static str),
@@ -390,7 +395,7 @@ where
         let upstream = self.shared.upstream(side);
         let sc = &mut self.sides[side.index()];
         if sc.is_idle() {
-            if let Target::Mirror(stats) = &target {
+            if let Target::Mirror(stats) | Target::MirrorEvalSha(stats, _) = &target {
                 if !upstream.may_try() {
                     RouteStats::bump(&stats.mirror_failed);
                     return;
@@ -524,7 +529,10 @@ where
                     self.resolve_effect(ticket, value);
                     self.sides[side.index()].ready.push_back(reply.bytes);
                 }
-                Target::Mirror(stats) => {
+                Target::MirrorEvalSha(stats, cmd) if reply.bytes.starts_with(b"-NOSCRIPT") => {
+                    self.retry_script(side, stats, &cmd);
+                }
+                Target::Mirror(stats) | Target::MirrorEvalSha(stats, _) => {
                     if reply.is_error() {
                         RouteStats::bump(&stats.mirror_errors);
                         debug!(%side, reply = %String::from_utf8_lossy(&reply.bytes).trim_end(), "mirror replied with an error");
@@ -575,7 +583,7 @@ where
                     lost_effects.push(ticket);
                 }
                 Target::SubAck(id) => lost_acks.push(id),
-                Target::Mirror(stats) => {
+                Target::Mirror(stats) | Target::MirrorEvalSha(stats, _) => {
                     RouteStats::bump(&stats.mirror_failed);
                     lost_mirrors += 1;
                 }
@@ -616,6 +624,29 @@ where
             self.sub_count[side.index()] = 0;
             self.close_after_replies();
         }
+    }
+
+    /// The mirror does not know the script an EVALSHA named: run it there as
+    /// EVAL with the body seen earlier (which also loads it), or count it.
+    fn retry_script(&mut self, side: Side, stats: Arc<RouteStats>, evalsha: &Command) {
+        let body = evalsha.arg(1).and_then(|sha| self.shared.scripts.body(sha));
+        let Some(body) = body else {
+            RouteStats::bump(&stats.script_unknown);
+            RouteStats::bump(&stats.mirror_errors);
+            warn!(%side, "EVALSHA of a script the mirror lacks and the proxy never saw; not applied on the mirror");
+            return;
+        };
+        RouteStats::bump(&stats.script_retries);
+        // The retry stands in for the original: counted when it is answered.
+        let mut args: Vec<&[u8]> = evalsha.args().collect();
+        args[0] = b"EVAL";
+        args[1] = &body;
+        self.send(
+            side,
+            &Command::from_args(&args),
+            Target::Mirror(stats),
+            false,
+        );
     }
 
     /// One confirmation (or the error replacing them all) for wait `id`.

@@ -123,6 +123,13 @@ where
                     .phase
                     .mirror()
                     .filter(|_| write && spec.is_none_or(|s| commands::arity_ok(s, cmd.len())));
+                if let Some(s) =
+                    spec.filter(|s| matches!(s.name, "eval" | "eval_ro" | "script|load"))
+                {
+                    if let Some(body) = cmd.arg(if s.name == "script|load" { 2 } else { 1 }) {
+                        self.shared.scripts.remember(body);
+                    }
+                }
                 let effect = match (spec, mirror) {
                     (Some(s), Some(_)) => mirror::effect_of(s.name, &cmd),
                     _ => None,
@@ -176,7 +183,8 @@ where
                             Target::Client { state: false },
                             blocking,
                         );
-                        self.mirror(m, cmd, stats);
+                        let evalsha = spec.is_some_and(|s| s.name == "evalsha");
+                        self.mirror(m, cmd, stats, evalsha);
                     }
                     (None, _) => self.send(
                         authoritative,
