@@ -112,6 +112,28 @@ pub struct RouteConfig {
 pub struct CommandsConfig {
     #[serde(default)]
     pub unknown: UnknownPolicy,
+    /// Admin commands (refused by default) to forward, by name: `"CONFIG"`
+    /// for every subcommand or `"CONFIG GET"` for one.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Commands to refuse although cutover could carry them, e.g.
+    /// `"FLUSHALL"`.
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+impl CommandsConfig {
+    /// `allow`/`deny` entries as table names: lowercase, `container|sub`.
+    pub fn normalized(list: &[String]) -> Vec<String> {
+        list.iter()
+            .map(|e| {
+                e.split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join("|")
+                    .to_ascii_lowercase()
+            })
+            .collect()
+    }
 }
 
 /// What to do with a command that is not in the generated table.
@@ -255,6 +277,28 @@ impl Settings {
                     format!("upstreams.{side}.connect_timeout_ms"),
                     "must be greater than 0".into(),
                 ));
+            }
+        }
+        for (key, list) in [
+            ("allow", &self.commands.allow),
+            ("deny", &self.commands.deny),
+        ] {
+            for (i, name) in CommandsConfig::normalized(list).iter().enumerate() {
+                if !crate::commands::is_known_name(name) {
+                    return Err((
+                        format!("commands.{key}[{i}]"),
+                        format!("'{}' is not a command cutover knows", list[i]),
+                    ));
+                }
+                if key == "allow" && crate::commands::never_carried(name) {
+                    return Err((
+                        format!("commands.{key}[{i}]"),
+                        format!(
+                            "'{}' cannot run through a proxy and cannot be allowed",
+                            list[i]
+                        ),
+                    ));
+                }
             }
         }
         if self.routes.is_empty() {

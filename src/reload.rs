@@ -106,7 +106,7 @@ fn reload_once(path: &std::path::Path, running: &Settings, shared: &Shared, trig
         warn!(?trigger, "config reload: listener or upstream settings changed; they take effect only after a restart");
     }
     let before = describe(&shared.router);
-    let version = shared.router.replace(&next.routes, next.commands.unknown);
+    let version = shared.router.replace(&next.routes, &next.commands);
     let after = describe(&shared.router);
     if before == after {
         info!(?trigger, version, routes = %after, "config reloaded, routes unchanged");

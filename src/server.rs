@@ -40,7 +40,7 @@ impl Proxy {
         let listener = TcpListener::bind(&settings.listen.address).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            router: Router::new(&settings.routes, settings.commands.unknown),
+            router: Router::new(&settings.routes, &settings.commands),
             upstreams: [
                 Upstream::new(Side::Old, settings.upstreams.old.clone()),
                 Upstream::new(Side::New, settings.upstreams.new.clone()),

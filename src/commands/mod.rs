@@ -186,6 +186,52 @@ pub fn classify(spec: &CommandSpec, cmd: &Command) -> Kind {
     }
 }
 
+/// Whether `name` (lowercase, `container|sub`) is in the table.
+pub fn is_known_name(name: &str) -> bool {
+    let (container, _) = name.split_once('|').unwrap_or((name, ""));
+    INDEX
+        .get(container.as_bytes())
+        .is_some_and(|spec| container == name || spec.subcommands.iter().any(|s| s.name == name))
+}
+
+/// Commands no configuration makes the proxy carry.
+pub fn never_carried(name: &str) -> bool {
+    matches!(name, "monitor" | "sync" | "psync" | "replconf")
+}
+
+/// Whether an `allow`/`deny` entry (normalized) names this command: the
+/// command itself or its container.
+pub fn listed(spec: &CommandSpec, list: &[String]) -> bool {
+    let container = spec.name.split('|').next().unwrap_or(spec.name);
+    list.iter().any(|e| e == spec.name || e == container)
+}
+
+/// Admin commands, refused unless `[commands] allow` names them: they
+/// reconfigure, persist, replicate or stop a cache, or inspect one
+/// connection's server. `MIGRATE` moves data out of the cache.
+pub fn is_admin(spec: &CommandSpec) -> bool {
+    spec.flags & table::F_ADMIN != 0 || spec.name == "migrate"
+}
+
+/// Allowed admin commands that only look: sent to the default route's read
+/// side. Every other allowed admin command changes the cache and goes to
+/// both sides in dual phases, like a write.
+pub fn admin_reads(spec: &CommandSpec) -> bool {
+    matches!(
+        spec.name,
+        "config|get"
+            | "acl|getuser"
+            | "acl|list"
+            | "acl|log"
+            | "acl|users"
+            | "acl|dryrun"
+            | "client|list"
+            | "module|list"
+            | "slowlog|get"
+            | "slowlog|len"
+    ) || spec.name.starts_with("latency|") && spec.name != "latency|reset"
+}
+
 /// True when the command may block its connection (exempt from the command
 /// timeout, and not mirrored as-is).
 pub fn is_blocking(spec: &CommandSpec) -> bool {

@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 pub use glob::{string_match, Pattern};
 
-use crate::config::{RouteConfig, UnknownPolicy};
+use crate::config::{CommandsConfig, RouteConfig, UnknownPolicy};
 
 /// One of the two caches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -152,6 +152,9 @@ pub struct Route {
 pub struct RouteTable {
     pub routes: Vec<Route>,
     pub unknown: UnknownPolicy,
+    /// `[commands] allow` / `deny`, normalized (`config|get`).
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
     pub version: u64,
 }
 
@@ -180,16 +183,18 @@ pub struct Router {
 
 impl Router {
     /// Builds a router from validated route configs.
-    pub fn new(routes: &[RouteConfig], unknown: UnknownPolicy) -> Router {
+    pub fn new(routes: &[RouteConfig], commands: &CommandsConfig) -> Router {
         let router = Router {
             table: ArcSwap::from_pointee(RouteTable {
                 routes: Vec::new(),
-                unknown,
+                unknown: commands.unknown,
+                allow: Vec::new(),
+                deny: Vec::new(),
                 version: 0,
             }),
             stats: Mutex::new(HashMap::new()),
         };
-        router.replace(routes, unknown);
+        router.replace(routes, commands);
         router
     }
 
@@ -204,7 +209,7 @@ impl Router {
 
     /// Atomically installs a table built from `routes` (already validated).
     /// Returns the new version. Writers are serialised by the stats lock.
-    pub fn replace(&self, routes: &[RouteConfig], unknown: UnknownPolicy) -> u64 {
+    pub fn replace(&self, routes: &[RouteConfig], commands: &CommandsConfig) -> u64 {
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         let version = self.table.load().version + 1;
         let routes = routes
@@ -223,7 +228,9 @@ impl Router {
             .collect();
         self.table.store(Arc::new(RouteTable {
             routes,
-            unknown,
+            unknown: commands.unknown,
+            allow: CommandsConfig::normalized(&commands.allow),
+            deny: CommandsConfig::normalized(&commands.deny),
             version,
         }));
         version
@@ -250,7 +257,7 @@ mod tests {
                 cfg("b", Some(&["user:*", "u:*"]), Phase::DualWrite),
                 cfg("default", None, Phase::OldOnly),
             ],
-            UnknownPolicy::Refuse,
+            &CommandsConfig::default(),
         );
         let t = r.load();
         assert_eq!(t.route_of(b"user:admin:1"), 0);
@@ -266,7 +273,7 @@ mod tests {
                 cfg("s", Some(&["s:*"]), Phase::DualWrite),
                 cfg("default", None, Phase::OldOnly),
             ],
-            UnknownPolicy::Refuse,
+            &CommandsConfig::default(),
         );
         RouteStats::bump(&r.load().routes[0].stats.writes);
         let v = r.replace(
@@ -274,7 +281,10 @@ mod tests {
                 cfg("s", Some(&["s:*"]), Phase::ReadNew),
                 cfg("default", None, Phase::OldOnly),
             ],
-            UnknownPolicy::Write,
+            &CommandsConfig {
+                unknown: UnknownPolicy::Write,
+                ..CommandsConfig::default()
+            },
         );
         let t = r.load();
         assert_eq!(t.version, v);

@@ -228,6 +228,8 @@ pub struct Session<R, W> {
     sub_waits: HashMap<u64, (usize, Option<Bytes>)>,
     /// The side WATCH went to; MULTI must follow it there.
     watch_side: Option<Side>,
+    /// The side the connection's SCAN iteration runs on.
+    scan_side: Option<Side>,
     /// Still reading commands from the client.
     reading: bool,
     /// Client output failed: replies are dropped, mirrors still drained.
@@ -266,6 +268,7 @@ where
             sub_count: [0; 2],
             sub_waits: HashMap::new(),
             watch_side: None,
+            scan_side: None,
             reading: true,
             client_gone: false,
             drain_deadline: None,

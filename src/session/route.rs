@@ -58,7 +58,34 @@ where
     pub(super) fn dispatch(&mut self, cmd: Command) {
         let table = self.shared.router.load();
         let (spec, kind) = match commands::lookup(&cmd) {
-            Some(spec) => (Some(spec), commands::classify(spec, &cmd)),
+            Some(spec) => {
+                let shown = || spec.name.replace('|', " ");
+                if commands::listed(spec, &table.deny) {
+                    return self.refuse_in_tx(err(format!(
+                        "cutover: '{}' is refused by [commands] deny",
+                        shown()
+                    )));
+                }
+                let kind = commands::classify(spec, &cmd);
+                if commands::is_admin(spec) && !matches!(kind, Kind::Unsupported(_)) {
+                    if !commands::listed(spec, &table.allow) {
+                        let upper = shown().to_uppercase();
+                        let container = upper.split(' ').next().unwrap_or_default().to_string();
+                        return self.refuse_in_tx(err(format!(
+                            "cutover refuses '{}' by default (an admin command would reach one cache only, or change both behind the operator's back); add \"{upper}\" or \"{container}\" to [commands] allow to forward it",
+                            shown()
+                        )));
+                    }
+                    let kind = if commands::admin_reads(spec) {
+                        Kind::Read
+                    } else {
+                        Kind::Write
+                    };
+                    (Some(spec), kind)
+                } else {
+                    (Some(spec), kind)
+                }
+            }
             None => match table.unknown {
                 UnknownPolicy::Refuse => {
                     return self.local(err(format!(
@@ -116,7 +143,15 @@ where
                 };
                 let blocking = spec.is_some_and(commands::is_blocking);
                 let write = kind == Kind::Write;
-                let authoritative = route.phase.authoritative();
+                let mut authoritative = route.phase.authoritative();
+                if spec.is_some_and(|s| s.name == "scan") {
+                    // A cursor only means something on the cache that issued
+                    // it: a scan stays on its side even if the route flips.
+                    if cmd.arg(1) == Some(b"0") || self.scan_side.is_none() {
+                        self.scan_side = Some(authoritative);
+                    }
+                    authoritative = self.scan_side.unwrap_or(authoritative);
+                }
                 // Mirroring a command Redis will reject for its arity only
                 // doubles the error.
                 let mirror = route

@@ -1,0 +1,199 @@
+//! Keyless and server commands: admin commands refused unless allowed,
+//! allowed ones reaching both caches in dual phases, a deny list, SCAN
+//! cursors pinned to one cache, and what can never run through a proxy.
+
+mod support;
+
+use cutover::config::Settings;
+use cutover::routing::Phase;
+use support::{exchange, get, TestProxy};
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn maxmemory_policy(s: &support::RedisServer) -> String {
+    let v: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query(&mut s.sync())
+        .unwrap();
+    v[1].clone()
+}
+
+#[tokio::test]
+async fn admin_commands_are_refused_unless_allowed() {
+    let (old, new) = support::start_pair();
+    let routes = [("default", None, Phase::DualWrite)];
+    let proxy = TestProxy::start(&old, &new, &routes).await;
+    let (got, closed) = exchange(
+        proxy.addr,
+        b"CONFIG SET maxmemory-policy allkeys-lru\r\nDEBUG SLEEP 0\r\nSHUTDOWN\r\nCLIENT KILL ID 1\r\nMIGRATE h 1 k 0 10\r\nCLIENT ID\r\nPING\r\n",
+    )
+    .await;
+    let t = text(&got);
+    let lines: Vec<&str> = t.split("\r\n").collect();
+    assert!(
+        lines[0].starts_with("-ERR cutover refuses 'config set' by default"),
+        "{t}"
+    );
+    assert!(
+        lines[0].contains("\"CONFIG SET\" or \"CONFIG\" to [commands] allow"),
+        "{t}"
+    );
+    assert!(lines[1].starts_with("-ERR cutover refuses 'debug'"), "{t}");
+    assert!(
+        lines[2].starts_with("-ERR cutover refuses 'shutdown'"),
+        "{t}"
+    );
+    assert!(
+        lines[3].starts_with("-ERR cutover refuses 'client kill'"),
+        "{t}"
+    );
+    assert!(
+        lines[4].starts_with("-ERR cutover refuses 'migrate'"),
+        "{t}"
+    );
+    assert!(lines[5].starts_with(':'), "CLIENT ID is forwarded: {t}");
+    assert_eq!(lines[6], "+PONG");
+    assert!(!closed);
+    assert_eq!(maxmemory_policy(&old), "noeviction");
+
+    // Allowed: a change goes to both caches in a dual phase, a look to one.
+    let text_cfg = support::config_text(
+        &old.addr(),
+        &new.addr(),
+        &routes,
+        "[commands]\nallow = [\"CONFIG\"]\ndeny = [\"FLUSHALL\", \"flushdb\"]\n",
+    );
+    let proxy = TestProxy::start_text(&text_cfg).await;
+    let (got, _) = exchange(
+        proxy.addr,
+        b"CONFIG SET maxmemory-policy allkeys-lru\r\nCONFIG GET maxmemory-policy\r\nSET k 1\r\nFLUSHALL\r\nFLUSHDB ASYNC\r\nGET k\r\n",
+    )
+    .await;
+    let t = text(&got);
+    let lines: Vec<&str> = t.split("\r\n").collect();
+    assert_eq!(
+        &lines[..7],
+        [
+            "+OK",
+            "*2",
+            "$16",
+            "maxmemory-policy",
+            "$11",
+            "allkeys-lru",
+            "+OK"
+        ],
+        "{t}"
+    );
+    assert_eq!(
+        lines[7], "-ERR cutover: 'flushall' is refused by [commands] deny",
+        "{t}"
+    );
+    assert_eq!(
+        lines[8], "-ERR cutover: 'flushdb' is refused by [commands] deny",
+        "{t}"
+    );
+    assert_eq!(&lines[9..11], ["$1", "1"], "{t}");
+    proxy.wait_mirrors_settled().await;
+    assert_eq!(maxmemory_policy(&old), "allkeys-lru");
+    assert_eq!(maxmemory_policy(&new), "allkeys-lru");
+}
+
+#[tokio::test]
+async fn flush_is_mirrored_in_dual_phases() {
+    let (old, new) = support::start_pair();
+    let proxy = TestProxy::start(&old, &new, &[("default", None, Phase::ReadNew)]).await;
+    let (got, _) = exchange(proxy.addr, b"SET a 1\r\nFLUSHALL\r\nDBSIZE\r\n").await;
+    assert_eq!(text(&got), "+OK\r\n+OK\r\n:0\r\n");
+    proxy.wait_mirrors_settled().await;
+    assert_eq!(get(&mut old.sync(), "a"), None);
+    assert_eq!(get(&mut new.sync(), "a"), None);
+}
+
+#[test]
+fn allow_and_deny_entries_are_validated() {
+    for (extra, field, why) in [
+        (
+            "allow = [\"MONITOR\"]",
+            "commands.allow[0]",
+            "cannot be allowed",
+        ),
+        (
+            "allow = [\"CONFIG\", \"NOPE\"]",
+            "commands.allow[1]",
+            "not a command",
+        ),
+        (
+            "deny = [\"CONFIG NOPE\"]",
+            "commands.deny[0]",
+            "not a command",
+        ),
+    ] {
+        let text = support::config_text(
+            "127.0.0.1:1",
+            "127.0.0.1:2",
+            &[("default", None, Phase::OldOnly)],
+            &format!("[commands]\n{extra}\n"),
+        );
+        let settings: Settings = toml::from_str(&text).unwrap();
+        let (got, msg) = settings.validate().expect_err(extra);
+        assert_eq!(got, field, "{extra}");
+        assert!(msg.contains(why), "{extra}: {msg}");
+    }
+}
+
+#[tokio::test]
+async fn scan_cursor_stays_on_the_cache_that_issued_it() {
+    let (old, new) = support::start_pair();
+    let routes = |phase: Phase| {
+        support::config_text(&old.addr(), &new.addr(), &[("default", None, phase)], "")
+    };
+    // Only old has the keys (written directly), so a cursor carried to new
+    // would return nothing.
+    let mut o = old.sync();
+    for i in 0..100 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(i)
+            .query(&mut o)
+            .unwrap();
+    }
+    let proxy = TestProxy::start_text(&routes(Phase::DualWrite)).await;
+    let mut c = proxy.conn().await;
+    let (cursor, mut seen): (u64, Vec<String>) = redis::cmd("SCAN")
+        .arg(0)
+        .arg("COUNT")
+        .arg(10)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_ne!(cursor, 0);
+    proxy.rewrite_config(&routes(Phase::ReadNew));
+    proxy.wait_phase("default", Phase::ReadNew).await;
+    let mut cursor = cursor;
+    while cursor != 0 {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(10)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        seen.extend(keys);
+        cursor = next;
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 100, "the whole scan ran on old");
+    // A new scan starts on the route's current read side.
+    let (_, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+        .arg(0)
+        .arg("COUNT")
+        .arg(1000)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "new has no keys: {keys:?}");
+}
