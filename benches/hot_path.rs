@@ -6,7 +6,7 @@
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use cutover::commands;
-use cutover::config::{RouteConfig, UnknownPolicy};
+use cutover::config::{RouteConfig, CommandsConfig};
 use cutover::protocol::{Command, ReplyScanner, RequestParser};
 use cutover::routing::{Phase, Router};
 use std::hint::black_box;
@@ -83,7 +83,7 @@ fn bench_route(c: &mut Criterion) {
             phase: Phase::OldOnly,
         },
     ];
-    let router = Router::new(&routes, UnknownPolicy::Refuse);
+    let router = Router::new(&routes, &CommandsConfig::default());
     let cmd = Command::from_args(&["SET", "session:000042", "value"]);
     c.bench_function("lookup + classify + keys + route (SET)", |b| {
         b.iter(|| {
