@@ -6,7 +6,7 @@
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use cutover::commands;
-use cutover::config::{RouteConfig, CommandsConfig};
+use cutover::config::{CommandsConfig, RouteConfig};
 use cutover::protocol::{Command, ReplyScanner, RequestParser};
 use cutover::routing::{Phase, Router};
 use std::hint::black_box;
