@@ -287,6 +287,25 @@ where
         };
         tokio::pin!(stop);
         let mut stopping = false;
+        // With a route in a dual phase, open both connections now: a write
+        // whose mirror connection is still being set up would reach the
+        // mirror later than it reaches the authoritative side, and another
+        // client acting on its effect (a blocked pop it feeds) could get
+        // there first.
+        let dual = self
+            .shared
+            .router
+            .load()
+            .routes
+            .iter()
+            .any(|r| r.phase.mirror().is_some());
+        if dual {
+            for side in Side::BOTH {
+                if self.shared.upstream(side).may_try() {
+                    self.open(side);
+                }
+            }
+        }
         loop {
             self.drain_ready();
             if !self.reading {
@@ -396,14 +415,37 @@ where
     /// Sends `cmd` to `side`, opening the connection if needed.
     fn send(&mut self, side: Side, cmd: &Command, target: Target, blocking: bool) {
         let upstream = self.shared.upstream(side);
-        let sc = &mut self.sides[side.index()];
-        if sc.is_idle() {
+        if self.sides[side.index()].is_idle() {
             if let Target::Mirror(stats) | Target::MirrorEvalSha(stats, _) = &target {
                 if !upstream.may_try() {
                     RouteStats::bump(&stats.mirror_failed);
                     return;
                 }
             }
+            self.open(side);
+        }
+        let upstream = self.shared.upstream(side);
+        let sc = &mut self.sides[side.index()];
+        if matches!(target, Target::Client { .. } | Target::Effect(_)) {
+            self.order.push_back(Slot::Upstream(side));
+        }
+        let deadline = if blocking {
+            None
+        } else {
+            upstream
+                .config
+                .command_timeout()
+                .map(|t| Instant::now() + t)
+        };
+        sc.wbuf.extend_from_slice(cmd.raw());
+        sc.inflight.push_back(Expect { target, deadline });
+    }
+
+    /// Starts connecting to `side` with the client's state.
+    fn open(&mut self, side: Side) {
+        let upstream = self.shared.upstream(side);
+        let sc = &mut self.sides[side.index()];
+        {
             let shared = self.shared.clone();
             let own_credentials = upstream.config.password.is_some();
             let mut setup = upstream.base_setup();
@@ -425,19 +467,6 @@ where
                 }
             }
         }
-        if matches!(target, Target::Client { .. } | Target::Effect(_)) {
-            self.order.push_back(Slot::Upstream(side));
-        }
-        let deadline = if blocking {
-            None
-        } else {
-            upstream
-                .config
-                .command_timeout()
-                .map(|t| Instant::now() + t)
-        };
-        sc.wbuf.extend_from_slice(cmd.raw());
-        sc.inflight.push_back(Expect { target, deadline });
     }
 
     fn on_side_event(&mut self, side: Side, ev: SideEvent) {
