@@ -43,7 +43,7 @@ impl Rng {
 }
 
 const SCRIPT: &str =
-    "redis.call('HINCRBY', KEYS[1], ARGV[1], 1); return redis.call('RPUSH', KEYS[2], ARGV[1])";
+    "redis.call('HINCRBY', KEYS[1], 'n', 1); return redis.call('RPUSH', KEYS[2], ARGV[1])";
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -56,7 +56,7 @@ fn env(name: &str, default: u64) -> u64 {
 fn random_command(rng: &mut Rng, me: usize, sha: &str) -> Vec<redis::Cmd> {
     let k = |rng: &mut Rng, kind: &str| format!("c{me}:{kind}:{}", rng.below(4));
     let v = |rng: &mut Rng| format!("v{}", rng.below(1000));
-    let mut c = |name: &str| redis::cmd(name);
+    let c = |name: &str| redis::cmd(name);
     let one = |cmd: &mut redis::Cmd| vec![cmd.clone()];
     match rng.below(26) {
         0 => one(c("SET").arg(k(rng, "s")).arg(v(rng))),
