@@ -148,10 +148,6 @@ pub fn translate(effect: &Effect, cmd: &Command, reply: &Value) -> Vec<Command> 
     translate_inner(effect, cmd, reply).unwrap_or_default()
 }
 
-fn arg(cmd: &Command, i: usize) -> Option<&[u8]> {
-    cmd.arg(i)
-}
-
 fn translate_inner(effect: &Effect, cmd: &Command, reply: &Value) -> Option<Vec<Command>> {
     if matches!(reply, Value::Nil | Value::Error(_)) {
         return None;
@@ -169,18 +165,18 @@ fn translate_inner(effect: &Effect, cmd: &Command, reply: &Value) -> Option<Vec<
             reply.as_bytes()?;
             one(Command::from_args(&[
                 &b"LMOVE"[..],
-                arg(cmd, 1)?,
-                arg(cmd, 2)?,
-                arg(cmd, 3)?,
-                arg(cmd, 4)?,
+                cmd.arg(1)?,
+                cmd.arg(2)?,
+                cmd.arg(3)?,
+                cmd.arg(4)?,
             ]))
         }
         Effect::RPopLPush => {
             reply.as_bytes()?;
             one(Command::from_args(&[
                 &b"RPOPLPUSH"[..],
-                arg(cmd, 1)?,
-                arg(cmd, 2)?,
+                cmd.arg(1)?,
+                cmd.arg(2)?,
             ]))
         }
         Effect::LMPop { left } => {
@@ -212,7 +208,7 @@ fn translate_inner(effect: &Effect, cmd: &Command, reply: &Value) -> Option<Vec<
             (args.len() > 2).then(|| vec![Command::from_args(&args)])
         }
         Effect::SPop => {
-            let key = arg(cmd, 1)?;
+            let key = cmd.arg(1)?;
             let mut args: Vec<&[u8]> = vec![b"SREM", key];
             match reply {
                 Value::Str(m) => args.push(m),
@@ -241,9 +237,7 @@ fn translate_inner(effect: &Effect, cmd: &Command, reply: &Value) -> Option<Vec<
             if ids.is_empty() && !has_lastid {
                 return None;
             }
-            let mut args: Vec<&[u8]> = cmd.args().take(4).collect();
-            args.push(b"0");
-            args.extend(ids.iter().map(|b| &b[..]));
+            let mut args = xclaim_of(cmd, &ids);
             args.extend(cmd.args().skip(*options_at));
             if ids.is_empty() {
                 // XCLAIM needs at least one ID; one that cannot exist claims
@@ -258,16 +252,23 @@ fn translate_inner(effect: &Effect, cmd: &Command, reply: &Value) -> Option<Vec<
             if ids.is_empty() {
                 return None;
             }
-            let mut args: Vec<&[u8]> = vec![b"XCLAIM"];
-            args.extend(cmd.args().skip(1).take(3));
-            args.push(b"0");
-            args.extend(ids.iter().map(|b| &b[..]));
+            let mut args = xclaim_of(cmd, &ids);
             if (5..cmd.len()).any(|i| eq(cmd.arg(i), "justid")) {
                 args.push(b"JUSTID");
             }
             one(Command::from_args(&args))
         }
     }
+}
+
+/// `XCLAIM key group consumer 0 id...`, taking key, group and consumer
+/// from `cmd` (an XCLAIM or XAUTOCLAIM).
+fn xclaim_of<'a>(cmd: &'a Command, ids: &'a [Bytes]) -> Vec<&'a [u8]> {
+    let mut args: Vec<&[u8]> = vec![b"XCLAIM"];
+    args.extend(cmd.args().skip(1).take(3));
+    args.push(b"0");
+    args.extend(ids.iter().map(|b| &b[..]));
+    args
 }
 
 /// The IDs in an XCLAIM-style reply: entries `[id, fields]` or bare IDs
@@ -289,8 +290,8 @@ fn claimed_ids(items: &[Value]) -> Option<Vec<Bytes>> {
 /// key... id...`: the new entries each stream delivered are claimed by the
 /// same consumer on the mirror (which also moves the group's last ID).
 fn xreadgroup(cmd: &Command, reply: &Value) -> Option<Vec<Command>> {
-    let group = arg(cmd, 2)?;
-    let consumer = arg(cmd, 3)?;
+    let group = cmd.arg(2)?;
+    let consumer = cmd.arg(3)?;
     let mut noack = false;
     let mut i = 4;
     let streams_at = loop {

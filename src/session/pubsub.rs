@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Session, Slot, Target};
 use crate::commands::PubSubCmd;
-use crate::protocol::{value, Command, Value};
+use crate::protocol::Command;
 use crate::routing::Side;
 
 /// The client's subscriptions and the side each one lives on.
@@ -64,18 +64,26 @@ pub(super) enum FrameKind {
     Other,
 }
 
-/// Classifies an array or push frame by its first element.
-pub(super) fn frame_kind(frame: &Bytes) -> FrameKind {
-    if !matches!(frame.first(), Some(b'*' | b'>')) {
-        return FrameKind::Other;
-    }
-    let Some(Value::Array(items)) = value::decode(frame, 4) else {
+/// Classifies an array or push frame by its first element, a bulk string
+/// read in place (this runs for every message: no decoding, no allocation).
+pub(super) fn frame_kind(frame: &[u8]) -> FrameKind {
+    let first_bulk = || -> Option<&[u8]> {
+        if !matches!(frame.first(), Some(b'*' | b'>')) {
+            return None;
+        }
+        let header_end = memchr::memchr(b'\n', frame)? + 1;
+        let rest = frame.get(header_end..)?;
+        let len_end = memchr::memchr(b'\r', rest)?;
+        let len: usize = std::str::from_utf8(rest.strip_prefix(b"$")?.get(..len_end - 1)?)
+            .ok()?
+            .parse()
+            .ok()?;
+        rest.get(len_end + 2..len_end + 2 + len)
+    };
+    let Some(kind) = first_bulk() else {
         return FrameKind::Other;
     };
-    let Some(Value::Str(kind)) = items.first() else {
-        return FrameKind::Other;
-    };
-    match &kind[..] {
+    match kind {
         b"message" | b"pmessage" | b"smessage" => FrameKind::Message,
         b"subscribe" | b"psubscribe" | b"ssubscribe" | b"unsubscribe" | b"punsubscribe"
         | b"sunsubscribe" => FrameKind::Confirmation,
@@ -227,15 +235,41 @@ where
             });
         }
     }
+}
 
-    /// The RESP2 subscribed state allows exactly what Redis allows in it.
-    /// Returns the refusal for a command outside that set.
-    pub(super) fn subscribed_refusal(&self, name: &str) -> Option<Bytes> {
-        if self.subs.is_empty() || self.resp3() {
-            return None;
-        }
-        Some(Bytes::from(format!(
-            "-ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n"
-        )))
+/// Redis's refusal of a command in the RESP2 subscribed state.
+pub(super) fn subscribed_refusal(name: &str) -> Bytes {
+    Bytes::from(format!(
+        "-ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_classified_by_their_first_bulk() {
+        let k = |s: &str| frame_kind(s.as_bytes());
+        assert_eq!(
+            k("*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n"),
+            FrameKind::Message
+        );
+        assert_eq!(
+            k(">4\r\n$8\r\npmessage\r\n$1\r\np\r\n$1\r\nc\r\n$1\r\nm\r\n"),
+            FrameKind::Message
+        );
+        assert_eq!(
+            k(">3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n"),
+            FrameKind::Confirmation
+        );
+        assert_eq!(
+            k(">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n"),
+            FrameKind::Other
+        );
+        assert_eq!(k("*2\r\n+message\r\n:1\r\n"), FrameKind::Other);
+        assert_eq!(k("$7\r\nmessage\r\n"), FrameKind::Other);
+        assert_eq!(k("*1\r\n$\r\n"), FrameKind::Other);
+        assert_eq!(k("*1\r\n$99\r\nmess\r\n"), FrameKind::Other);
     }
 }

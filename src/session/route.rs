@@ -112,9 +112,7 @@ where
                 }
                 _ => {
                     let name = spec.map_or_else(|| display_name(&cmd), |s| s.name.to_string());
-                    if let Some(refusal) = self.subscribed_refusal(&name) {
-                        return self.local(refusal);
-                    }
+                    return self.local(super::pubsub::subscribed_refusal(&name));
                 }
             }
         }
@@ -158,12 +156,13 @@ where
                     .phase
                     .mirror()
                     .filter(|_| write && spec.is_none_or(|s| commands::arity_ok(s, cmd.len())));
-                if let Some(s) =
-                    spec.filter(|s| matches!(s.name, "eval" | "eval_ro" | "script|load"))
-                {
-                    if let Some(body) = cmd.arg(if s.name == "script|load" { 2 } else { 1 }) {
-                        self.shared.scripts.remember(body);
-                    }
+                let body_at = match spec.map(|s| s.name) {
+                    Some("eval" | "eval_ro") => Some(1),
+                    Some("script|load") => Some(2),
+                    _ => None,
+                };
+                if let Some(body) = body_at.and_then(|i| cmd.arg(i)) {
+                    self.shared.scripts.remember(body);
                 }
                 let effect = match (spec, mirror) {
                     (Some(s), Some(_)) => mirror::effect_of(s.name, &cmd),
