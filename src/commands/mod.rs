@@ -98,6 +98,9 @@ pub enum StateCmd {
     SetInfo,
     ReadOnly,
     ReadWrite,
+    /// `CLIENT TRACKING` (without `REDIRECT`): set on every connection of
+    /// the client, so whichever cache serves a read tracks it.
+    Tracking,
     Reset,
 }
 
@@ -132,8 +135,11 @@ pub enum TxCmd {
 ///   either side of a dual phase receives each message once.
 /// - Admin commands (`CONFIG SET`, `DEBUG`, `SHUTDOWN`, ...): reads, i.e.
 ///   sent to the default route's read side only, never mirrored.
-/// - Replication (`SYNC`, `PSYNC`, `REPLCONF`), `MONITOR`, `CLIENT REPLY`,
-///   `CLIENT TRACKING`: not carried yet.
+/// - `CLIENT TRACKING`: connection state, set on both connections (pushes
+///   pass through); `REDIRECT` is refused. `CLIENT CACHING` is a read whose
+///   effect the session moves to the cache serving the next command.
+/// - Replication (`SYNC`, `PSYNC`, `REPLCONF`), `MONITOR`, `CLIENT REPLY
+///   OFF|SKIP`: not carried.
 pub fn classify(spec: &CommandSpec, cmd: &Command) -> Kind {
     use table::*;
     match spec.name {
@@ -168,9 +174,10 @@ pub fn classify(spec: &CommandSpec, cmd: &Command) -> Kind {
         "monitor" => {
             Kind::Unsupported("MONITOR is not supported by cutover; run it on the cache directly")
         }
-        "client|tracking" | "client|caching" | "client|getredir" => {
-            Kind::Unsupported("client-side caching is not supported through cutover yet")
-        }
+        "client|tracking" if tracking_redirects(cmd) => Kind::Unsupported(
+            "REDIRECT cannot work through a proxy (a client ID names one connection to one cache); use RESP3 tracking (HELLO 3), whose invalidation pushes cutover passes through",
+        ),
+        "client|tracking" => Kind::State(StateCmd::Tracking),
         "client|reply" => match cmd.arg(2) {
             Some(a) if a.eq_ignore_ascii_case(b"on") => Kind::Read,
             _ => Kind::Unsupported("CLIENT REPLY OFF|SKIP is not supported through cutover"),
@@ -184,6 +191,23 @@ pub fn classify(spec: &CommandSpec, cmd: &Command) -> Kind {
         _ if spec.flags & F_WRITE != 0 => Kind::Write,
         _ => Kind::Read,
     }
+}
+
+/// Whether `CLIENT TRACKING ...` has a `REDIRECT` option (a `PREFIX`
+/// argument spelled "redirect" is not one).
+fn tracking_redirects(cmd: &Command) -> bool {
+    let mut i = 3;
+    while let Some(opt) = cmd.arg(i) {
+        if opt.eq_ignore_ascii_case(b"redirect") {
+            return true;
+        }
+        i += if opt.eq_ignore_ascii_case(b"prefix") {
+            2
+        } else {
+            1
+        };
+    }
+    false
 }
 
 /// Whether `name` (lowercase, `container|sub`) is in the table.

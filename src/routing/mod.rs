@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use serde::Deserialize;
+use tokio::sync::watch;
 
 pub use glob::{string_match, Pattern};
 
@@ -172,6 +173,14 @@ impl RouteTable {
     pub fn default_route(&self) -> usize {
         self.routes.len() - 1
     }
+
+    /// Whether every key is read from the same cache under both tables.
+    pub fn reads_same_as(&self, other: &RouteTable) -> bool {
+        self.routes.len() == other.routes.len()
+            && self.routes.iter().zip(&other.routes).all(|(a, b)| {
+                a.patterns == b.patterns && a.phase.authoritative() == b.phase.authoritative()
+            })
+    }
 }
 
 /// Holds the live table and the counters; the single writer of the swap.
@@ -179,6 +188,9 @@ impl RouteTable {
 pub struct Router {
     table: ArcSwap<RouteTable>,
     stats: Mutex<HashMap<String, Arc<RouteStats>>>,
+    /// The installed version, for sessions that must act on a change
+    /// without waiting for their next command (client-side caching).
+    installed: watch::Sender<u64>,
 }
 
 impl Router {
@@ -193,6 +205,7 @@ impl Router {
                 version: 0,
             }),
             stats: Mutex::new(HashMap::new()),
+            installed: watch::Sender::new(0),
         };
         router.replace(routes, commands);
         router
@@ -205,6 +218,11 @@ impl Router {
 
     pub fn current(&self) -> Arc<RouteTable> {
         self.table.load_full()
+    }
+
+    /// Notified after each table change.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.installed.subscribe()
     }
 
     /// Atomically installs a table built from `routes` (already validated).
@@ -233,6 +251,7 @@ impl Router {
             deny: CommandsConfig::normalized(&commands.deny),
             version,
         }));
+        self.installed.send_replace(version);
         version
     }
 }

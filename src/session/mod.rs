@@ -36,7 +36,7 @@ use crate::commands::StateCmd;
 use crate::config::Limits;
 use crate::error::UpstreamError;
 use crate::protocol::{Command, ReplyKind, ReplyScanner, RequestParser};
-use crate::routing::{RouteStats, Router, Side};
+use crate::routing::{RouteStats, RouteTable, Router, Side};
 use crate::upstream::{Conn, Upstream};
 
 pub use state::ConnState;
@@ -230,6 +230,13 @@ pub struct Session<R, W> {
     watch_side: Option<Side>,
     /// The side the connection's SCAN iteration runs on.
     scan_side: Option<Side>,
+    /// With client tracking on: the table reads were routed by, to tell
+    /// the client to flush its cache when a key's read side changes.
+    tracking_table: Option<Arc<RouteTable>>,
+    table_changes: watch::Receiver<u64>,
+    /// A `CLIENT CACHING` sent to this side, which must follow the next
+    /// command to whichever cache serves it.
+    caching: Option<(Side, Command)>,
     /// Still reading commands from the client.
     reading: bool,
     /// Client output failed: replies are dropped, mirrors still drained.
@@ -247,6 +254,7 @@ where
     pub fn new(shared: Arc<Shared>, client_rd: R, client_wr: W) -> Session<R, W> {
         let depth = shared.limits.max_reply_depth;
         let parser = RequestParser::new(shared.limits.max_bulk_len);
+        let table_changes = shared.router.changes();
         Session {
             shared,
             client_rd,
@@ -269,6 +277,9 @@ where
             sub_waits: HashMap::new(),
             watch_side: None,
             scan_side: None,
+            tracking_table: None,
+            table_changes,
+            caching: None,
             reading: true,
             client_gone: false,
             drain_deadline: None,
@@ -326,6 +337,7 @@ where
                 && self.out.len() < MAX_OUTPUT_BYTES;
             let write_client = !self.out.is_empty() && !self.client_gone;
             let timer_armed = self.timer_at.is_some();
+            let tracking = self.tracking_table.is_some();
             let [old, new] = &mut self.sides;
             tokio::select! {
                 biased;
@@ -340,6 +352,10 @@ where
                     _ => self.reading = false,
                 },
                 () = &mut self.timer, if timer_armed => self.on_timer(),
+                r = self.table_changes.changed(), if tracking => match r {
+                    Ok(()) => self.on_table_change(),
+                    Err(_) => self.tracking_table = None,
+                },
                 () = &mut stop, if !stopping => {
                     stopping = true;
                     self.reading = false;
@@ -534,9 +550,21 @@ where
                     }
                     _ if reply.kind == ReplyKind::Push => {
                         // Out of band (invalidations, ...): never the reply
-                        // to a command.
+                        // to a command, but never ahead of one this side
+                        // sent before it either: an invalidation overtaking
+                        // the reply to an earlier read would leave a client
+                        // cache holding the value it invalidates.
                         if !self.client_gone {
-                            self.out.extend_from_slice(&reply.bytes);
+                            match self.sides[side.index()].ready.back_mut() {
+                                Some(last) => {
+                                    let mut joined =
+                                        BytesMut::with_capacity(last.len() + reply.bytes.len());
+                                    joined.extend_from_slice(last);
+                                    joined.extend_from_slice(&reply.bytes);
+                                    *last = joined.freeze();
+                                }
+                                None => self.out.extend_from_slice(&reply.bytes),
+                            }
                         }
                         continue;
                     }
@@ -712,6 +740,47 @@ where
             let (_, kind, cmd) = self.pending_state.remove(i).expect("index is in range");
             if accepted {
                 self.state.apply(kind, &cmd);
+            }
+        }
+        match (self.state.is_tracking(), &self.tracking_table) {
+            (true, None) => {
+                self.table_changes.mark_unchanged();
+                self.tracking_table = Some(self.shared.router.current());
+            }
+            (false, Some(_)) => self.tracking_table = None,
+            _ => {}
+        }
+    }
+
+    /// The routing table changed while client tracking is on. Keys now read
+    /// from the other cache are not tracked there: a RESP3 client is told
+    /// to drop its whole cache (the push Redis sends on FLUSHALL), after
+    /// every reply to a read routed by the previous table.
+    fn on_table_change(&mut self) {
+        let now = self.shared.router.current();
+        let moved = self
+            .tracking_table
+            .as_ref()
+            .is_some_and(|before| !now.reads_same_as(before));
+        if moved && self.resp3() {
+            self.local(Bytes::from_static(b">2\r\n$10\r\ninvalidate\r\n_\r\n"));
+        }
+        self.tracking_table = Some(now);
+    }
+
+    /// A pending `CLIENT CACHING` applies to the next command: when that
+    /// goes to the other cache, the flag moves there (and a PING clears it
+    /// where it was set, as any command but CLIENT does in Redis).
+    fn place_caching(&mut self, side: Side) {
+        if let Some((set_on, caching)) = self.caching.take() {
+            if set_on != side {
+                self.send(side, &caching, Target::Quiet("CLIENT CACHING"), false);
+                self.send(
+                    set_on,
+                    &Command::from_args(&[b"PING"]),
+                    Target::Quiet("PING"),
+                    false,
+                );
             }
         }
     }

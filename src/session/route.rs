@@ -198,6 +198,11 @@ where
                 });
                 let stats = route.stats.clone();
                 drop(table);
+                if spec.is_some_and(|s| s.name == "client|caching") {
+                    self.caching = Some((authoritative, cmd.clone()));
+                } else {
+                    self.place_caching(authoritative);
+                }
                 match (mirror, effect) {
                     (Some(m), Some(effect)) => {
                         let ticket = self.defer_mirror(

@@ -22,6 +22,9 @@ pub struct ConnState {
     lib_name: Option<Bytes>,
     lib_ver: Option<Bytes>,
     readonly: bool,
+    /// The `CLIENT TRACKING ON ...` commands in force, oldest first: the
+    /// last one sets the mode, and in BCAST mode each adds its prefixes.
+    tracking: Vec<Command>,
 }
 
 fn owned(arg: Option<&[u8]>) -> Option<Bytes> {
@@ -31,6 +34,10 @@ fn owned(arg: Option<&[u8]>) -> Option<Bytes> {
 impl ConnState {
     pub fn is_resp3(&self) -> bool {
         self.protover.as_deref() == Some(b"3")
+    }
+
+    pub fn is_tracking(&self) -> bool {
+        !self.tracking.is_empty()
     }
 
     /// Records the effect of `cmd`, which an upstream accepted. Returns false
@@ -66,6 +73,7 @@ impl ConnState {
                     return false;
                 }
             }
+            StateCmd::Tracking => return self.apply_tracking(cmd),
             StateCmd::ReadOnly => self.readonly = true,
             StateCmd::ReadWrite => self.readonly = false,
             StateCmd::Reset => {
@@ -76,6 +84,24 @@ impl ConnState {
                     ..ConnState::default()
                 };
             }
+        }
+        true
+    }
+
+    /// `CLIENT TRACKING ON|OFF [options]`, as Redis's `enableTracking`:
+    /// OFF forgets everything; ON replaces the mode, and BCAST prefixes
+    /// accumulate until OFF.
+    fn apply_tracking(&mut self, cmd: &Command) -> bool {
+        match cmd.arg(2) {
+            Some(a) if a.eq_ignore_ascii_case(b"off") => self.tracking.clear(),
+            Some(a) if a.eq_ignore_ascii_case(b"on") => {
+                let bcast = cmd.args().skip(3).any(|a| a.eq_ignore_ascii_case(b"bcast"));
+                if !bcast {
+                    self.tracking.clear();
+                }
+                self.tracking.push(cmd.clone());
+            }
+            _ => return false,
         }
         true
     }
@@ -149,6 +175,9 @@ impl ConnState {
         }
         if self.readonly {
             steps.push(("READONLY", Command::from_args(&[b"READONLY"])));
+        }
+        for cmd in &self.tracking {
+            steps.push(("CLIENT TRACKING", cmd.clone()));
         }
         steps
     }
@@ -249,6 +278,26 @@ mod tests {
             for_other_side(StateCmd::Select, &select, true),
             Some(select)
         );
+    }
+
+    #[test]
+    fn tracking_replays_the_mode_in_force() {
+        let mut s = ConnState::default();
+        assert!(s.apply(StateCmd::Tracking, &c(&["CLIENT", "TRACKING", "on"])));
+        assert!(s.apply(
+            StateCmd::Tracking,
+            &c(&["CLIENT", "TRACKING", "ON", "OPTIN"])
+        ));
+        assert_eq!(names(&s), vec![vec!["CLIENT", "TRACKING", "ON", "OPTIN"]]);
+        assert!(s.apply(StateCmd::Tracking, &c(&["CLIENT", "TRACKING", "off"])));
+        assert!(!s.is_tracking());
+        let bcast = |p: &str| c(&["CLIENT", "TRACKING", "on", "BCAST", "PREFIX", p]);
+        assert!(s.apply(StateCmd::Tracking, &bcast("a:")));
+        assert!(s.apply(StateCmd::Tracking, &bcast("b:")));
+        assert_eq!(names(&s).len(), 2);
+        assert!(!s.apply(StateCmd::Tracking, &c(&["CLIENT", "TRACKING", "maybe"])));
+        assert!(s.apply(StateCmd::Reset, &c(&["RESET"])));
+        assert!(!s.is_tracking());
     }
 
     #[test]
