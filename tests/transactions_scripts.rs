@@ -152,8 +152,9 @@ async fn evalsha_unknown_to_the_mirror_is_retried_with_the_body() {
     assert_eq!(proxy.stat("s", "script_unknown"), 1);
     assert_eq!(get(&mut new.sync(), "s:e"), None, "counted, not applied");
 
-    // Loaded through the proxy while the default route is old-only: only
-    // old has it, but the proxy saw the body.
+    // Loaded through the proxy while the default route is old-only: it goes
+    // to new too (route s uses new). New then loses it (a restart), but the
+    // proxy saw the body.
     let script = "return redis.call('INCR', KEYS[1])";
     let sha: String = redis::cmd("SCRIPT")
         .arg("LOAD")
@@ -161,12 +162,19 @@ async fn evalsha_unknown_to_the_mirror_is_retried_with_the_body() {
         .query_async(&mut c)
         .await
         .unwrap();
-    let exists: Vec<i64> = redis::cmd("SCRIPT")
-        .arg("EXISTS")
-        .arg(&sha)
+    proxy.wait_mirrors_settled().await;
+    let exists = |s: &support::RedisServer| -> Vec<i64> {
+        redis::cmd("SCRIPT")
+            .arg("EXISTS")
+            .arg(&sha)
+            .query(&mut s.sync())
+            .unwrap()
+    };
+    assert_eq!(exists(&new), [1], "SCRIPT LOAD reaches every cache in use");
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
         .query(&mut new.sync())
         .unwrap();
-    assert_eq!(exists, [0]);
     for _ in 0..3 {
         let _: i64 = redis::cmd("EVALSHA")
             .arg(&sha)
@@ -181,4 +189,92 @@ async fn evalsha_unknown_to_the_mirror_is_retried_with_the_body() {
     assert_eq!(proxy.stat("s", "script_retries"), 1);
     assert_eq!(get(&mut new.sync(), "s:n").as_deref(), Some("3"));
     assert_eq!(get(&mut old.sync(), "s:n").as_deref(), Some("3"));
+}
+
+#[tokio::test]
+async fn functions_reach_every_cache_in_use_and_fcall_is_mirrored() {
+    let (old, new) = support::start_pair();
+    let routes = |s_phase| {
+        vec![
+            ("s", Some(&["s:*"][..]), s_phase),
+            ("default", None, Phase::OldOnly),
+        ]
+    };
+    let proxy = TestProxy::start(&old, &new, &routes(Phase::OldOnly)).await;
+    let mut c = proxy.conn().await;
+    let lib = |name: &str| {
+        format!(
+            "#!lua name={name}\nredis.register_function('{name}_bump', function(keys, args) return redis.call('INCR', keys[1]) end)\nredis.register_function{{function_name='{name}_peek', callback=function(keys, args) return redis.call('GET', keys[1]) end, flags={{'no-writes'}}}}"
+        )
+    };
+    let libraries = |s: &support::RedisServer| -> usize {
+        let v: Vec<redis::Value> = redis::cmd("FUNCTION")
+            .arg("LIST")
+            .query(&mut s.sync())
+            .unwrap();
+        v.len()
+    };
+    // No route uses new: the library goes to old only.
+    let _: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(lib("first"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!((libraries(&old), libraries(&new)), (1, 0));
+
+    proxy.rewrite_config(&support::config_text(
+        &old.addr(),
+        &new.addr(),
+        &routes(Phase::DualWrite),
+        "",
+    ));
+    proxy.wait_phase("s", Phase::DualWrite).await;
+    let mut c = proxy.conn().await;
+    let _: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(lib("second"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    proxy.wait_mirrors_settled().await;
+    assert_eq!((libraries(&old), libraries(&new)), (2, 1));
+    for _ in 0..2 {
+        let _: i64 = redis::cmd("FCALL")
+            .arg("second_bump")
+            .arg(1)
+            .arg("s:f")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    let peek: String = redis::cmd("FCALL_RO")
+        .arg("second_peek")
+        .arg(1)
+        .arg("s:f")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(peek, "2");
+    proxy.wait_mirrors_settled().await;
+    assert_eq!(get(&mut old.sync(), "s:f").as_deref(), Some("2"));
+    assert_eq!(get(&mut new.sync(), "s:f").as_deref(), Some("2"));
+    assert_eq!(proxy.stat("s", "mirror_errors"), 0);
+
+    let _: () = redis::cmd("FUNCTION")
+        .arg("DELETE")
+        .arg("second")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    proxy.wait_mirrors_settled().await;
+    assert_eq!((libraries(&old), libraries(&new)), (1, 0));
+    let _: () = redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    proxy.wait_mirrors_settled().await;
+    assert_eq!((libraries(&old), libraries(&new)), (0, 0));
+    assert_eq!(proxy.stat("default", "mirror_errors"), 0);
 }

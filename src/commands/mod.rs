@@ -130,7 +130,8 @@ pub enum TxCmd {
 ///   and a script may write, so they are writes (mirrored verbatim);
 ///   `EVAL_RO`/`EVALSHA_RO`/`FCALL_RO` are flagged read-only and are reads.
 /// - `SCRIPT LOAD` / `SCRIPT FLUSH`: keyless writes so both sides share the
-///   script cache.
+///   script cache; with `FUNCTION LOAD|DELETE|FLUSH|RESTORE` they go to
+///   every cache a route uses ([`loads_code`]).
 /// - `PUBLISH` / `SPUBLISH`: writes routed by channel, so a subscriber on
 ///   either side of a dual phase receives each message once.
 /// - Admin commands (`CONFIG SET`, `DEBUG`, `SHUTDOWN`, ...): reads, i.e.
@@ -254,6 +255,20 @@ pub fn admin_reads(spec: &CommandSpec) -> bool {
             | "slowlog|get"
             | "slowlog|len"
     ) || spec.name.starts_with("latency|") && spec.name != "latency|reset"
+}
+
+/// Commands that change the scripts or functions a cache can run: sent to
+/// every cache any route uses, whatever the default route's phase.
+pub fn loads_code(spec: &CommandSpec) -> bool {
+    matches!(
+        spec.name,
+        "script|load"
+            | "script|flush"
+            | "function|load"
+            | "function|delete"
+            | "function|flush"
+            | "function|restore"
+    )
 }
 
 /// True when the command may block its connection (exempt from the command

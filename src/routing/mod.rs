@@ -174,6 +174,13 @@ impl RouteTable {
         self.routes.len() - 1
     }
 
+    /// Whether some route reads from or writes to `side`.
+    pub fn uses(&self, side: Side) -> bool {
+        self.routes
+            .iter()
+            .any(|r| r.phase.authoritative() == side || r.phase.mirror() == Some(side))
+    }
+
     /// Whether every key is read from the same cache under both tables.
     pub fn reads_same_as(&self, other: &RouteTable) -> bool {
         self.routes.len() == other.routes.len()

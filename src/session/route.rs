@@ -152,9 +152,16 @@ where
                 }
                 // Mirroring a command Redis will reject for its arity only
                 // doubles the error.
+                // Script and function libraries go to every cache some route
+                // uses, so an FCALL or EVALSHA finds them wherever it runs.
                 let mirror = route
                     .phase
                     .mirror()
+                    .or_else(|| {
+                        let everywhere = spec.is_some_and(commands::loads_code);
+                        let other = authoritative.other();
+                        (everywhere && table.uses(other)).then_some(other)
+                    })
                     .filter(|_| write && spec.is_none_or(|s| commands::arity_ok(s, cmd.len())));
                 let body_at = match spec.map(|s| s.name) {
                     Some("eval" | "eval_ro") => Some(1),
