@@ -102,6 +102,7 @@ def main():
             with open(path, "w") as f:
                 f.write('[listen]\naddress = "127.0.0.1:%d"\n[upstreams.old]\naddress = "127.0.0.1:%d"\n'
                         '[upstreams.new]\naddress = "127.0.0.1:%d"\n[[routes]]\nname = "default"\nphase = "%s"\n'
+                        '[admin]\nenabled = false\n'
                         % (port, old, new, phase))
             return start([binary, "serve", "--config", path, "--log", "warn"], port, name)
 

@@ -31,6 +31,7 @@ cargo build --quiet
 bin=target/debug/cutover
 
 old=$(free_port 16379); new=$(free_port $((old + 1))); proxy=$(free_port $((new + 1)))
+admin=$(free_port $((proxy + 1)))
 for port in "$old" "$new"; do
   redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
     --logfile "$work/redis-$port.log" --daemonize no &
@@ -54,6 +55,8 @@ phase = "dual-write"
 [[routes]]
 name = "default"
 phase = "old-only"
+[admin]
+address = "127.0.0.1:$admin"
 TOML
 
 bold "old Redis on :$old already holds data from before the migration"
@@ -79,10 +82,11 @@ echo "(session:* writes went to both; config:* stays on old only)"
 bold "reads are served by old in dual-write"
 run cli get session:legacy
 
-bold "cutover: flip 'sessions' to read-new by editing the config (hot reload, no restart)"
-sed -i 's/phase = "dual-write"/phase = "read-new"/' "$work/cutover.toml"
-sleep 0.5
-grep -m1 "routing table swapped" "$work/cutover.log" | sed 's/^/log: /' || true
+bold "what the operator sees"
+run "$bin" status --config "$work/cutover.toml"
+
+bold "cutover: flip 'sessions' to read-new (admin API; persisted, no restart)"
+run "$bin" phase sessions read-new --config "$work/cutover.toml"
 
 bold "reads of session:* are now served by new"
 run cli get session:alice
@@ -92,9 +96,11 @@ echo " This is what backfill is for, before flipping in production.)"
 run cli set session:bob "cart=1"
 echo "new writes still reach old too: $(redis-cli -p "$old" get session:bob)"
 
-bold "rollback: back to dual-write, nothing lost"
-sed -i 's/phase = "read-new"/phase = "dual-write"/' "$work/cutover.toml"
-sleep 0.5
+bold "a jump that skips a phase is refused"
+run "$bin" phase sessions old-only --config "$work/cutover.toml" || true
+
+bold "rollback: one command back to dual-write, nothing lost"
+run "$bin" phase sessions dual-write --config "$work/cutover.toml"
 run cli get session:bob
 run cli get session:legacy
 

@@ -25,6 +25,69 @@ pub struct Settings {
     pub commands: CommandsConfig,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// The admin listener (status, phase flips, metrics) and where flips are
+/// persisted.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// `host:port`; loopback by default. Any other address needs a token.
+    #[serde(default = "default_admin_address")]
+    pub address: String,
+    /// Bearer token every request must carry (`Authorization: Bearer ...`).
+    /// Set it from the environment with `CUTOVER_ADMIN__TOKEN`.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// Where phase flips made through the admin API are persisted; relative
+    /// to the config file's directory. Default: `<config name>.state.json`
+    /// beside the config file.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            address: default_admin_address(),
+            token: None,
+            state_file: None,
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The state file for a proxy started from `config_path`.
+    pub fn state_path(&self, config_path: &Path) -> PathBuf {
+        let dir = config_path.parent().unwrap_or(Path::new("."));
+        match &self.state_file {
+            Some(p) => dir.join(p),
+            None => {
+                let stem = config_path
+                    .file_stem()
+                    .map_or_else(|| "cutover".into(), |s| s.to_string_lossy().into_owned());
+                dir.join(format!("{stem}.state.json"))
+            }
+        }
+    }
+
+    /// `http://address` for the CLI.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_admin_address() -> String {
+    "127.0.0.1:6401".into()
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -347,6 +410,32 @@ impl Settings {
         }
         if self.limits.maxclients == 0 {
             return Err(("limits.maxclients".into(), "must be greater than 0".into()));
+        }
+        if self.admin.enabled {
+            check_address("admin.address", &self.admin.address)?;
+            let host = self.admin.address.rsplit_once(':').map_or("", |(h, _)| h);
+            let loopback = host == "localhost"
+                || host
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if !loopback && self.admin.token.is_none() {
+                return Err((
+                    "admin.token".into(),
+                    format!(
+                        "the admin listener on {} is reachable from other hosts; set a token (CUTOVER_ADMIN__TOKEN) or listen on loopback",
+                        self.admin.address
+                    ),
+                ));
+            }
+            if self
+                .admin
+                .token
+                .as_ref()
+                .is_some_and(|t| t.expose().is_empty())
+            {
+                return Err(("admin.token".into(), "must not be empty".into()));
+            }
         }
         Ok(())
     }

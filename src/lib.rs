@@ -18,6 +18,9 @@
 //! | [`session`] | one client: route each command, order replies, mirror writes, replay state |
 //! | [`server`] | accept loop, `maxclients`, graceful shutdown |
 //! | [`reload`] | SIGHUP / file-change reload of the routing table |
+//! | [`control`] | phase decisions (config file, admin flips), persisted state file |
+//! | [`admin`] | the admin HTTP API: status, phase flips, metrics |
+//! | [`metrics`] | latency histograms and the Prometheus text |
 //! | [`error`] | data-path error types |
 //!
 //! # Data path
@@ -32,9 +35,12 @@
 //!      authoritative reply; later mirrored writes wait behind it to keep order)
 //! ```
 
+pub mod admin;
 pub mod commands;
 pub mod config;
+pub mod control;
 pub mod error;
+pub mod metrics;
 pub mod mirror;
 pub mod protocol;
 pub mod reload;

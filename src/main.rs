@@ -36,10 +36,109 @@ enum Cmd {
         #[arg(long, short, env = "CUTOVER_CONFIG")]
         config: PathBuf,
     },
+    /// Show each route's phase, who set it, and its counters (admin API).
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Print the raw JSON of GET /status.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move ROUTE to PHASE (old-only, dual-write, read-new, new-only),
+    /// persisted by the proxy. One step at a time unless --force.
+    Phase {
+        route: String,
+        phase: String,
+        /// Allow a jump that skips a phase (e.g. old-only -> read-new).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Admin API base URL. Default: [admin] address from --config, else
+    /// http://127.0.0.1:6401.
+    #[arg(long, env = "CUTOVER_ADMIN_URL")]
+    admin: Option<String>,
+    /// Bearer token. Default: [admin] token from --config.
+    #[arg(long, env = "CUTOVER_ADMIN__TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Config file to take the admin address and token from.
+    #[arg(long, short, env = "CUTOVER_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl AdminArgs {
+    fn resolve(self) -> anyhow::Result<(String, Option<String>)> {
+        let settings = self.config.as_deref().map(Settings::load).transpose()?;
+        let url = self
+            .admin
+            .or_else(|| settings.as_ref().map(|s| s.admin.url()))
+            .unwrap_or_else(|| "http://127.0.0.1:6401".into());
+        let token = self.token.or_else(|| {
+            settings
+                .as_ref()
+                .and_then(|s| s.admin.token.as_ref().map(|t| t.expose().to_string()))
+        });
+        Ok((url, token))
+    }
+}
+
+/// Percent-encodes a route name for a URL path segment.
+fn escape_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Runs one admin API call; a non-2xx answer is an error with its message.
+fn admin_call(
+    admin: AdminArgs,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+) -> anyhow::Result<String> {
+    let (url, token) = admin.resolve()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, text) = rt.block_on(cutover::admin::client::request(
+        &url,
+        method,
+        path,
+        token.as_deref(),
+        body,
+    ))?;
+    if !(200..300).contains(&status) {
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+            .unwrap_or(text);
+        anyhow::bail!("{method} {path}: HTTP {status}: {message}");
+    }
+    Ok(text)
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole chain, no backtrace: these are operator-facing.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&cli.log).context("invalid --log filter")?,
@@ -65,6 +164,34 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Status { admin, json } => {
+            let text = admin_call(admin, "GET", "/status", None)?;
+            if json {
+                println!("{text}");
+            } else {
+                let status: cutover::admin::StatusView =
+                    serde_json::from_str(&text).context("unexpected /status answer")?;
+                print!("{}", cutover::admin::render_status(&status));
+            }
+            Ok(())
+        }
+        Cmd::Phase {
+            route,
+            phase,
+            force,
+            admin,
+        } => {
+            let body = serde_json::json!({ "phase": phase, "force": force }).to_string();
+            let path = format!("/routes/{}/phase", escape_segment(&route));
+            let text = admin_call(admin, "PUT", &path, Some(body))?;
+            let view: cutover::admin::RouteView =
+                serde_json::from_str(&text).context("unexpected answer")?;
+            println!(
+                "route {} is {} (since {})",
+                view.status.name, view.status.phase, view.status.since
+            );
+            Ok(())
+        }
         Cmd::Serve { config } => {
             let settings = Settings::load(&config)?;
             tokio::runtime::Runtime::new()?.block_on(serve(settings, config))
@@ -73,9 +200,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
-    let proxy = Proxy::start(settings.clone(), Some(config))
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.listen.address))?;
+    let proxy = Proxy::start(settings, Some(config)).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),

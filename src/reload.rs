@@ -102,11 +102,16 @@ fn reload_once(path: &std::path::Path, running: &Settings, shared: &Shared, trig
             return;
         }
     };
-    if next.upstreams != running.upstreams || next.listen.address != running.listen.address {
+    if next.upstreams != running.upstreams
+        || next.listen.address != running.listen.address
+        || next.admin != running.admin
+    {
         warn!(?trigger, "config reload: listener or upstream settings changed; they take effect only after a restart");
     }
     let before = describe(&shared.router);
-    let version = shared.router.replace(&next.routes, &next.commands);
+    let version = shared
+        .control
+        .reload(&shared.router, &next.routes, &next.commands);
     let after = describe(&shared.router);
     if before == after {
         info!(?trigger, version, routes = %after, "config reloaded, routes unchanged");

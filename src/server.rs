@@ -16,11 +16,27 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::admin;
 use crate::config::Settings;
+use crate::control::{Control, StateError};
 use crate::reload;
 use crate::routing::{Router, Side};
 use crate::session::{Session, Shared};
 use crate::upstream::Upstream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {0}: {1}")]
+    Listen(String, std::io::Error),
+    #[error(
+        "cannot start the admin listener on {0}: {1} (set [admin] address, or enabled = false)"
+    )]
+    Admin(String, std::io::Error),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("cannot watch for config reloads: {0}")]
+    Reload(std::io::Error),
+}
 
 /// How long shutdown waits for sessions to drain.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
@@ -28,19 +44,40 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
 /// A running proxy.
 pub struct Proxy {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Proxy {
-    /// Binds the listener and starts serving. With `config_path`, the routing
-    /// table is reloaded on SIGHUP and whenever that file changes.
-    pub async fn start(settings: Settings, config_path: Option<PathBuf>) -> std::io::Result<Proxy> {
-        let listener = TcpListener::bind(&settings.listen.address).await?;
-        let addr = listener.local_addr()?;
+    /// Binds the listeners and starts serving. With `config_path`, the
+    /// routing table is reloaded on SIGHUP and whenever that file changes,
+    /// and admin flips are persisted beside it.
+    pub async fn start(
+        settings: Settings,
+        config_path: Option<PathBuf>,
+    ) -> Result<Proxy, StartError> {
+        let listener = TcpListener::bind(&settings.listen.address)
+            .await
+            .map_err(|e| StartError::Listen(settings.listen.address.clone(), e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Listen(settings.listen.address.clone(), e))?;
+        let admin_listener = if settings.admin.enabled {
+            Some(
+                TcpListener::bind(&settings.admin.address)
+                    .await
+                    .map_err(|e| StartError::Admin(settings.admin.address.clone(), e))?,
+            )
+        } else {
+            None
+        };
+        let state_path = config_path.as_deref().map(|p| settings.admin.state_path(p));
+        let (control, routes) = Control::start(&settings.routes, &settings.commands, state_path)?;
         let shared = Arc::new(Shared {
-            router: Router::new(&settings.routes, &settings.commands),
+            router: Router::new(&routes, &settings.commands),
+            control,
             upstreams: [
                 Upstream::new(Side::Old, settings.upstreams.old.clone()),
                 Upstream::new(Side::New, settings.upstreams.new.clone()),
@@ -54,17 +91,30 @@ impl Proxy {
             shared.clone(),
             shutdown_rx.clone(),
         ))];
+        let admin_addr = match admin_listener {
+            Some(l) => {
+                let admin_addr = l.local_addr().ok();
+                let token = settings.admin.token.clone();
+                tasks.push(tokio::spawn(admin::serve(
+                    l,
+                    shared.clone(),
+                    token,
+                    shutdown_rx.clone(),
+                )));
+                admin_addr
+            }
+            None => None,
+        };
         if let Some(path) = config_path {
-            tasks.push(tokio::spawn(reload::watch(
-                path,
-                settings,
-                shared.clone(),
-                shutdown_rx,
-            )?));
+            tasks.push(tokio::spawn(
+                reload::watch(path, settings, shared.clone(), shutdown_rx)
+                    .map_err(StartError::Reload)?,
+            ));
         }
-        info!(%addr, routes = %describe(&shared.router), "cutover listening");
+        info!(%addr, admin = ?admin_addr, routes = %describe(&shared.router), "cutover listening");
         Ok(Proxy {
             addr,
+            admin_addr,
             shared,
             shutdown,
             tasks,
@@ -73,6 +123,11 @@ impl Proxy {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the admin API listens, when enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     pub fn shared(&self) -> &Arc<Shared> {

@@ -22,9 +22,10 @@ async fn sigterm_drains_in_flight_writes_and_exits_zero() {
         &[("default", None, Phase::DualWrite)],
         "",
     )
-    .replace(
+    .replacen(
         "address = \"127.0.0.1:0\"",
         &format!("address = \"127.0.0.1:{port}\""),
+        1,
     );
     std::fs::write(&path, text).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_cutover"))

@@ -13,12 +13,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 pub use glob::{string_match, Pattern};
 
 use crate::config::{CommandsConfig, RouteConfig, UnknownPolicy};
+use crate::metrics::Latency;
 
 /// One of the two caches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -55,7 +56,7 @@ impl fmt::Display for Side {
 }
 
 /// A route's migration phase (see DESIGN.md's table).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
     OldOnly,
@@ -65,6 +66,34 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// In migration order.
+    pub const ALL: [Phase; 4] = [
+        Phase::OldOnly,
+        Phase::DualWrite,
+        Phase::ReadNew,
+        Phase::NewOnly,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Steps between two phases in migration order (1 for neighbours).
+    pub fn distance(self, other: Phase) -> usize {
+        self.index().abs_diff(other.index())
+    }
+
+    /// The dual phase whose mirror is `side`.
+    pub fn mirroring_to(side: Side) -> Phase {
+        match side {
+            Side::New => Phase::DualWrite,
+            Side::Old => Phase::ReadNew,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.name() == s)
+    }
     /// Where reads go, and whose write reply the client sees.
     pub fn authoritative(self) -> Side {
         match self {
@@ -117,11 +146,18 @@ pub struct RouteStats {
     /// EVALSHA the mirror did not know and whose body never passed through
     /// the proxy: not applied on the mirror.
     pub script_unknown: AtomicU64,
+    /// Reply latency by the phase the command was routed in and the
+    /// upstream that answered.
+    latency: [[Latency; 2]; 4],
 }
 
 impl RouteStats {
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn latency(&self, phase: Phase, side: Side) -> &Latency {
+        &self.latency[phase.index()][side.index()]
     }
 
     pub fn snapshot(&self) -> [(&'static str, u64); 8] {

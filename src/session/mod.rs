@@ -36,7 +36,7 @@ use crate::commands::StateCmd;
 use crate::config::Limits;
 use crate::error::UpstreamError;
 use crate::protocol::{Command, ReplyKind, ReplyScanner, RequestParser};
-use crate::routing::{RouteStats, RouteTable, Router, Side};
+use crate::routing::{Phase, RouteStats, RouteTable, Router, Side};
 use crate::upstream::{Conn, Upstream};
 
 pub use state::ConnState;
@@ -45,6 +45,8 @@ pub use state::ConnState;
 #[derive(Debug)]
 pub struct Shared {
     pub router: Router,
+    /// Phase decisions (config, admin flips), persisted.
+    pub control: crate::control::Control,
     pub upstreams: [Upstream; 2],
     pub limits: Limits,
     /// Script bodies by SHA1, for EVALSHA retries on the mirror.
@@ -91,6 +93,38 @@ struct Expect {
     target: Target,
     /// When the reply is overdue; `None` for blocking commands.
     deadline: Option<Instant>,
+    /// For the latency histograms; `None` for blocking commands.
+    timing: Option<Timing>,
+}
+
+#[derive(Debug)]
+struct Timing {
+    sent: Instant,
+    /// The route and the phase a client-bound command was routed in (a
+    /// mirrored write's come from its target).
+    route: Option<(Arc<RouteStats>, Phase)>,
+}
+
+impl Expect {
+    fn untimed(target: Target) -> Expect {
+        Expect {
+            target,
+            deadline: None,
+            timing: None,
+        }
+    }
+
+    /// Records the reply latency of this command, answered by `side`.
+    fn observe(&self, side: Side) {
+        let Some(t) = &self.timing else { return };
+        match (&t.route, &self.target) {
+            (Some((stats, phase)), _) => stats.latency(*phase, side).observe(t.sent.elapsed()),
+            (None, Target::Mirror(stats) | Target::MirrorEvalSha(stats, _)) => stats
+                .latency(Phase::mirroring_to(side), side)
+                .observe(t.sent.elapsed()),
+            _ => {}
+        }
+    }
 }
 
 /// A position in the client's reply order.
@@ -428,7 +462,8 @@ where
         self.cbuf.clear();
     }
 
-    /// Sends `cmd` to `side`, opening the connection if needed.
+    /// Sends `cmd` to `side`, opening the connection if needed (a mirrored
+    /// write to a mirror in its reconnect backoff is counted as failed).
     fn send(&mut self, side: Side, cmd: &Command, target: Target, blocking: bool) {
         let upstream = self.shared.upstream(side);
         if self.sides[side.index()].is_idle() {
@@ -445,16 +480,44 @@ where
         if matches!(target, Target::Client { .. } | Target::Effect(_)) {
             self.order.push_back(Slot::Upstream(side));
         }
-        let deadline = if blocking {
-            None
+        let (deadline, timing) = if blocking {
+            (None, None)
         } else {
-            upstream
-                .config
-                .command_timeout()
-                .map(|t| Instant::now() + t)
+            let now = Instant::now();
+            let deadline = upstream.config.command_timeout().map(|t| now + t);
+            (
+                deadline,
+                Some(Timing {
+                    sent: now,
+                    route: None,
+                }),
+            )
         };
         sc.wbuf.extend_from_slice(cmd.raw());
-        sc.inflight.push_back(Expect { target, deadline });
+        sc.inflight.push_back(Expect {
+            target,
+            deadline,
+            timing,
+        });
+    }
+
+    /// Sends a client-bound command routed by `route` in `phase`, so its
+    /// latency is recorded there. (Client-bound sends are never skipped.)
+    fn send_routed(
+        &mut self,
+        side: Side,
+        cmd: &Command,
+        target: Target,
+        blocking: bool,
+        route: (&Arc<RouteStats>, Phase),
+    ) {
+        self.send(side, cmd, target, blocking);
+        if let Some(Expect {
+            timing: Some(t), ..
+        }) = self.sides[side.index()].inflight.back_mut()
+        {
+            t.route = Some((route.0.clone(), route.1));
+        }
     }
 
     /// Starts connecting to `side` with the client's state.
@@ -476,10 +539,8 @@ where
             for (_, kind, cmd) in &self.pending_state {
                 if let Some(cmd) = state::for_other_side(*kind, cmd, own_credentials) {
                     sc.wbuf.extend_from_slice(cmd.raw());
-                    sc.inflight.push_back(Expect {
-                        target: Target::Quiet("connection state"),
-                        deadline: None,
-                    });
+                    sc.inflight
+                        .push_back(Expect::untimed(Target::Quiet("connection state")));
                 }
             }
         }
@@ -577,6 +638,7 @@ where
                 warn!(%side, "reply with no command waiting for it; dropping the connection");
                 return self.fail_side(side, UpstreamError::Closed { side, addr });
             };
+            expect.observe(side);
             match expect.target {
                 Target::Client { state } => {
                     if state {

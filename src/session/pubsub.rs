@@ -229,10 +229,9 @@ where
     fn send_subscription(&mut self, side: Side, cmd: &Command, id: u64, frames: usize) {
         self.send(side, cmd, Target::SubAck(id), false);
         for _ in 1..frames {
-            self.sides[side.index()].inflight.push_back(super::Expect {
-                target: Target::SubAck(id),
-                deadline: None,
-            });
+            self.sides[side.index()]
+                .inflight
+                .push_back(super::Expect::untimed(Target::SubAck(id)));
         }
     }
 }

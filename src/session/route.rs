@@ -204,6 +204,7 @@ where
                     &route.stats.reads
                 });
                 let stats = route.stats.clone();
+                let phase = route.phase;
                 drop(table);
                 if spec.is_some_and(|s| s.name == "client|caching") {
                     self.caching = Some((authoritative, cmd.clone()));
@@ -217,27 +218,22 @@ where
                             Pending::One {
                                 effect,
                                 cmd: cmd.clone(),
-                                stats,
+                                stats: stats.clone(),
                             },
                         );
-                        self.send(authoritative, &cmd, Target::Effect(ticket), blocking);
+                        let target = Target::Effect(ticket);
+                        self.send_routed(authoritative, &cmd, target, blocking, (&stats, phase));
                     }
                     (Some(m), None) => {
-                        self.send(
-                            authoritative,
-                            &cmd,
-                            Target::Client { state: false },
-                            blocking,
-                        );
+                        let target = Target::Client { state: false };
+                        self.send_routed(authoritative, &cmd, target, blocking, (&stats, phase));
                         let evalsha = spec.is_some_and(|s| s.name == "evalsha");
                         self.mirror(m, cmd, stats, evalsha);
                     }
-                    (None, _) => self.send(
-                        authoritative,
-                        &cmd,
-                        Target::Client { state: false },
-                        blocking,
-                    ),
+                    (None, _) => {
+                        let target = Target::Client { state: false };
+                        self.send_routed(authoritative, &cmd, target, blocking, (&stats, phase));
+                    }
                 }
             }
         }

@@ -172,6 +172,10 @@ pub fn config_text(old: &str, new: &str, routes: &[RouteSpec<'_>], extra: &str) 
         s.push_str(&format!("phase = \"{phase}\"\n\n"));
     }
     s.push_str(extra);
+    if !extra.contains("[admin]") {
+        // Tests run in parallel: never the fixed default admin port.
+        s.push_str("\n[admin]\naddress = \"127.0.0.1:0\"\n");
+    }
     s
 }
 
@@ -212,6 +216,42 @@ impl TestProxy {
 
     pub fn url(&self) -> String {
         format!("redis://{}/", self.addr)
+    }
+
+    /// `http://host:port` of the admin API.
+    pub fn admin_url(&self) -> String {
+        let addr = self
+            .proxy
+            .as_ref()
+            .unwrap()
+            .admin_addr()
+            .expect("admin enabled");
+        format!("http://{addr}")
+    }
+
+    /// One admin API request: (status, body).
+    pub async fn admin(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        cutover::admin::client::request(
+            &self.admin_url(),
+            method,
+            path,
+            None,
+            body.map(str::to_string),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Stops the proxy and starts it again from the same config file (and
+    /// state file), on new ports.
+    pub async fn restart(&mut self) {
+        self.shutdown().await;
+        let settings = Settings::load(&self.config_path).expect("test config is valid");
+        let proxy = Proxy::start(settings, Some(self.config_path.clone()))
+            .await
+            .unwrap();
+        self.addr = proxy.local_addr();
+        self.proxy = Some(proxy);
     }
 
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {

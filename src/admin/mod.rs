@@ -1,0 +1,281 @@
+//! The admin HTTP API (axum): `GET /status`, `PUT /routes/{name}/phase`,
+//! `GET /metrics`. Loopback by default; with `[admin] token` set, every
+//! request needs `Authorization: Bearer <token>`.
+//!
+//! Errors are JSON `{"error": "..."}` with a status that says what kind:
+//! 400 bad request body, 401 token, 404 unknown route, 409 a flip that skips
+//! a phase without `force`, 500 the flip could not be persisted (and was
+//! not made).
+
+pub mod client;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::Secret;
+use crate::control::{FlipError, RouteStatus, Source};
+use crate::routing::{Phase, RouteStats};
+use crate::session::Shared;
+
+/// Serves until `shutdown` fires.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    token: Option<Secret>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let app = axum::Router::new()
+        .route("/status", get(status))
+        .route("/routes/{name}/phase", put(flip))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(token.map(Arc::new), auth))
+        .with_state(shared);
+    let stop = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        warn!(error = %e, "admin listener failed");
+    }
+}
+
+fn error(code: StatusCode, message: impl std::fmt::Display) -> Response {
+    (
+        code,
+        Json(serde_json::json!({ "error": message.to_string() })),
+    )
+        .into_response()
+}
+
+async fn auth(State(token): State<Option<Arc<Secret>>>, req: Request, next: Next) -> Response {
+    if let Some(token) = token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        if !same(given, token.expose().as_bytes()) {
+            let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    }
+    next.run(req).await
+}
+
+/// Compares without an early exit on the first differing byte.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// One route in `GET /status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RouteView {
+    #[serde(flatten)]
+    pub status: RouteStatusView,
+    pub counts: BTreeMap<String, u64>,
+}
+
+/// [`RouteStatus`] as JSON (also what the CLI reads back).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RouteStatusView {
+    pub name: String,
+    pub patterns: Option<Vec<String>>,
+    pub phase: Phase,
+    pub source: Source,
+    pub config_phase: Phase,
+    pub since: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StatusView {
+    pub table_version: u64,
+    pub state_file: Option<String>,
+    pub routes: Vec<RouteView>,
+}
+
+fn view(status: RouteStatus, stats: Option<&RouteStats>) -> RouteView {
+    let counts = stats
+        .map(|s| {
+            s.snapshot()
+                .iter()
+                .map(|(n, v)| (n.to_string(), *v))
+                .collect()
+        })
+        .unwrap_or_default();
+    RouteView {
+        status: RouteStatusView {
+            name: status.name,
+            patterns: status.patterns,
+            phase: status.phase,
+            source: status.source,
+            config_phase: status.config_phase,
+            since: humantime::format_rfc3339_seconds(status.since).to_string(),
+        },
+        counts,
+    }
+}
+
+/// Each route's status with its counters.
+fn routes(shared: &Shared) -> Vec<(RouteStatus, Arc<RouteStats>)> {
+    let table = shared.router.current();
+    shared
+        .control
+        .status()
+        .into_iter()
+        .filter_map(|s| {
+            let stats = table
+                .routes
+                .iter()
+                .find(|r| *r.name == s.name)?
+                .stats
+                .clone();
+            Some((s, stats))
+        })
+        .collect()
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> Json<StatusView> {
+    let table_version = shared.router.load().version;
+    Json(StatusView {
+        table_version,
+        state_file: shared.control.state_path().map(|p| p.display().to_string()),
+        routes: routes(&shared)
+            .into_iter()
+            .map(|(s, stats)| view(s, Some(&stats)))
+            .collect(),
+    })
+}
+
+/// `cutover status`'s table.
+pub fn render_status(s: &StatusView) -> String {
+    let mut out = format!(
+        "{:<16} {:<10} {:<26} {:<20} {:>10} {:>10} {:>10} {:>8} {:>8}  patterns\n",
+        "route", "phase", "set by", "since", "reads", "writes", "mirrored", "m.errors", "m.failed"
+    );
+    for r in &s.routes {
+        let st = &r.status;
+        let set_by = match st.source {
+            Source::Config => "config".to_string(),
+            other => format!(
+                "{} (file: {})",
+                serde_json::to_value(other)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                st.config_phase
+            ),
+        };
+        let c = |k: &str| r.counts.get(k).copied().unwrap_or(0);
+        let patterns = st
+            .patterns
+            .as_ref()
+            .map_or_else(|| "(default)".to_string(), |p| p.join(" "));
+        out.push_str(&format!(
+            "{:<16} {:<10} {:<26} {:<20} {:>10} {:>10} {:>10} {:>8} {:>8}  {}\n",
+            st.name,
+            st.phase.name(),
+            set_by,
+            st.since,
+            c("reads"),
+            c("writes"),
+            c("mirrored"),
+            c("mirror_errors"),
+            c("mirror_failed"),
+            patterns
+        ));
+    }
+    if let Some(f) = &s.state_file {
+        out.push_str(&format!("state file: {f}\n"));
+    }
+    out
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlipRequest {
+    phase: String,
+    #[serde(default)]
+    force: bool,
+}
+
+async fn flip(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let req: FlipRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("body must be {{\"phase\": \"...\", \"force\": false}}: {e}"),
+            )
+        }
+    };
+    let Some(phase) = Phase::parse(&req.phase) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "unknown phase {:?}; one of old-only, dual-write, read-new, new-only",
+                req.phase
+            ),
+        );
+    };
+    match shared
+        .control
+        .flip(&shared.router, &name, phase, req.force, Source::Admin)
+    {
+        Ok(status) => {
+            info!(route = %name, %phase, "admin API flip");
+            let stats = shared
+                .router
+                .current()
+                .routes
+                .iter()
+                .find(|r| *r.name == name)
+                .map(|r| r.stats.clone());
+            Json(view(status, stats.as_deref())).into_response()
+        }
+        Err(e @ FlipError::NoSuchRoute(_)) => error(StatusCode::NOT_FOUND, e),
+        Err(e @ FlipError::Skips { .. }) => error(StatusCode::CONFLICT, e),
+        Err(e @ FlipError::Persist { .. }) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let body = crate::metrics::render(routes(&shared));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn token_comparison() {
+        assert!(super::same(b"abc", b"abc"));
+        assert!(!super::same(b"abd", b"abc"));
+        assert!(!super::same(b"ab", b"abc"));
+    }
+}

@@ -1,0 +1,416 @@
+//! The migration control plane's state: which phase each route is in, who
+//! put it there and since when, persisted so a restart resumes it.
+//!
+//! Two sources decide a route's phase: the config file and flips made at
+//! run time (the admin API, auto-cutover). The rule, also in the README:
+//!
+//! - A flip overrides the file's phase for that route, and is persisted
+//!   (temp file, fsync, rename) before it takes effect.
+//! - A reload or restart keeps the override as long as the file still says
+//!   what it said when the flip was made. When the file's phase for that
+//!   route was edited since, the edit is the newer decision: the file wins,
+//!   the override is dropped, and the log says so.
+//!
+//! Every change goes through one lock here, then one table swap in the
+//! router, so a reload and a flip never interleave.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::config::{CommandsConfig, RouteConfig};
+use crate::routing::{Phase, Router};
+
+/// Who set a route's current phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    Config,
+    Admin,
+    Auto,
+}
+
+/// What is persisted per route.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteState {
+    pub phase: Phase,
+    pub source: Source,
+    /// The config file's phase for this route when `phase` was decided.
+    pub config_phase: Phase,
+    /// Unix milliseconds since the route has been in `phase`.
+    pub since_ms: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StateFile {
+    routes: BTreeMap<String, RouteState>,
+}
+
+/// A route as the status endpoint shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RouteStatus {
+    pub name: String,
+    /// `None` for the default route.
+    pub patterns: Option<Vec<String>>,
+    pub phase: Phase,
+    pub source: Source,
+    pub config_phase: Phase,
+    #[serde(serialize_with = "rfc3339")]
+    pub since: SystemTime,
+}
+
+fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_seconds(*t))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FlipError {
+    #[error("no route named {0:?}")]
+    NoSuchRoute(String),
+    #[error("{from} -> {to} skips {skipped}; flip one step at a time, or force it (\"force\": true; cutover phase --force)")]
+    Skips {
+        from: Phase,
+        to: Phase,
+        skipped: Phase,
+    },
+    #[error("cannot persist the flip to {path}: {source}; the phase was not changed")]
+    Persist {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("state file {path}: {message}; fix or remove it (phases then come from the config file)")]
+pub struct StateError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Vec<RouteConfig>,
+    commands: CommandsConfig,
+    routes: BTreeMap<String, RouteState>,
+}
+
+#[derive(Debug)]
+pub struct Control {
+    state_path: Option<PathBuf>,
+    inner: Mutex<Inner>,
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX)
+}
+
+impl Control {
+    /// Loads the persisted state (if any) and reconciles it with the config.
+    /// Returns the control and the routes the table starts with.
+    pub fn start(
+        config: &[RouteConfig],
+        commands: &CommandsConfig,
+        state_path: Option<PathBuf>,
+    ) -> Result<(Control, Vec<RouteConfig>), StateError> {
+        let saved = match &state_path {
+            Some(path) => load(path)?,
+            None => StateFile::default(),
+        };
+        let routes = reconcile(config, &saved.routes);
+        let control = Control {
+            state_path,
+            inner: Mutex::new(Inner {
+                config: config.to_vec(),
+                commands: commands.clone(),
+                routes,
+            }),
+        };
+        let inner = control.lock();
+        if let Err(e) = control.persist(&inner.routes) {
+            warn!(error = %e, "cannot write the state file; admin flips will fail until it can be written");
+        }
+        let effective = effective(&inner.config, &inner.routes);
+        drop(inner);
+        Ok((control, effective))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn state_path(&self) -> Option<&Path> {
+        self.state_path.as_deref()
+    }
+
+    /// A new config file was loaded: reconcile and swap the table.
+    pub fn reload(
+        &self,
+        router: &Router,
+        config: &[RouteConfig],
+        commands: &CommandsConfig,
+    ) -> u64 {
+        let mut inner = self.lock();
+        let routes = reconcile(config, &inner.routes);
+        if let Err(e) = self.persist(&routes) {
+            warn!(error = %e, "cannot write the state file");
+        }
+        inner.config = config.to_vec();
+        inner.commands = commands.clone();
+        inner.routes = routes;
+        router.replace(&effective(&inner.config, &inner.routes), &inner.commands)
+    }
+
+    /// Moves `route` to `phase`, persisted first. Without `force`, only to a
+    /// neighbouring phase.
+    pub fn flip(
+        &self,
+        router: &Router,
+        route: &str,
+        phase: Phase,
+        force: bool,
+        source: Source,
+    ) -> Result<RouteStatus, FlipError> {
+        let mut inner = self.lock();
+        let current = inner
+            .routes
+            .get(route)
+            .cloned()
+            .ok_or_else(|| FlipError::NoSuchRoute(route.to_string()))?;
+        if current.phase != phase {
+            if current.phase.distance(phase) > 1 && !force {
+                let between = Phase::ALL[current.phase.index().min(phase.index()) + 1];
+                return Err(FlipError::Skips {
+                    from: current.phase,
+                    to: phase,
+                    skipped: between,
+                });
+            }
+            let mut routes = inner.routes.clone();
+            routes.insert(
+                route.to_string(),
+                RouteState {
+                    phase,
+                    source,
+                    config_phase: current.config_phase,
+                    since_ms: now_ms(),
+                },
+            );
+            if let Some(path) = &self.state_path {
+                write_atomically(path, &routes).map_err(|source| FlipError::Persist {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+            inner.routes = routes;
+            let version = router.replace(&effective(&inner.config, &inner.routes), &inner.commands);
+            info!(route, from = %current.phase, to = %phase, ?source, force, version, "phase flipped");
+        }
+        let status = status_of(&inner, route).expect("route exists");
+        Ok(status)
+    }
+
+    /// Every route, in table order.
+    pub fn status(&self) -> Vec<RouteStatus> {
+        let inner = self.lock();
+        inner
+            .config
+            .iter()
+            .filter_map(|r| status_of(&inner, &r.name))
+            .collect()
+    }
+
+    fn persist(&self, routes: &BTreeMap<String, RouteState>) -> std::io::Result<()> {
+        match &self.state_path {
+            Some(path) => write_atomically(path, routes),
+            None => Ok(()),
+        }
+    }
+}
+
+fn status_of(inner: &Inner, name: &str) -> Option<RouteStatus> {
+    let cfg = inner.config.iter().find(|r| r.name == name)?;
+    let st = inner.routes.get(name)?;
+    Some(RouteStatus {
+        name: cfg.name.clone(),
+        patterns: cfg.patterns.clone(),
+        phase: st.phase,
+        source: st.source,
+        config_phase: st.config_phase,
+        since: UNIX_EPOCH + Duration::from_millis(st.since_ms),
+    })
+}
+
+/// The state of each configured route, given what was decided before.
+fn reconcile(
+    config: &[RouteConfig],
+    before: &BTreeMap<String, RouteState>,
+) -> BTreeMap<String, RouteState> {
+    let now = now_ms();
+    config
+        .iter()
+        .map(|r| {
+            let from_file = |prev: Option<&RouteState>| RouteState {
+                phase: r.phase,
+                source: Source::Config,
+                config_phase: r.phase,
+                since_ms: prev.filter(|p| p.phase == r.phase).map_or(now, |p| p.since_ms),
+            };
+            let state = match before.get(&r.name) {
+                Some(prev) if prev.source != Source::Config && prev.config_phase == r.phase => {
+                    prev.clone()
+                }
+                Some(prev) if prev.source != Source::Config => {
+                    warn!(
+                        route = %r.name,
+                        flipped_to = %prev.phase,
+                        file_was = %prev.config_phase,
+                        file_now = %r.phase,
+                        "the config file's phase for this route changed since it was flipped at run time; the file wins"
+                    );
+                    from_file(Some(prev))
+                }
+                prev => from_file(prev),
+            };
+            (r.name.clone(), state)
+        })
+        .collect()
+}
+
+fn effective(config: &[RouteConfig], routes: &BTreeMap<String, RouteState>) -> Vec<RouteConfig> {
+    config
+        .iter()
+        .map(|r| RouteConfig {
+            phase: routes.get(&r.name).map_or(r.phase, |s| s.phase),
+            ..r.clone()
+        })
+        .collect()
+}
+
+fn load(path: &Path) -> Result<StateFile, StateError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(StateFile::default()),
+        Err(e) => {
+            return Err(StateError {
+                path: path.into(),
+                message: e.to_string(),
+            })
+        }
+    };
+    serde_json::from_str(&text).map_err(|e| StateError {
+        path: path.into(),
+        message: e.to_string(),
+    })
+}
+
+/// Write to a temp file beside `path`, fsync, rename over `path`, fsync the
+/// directory: a crash leaves the old file or the new one, never a mix.
+fn write_atomically(path: &Path, routes: &BTreeMap<String, RouteState>) -> std::io::Result<()> {
+    let body = serde_json::to_vec_pretty(&StateFile {
+        routes: routes.clone(),
+    })
+    .map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("json.tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&body)?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(name: &str, phase: Phase) -> RouteConfig {
+        RouteConfig {
+            name: name.into(),
+            patterns: None,
+            phase,
+        }
+    }
+
+    fn st(phase: Phase, source: Source, config_phase: Phase) -> RouteState {
+        RouteState {
+            phase,
+            source,
+            config_phase,
+            since_ms: 1,
+        }
+    }
+
+    #[test]
+    fn an_override_lasts_until_the_file_changes_that_route() {
+        let before = BTreeMap::from([(
+            "r".to_string(),
+            st(Phase::ReadNew, Source::Admin, Phase::DualWrite),
+        )]);
+        let kept = reconcile(&[cfg("r", Phase::DualWrite)], &before);
+        assert_eq!(kept["r"], before["r"]);
+        let edited = reconcile(&[cfg("r", Phase::NewOnly)], &before);
+        assert_eq!(edited["r"].phase, Phase::NewOnly);
+        assert_eq!(edited["r"].source, Source::Config);
+        // Back to the file's phase the flip was made against: the file rules.
+        let gone = reconcile(&[cfg("other", Phase::OldOnly)], &before);
+        assert!(!gone.contains_key("r"));
+    }
+
+    #[test]
+    fn since_is_kept_while_the_phase_is() {
+        let before = BTreeMap::from([(
+            "r".to_string(),
+            st(Phase::DualWrite, Source::Config, Phase::DualWrite),
+        )]);
+        assert_eq!(
+            reconcile(&[cfg("r", Phase::DualWrite)], &before)["r"].since_ms,
+            1
+        );
+        assert!(reconcile(&[cfg("r", Phase::ReadNew)], &before)["r"].since_ms > 1);
+    }
+
+    #[test]
+    fn flips_step_by_step_unless_forced_and_persist_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        let config = [cfg("r", Phase::OldOnly)];
+        let commands = CommandsConfig::default();
+        let (control, routes) = Control::start(&config, &commands, Some(path.clone())).unwrap();
+        let router = Router::new(&routes, &commands);
+        let err = control
+            .flip(&router, "r", Phase::ReadNew, false, Source::Admin)
+            .unwrap_err();
+        assert!(err.to_string().contains("skips dual-write"), "{err}");
+        assert!(matches!(
+            control.flip(&router, "x", Phase::ReadNew, false, Source::Admin),
+            Err(FlipError::NoSuchRoute(_))
+        ));
+        control
+            .flip(&router, "r", Phase::ReadNew, true, Source::Admin)
+            .unwrap();
+        assert_eq!(router.load().routes[0].phase, Phase::ReadNew);
+        // A restart resumes it.
+        let (_, routes) = Control::start(&config, &commands, Some(path.clone())).unwrap();
+        assert_eq!(routes[0].phase, Phase::ReadNew);
+        // A corrupt file stops the start, naming the file.
+        std::fs::write(&path, "{").unwrap();
+        let err = Control::start(&config, &commands, Some(path)).unwrap_err();
+        assert!(err.to_string().contains("s.json"), "{err}");
+    }
+}

@@ -1,0 +1,220 @@
+//! Prometheus exposition of the proxy's counters.
+//!
+//! The data path only touches relaxed atomics: per-route counters
+//! ([`RouteStats`]) and fixed-bucket latency histograms ([`Latency`]). At
+//! scrape time a collector reads them and `prometheus-client` writes the
+//! OpenMetrics text, so nothing on the data path takes a lock or looks a
+//! metric up by labels.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use prometheus_client::encoding::{MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::control::RouteStatus;
+use crate::routing::{Phase, RouteStats, Side};
+
+/// Bucket upper bounds, microseconds: 100 µs to 2.5 s.
+const BOUNDS_US: [u64; 14] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000,
+];
+
+/// A latency histogram with fixed buckets: one relaxed add for the bucket,
+/// one for the sum.
+#[derive(Debug, Default)]
+pub struct Latency {
+    /// Non-cumulative counts; the last is +Inf.
+    buckets: [AtomicU64; BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Latency {
+    pub fn observe(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let i = BOUNDS_US.partition_point(|&b| b < us);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// (sum in seconds, count, non-cumulative buckets with upper bounds).
+    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut count = 0;
+        let buckets = self
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let n = b.load(Ordering::Relaxed);
+                count += n;
+                let upper = BOUNDS_US
+                    .get(i)
+                    .map_or(f64::INFINITY, |&us| us as f64 / 1e6);
+                (upper, n)
+            })
+            .collect();
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        (sum, count, buckets)
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// Renders every metric as OpenMetrics text.
+pub fn render(routes: Vec<(RouteStatus, Arc<RouteStats>)>) -> String {
+    let mut registry = Registry::with_prefix("cutover");
+    let routes = Arc::new(routes);
+    registry.register_collector(Box::new(Routes(routes)));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
+#[derive(Debug)]
+struct Routes(Arc<Vec<(RouteStatus, Arc<RouteStats>)>>);
+
+type Labels = Vec<(&'static str, String)>;
+
+/// One metric family written by hand from the snapshot.
+fn family(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (Labels, Sample)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, sample) in samples {
+        let m = metric.encode_family(&labels)?;
+        sample.encode(m)?;
+    }
+    Ok(())
+}
+
+enum Sample {
+    Counter(u64),
+    Gauge(f64),
+    Histogram(f64, u64, Vec<(f64, u64)>),
+}
+
+impl Sample {
+    fn encode(&self, mut m: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        match self {
+            Sample::Counter(v) => m.encode_counter::<NoLabelSet, _, u64>(v, None),
+            Sample::Gauge(v) => m.encode_gauge(v),
+            Sample::Histogram(sum, count, buckets) => {
+                m.encode_histogram::<NoLabelSet>(*sum, *count, buckets, None)
+            }
+        }
+    }
+}
+
+impl prometheus_client::collector::Collector for Routes {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let route = |s: &RouteStatus| vec![("route", s.name.clone())];
+        family(
+            &mut encoder,
+            "route_phase",
+            "1 for the phase each route is in (label phase)",
+            MetricType::Gauge,
+            self.0.iter().flat_map(|(s, _)| {
+                Phase::ALL.into_iter().map(move |p| {
+                    let mut l = route(s);
+                    l.push(("phase", p.name().to_string()));
+                    (l, Sample::Gauge(f64::from(u8::from(s.phase == p))))
+                })
+            }),
+        )?;
+        family(
+            &mut encoder,
+            "route_phase_since_seconds",
+            "Unix time the route entered its current phase",
+            MetricType::Gauge,
+            self.0.iter().map(|(s, _)| {
+                let secs = s
+                    .since
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64();
+                (route(s), Sample::Gauge(secs))
+            }),
+        )?;
+        let names = RouteStats::default().snapshot().map(|(n, _)| n);
+        for (i, name) in names.iter().enumerate() {
+            family(
+                &mut encoder,
+                &format!("route_{name}"),
+                counter_help(name),
+                MetricType::Counter,
+                self.0
+                    .iter()
+                    .map(|(s, stats)| (route(s), Sample::Counter(stats.snapshot()[i].1))),
+            )?;
+        }
+        family(
+            &mut encoder,
+            "request_duration_seconds",
+            "Time from a command's send to its reply, per route, phase and upstream (blocking commands excluded)",
+            MetricType::Histogram,
+            self.0.iter().flat_map(|(s, stats)| {
+                Phase::ALL.into_iter().flat_map(move |p| {
+                    Side::BOTH.into_iter().filter_map(move |side| {
+                        let h = stats.latency(p, side);
+                        if h.count() == 0 {
+                            return None;
+                        }
+                        let (sum, count, buckets) = h.snapshot();
+                        let mut l = route(s);
+                        l.push(("phase", p.name().to_string()));
+                        l.push(("upstream", side.name().to_string()));
+                        Some((l, Sample::Histogram(sum, count, buckets)))
+                    })
+                })
+            }),
+        )?;
+        Ok(())
+    }
+}
+
+fn counter_help(name: &str) -> &'static str {
+    match name {
+        "reads" => "Reads routed to the route's read side",
+        "writes" => "Writes routed to the route's authoritative side",
+        "mirrored" => "Writes sent to the mirror side",
+        "mirror_ok" => "Mirrored writes the mirror answered without error",
+        "mirror_errors" => "Mirrored writes the mirror answered with an error",
+        "mirror_failed" => "Mirrored writes that never got a reply (mirror down, lost, timed out)",
+        "script_retries" => "EVALSHA retried on the mirror with the script body after NOSCRIPT",
+        "script_unknown" => "EVALSHA the mirror did not know and whose body the proxy never saw",
+        _ => "cutover route counter",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_split_at_their_bounds() {
+        let h = Latency::default();
+        h.observe(Duration::from_micros(100));
+        h.observe(Duration::from_micros(101));
+        h.observe(Duration::from_secs(10));
+        let (sum, count, buckets) = h.snapshot();
+        assert_eq!(count, 3);
+        assert_eq!(buckets[0], (0.0001, 1));
+        assert_eq!(buckets[1], (0.00025, 1));
+        assert_eq!(buckets.last().unwrap().1, 1);
+        assert!(buckets.last().unwrap().0.is_infinite());
+        assert!((sum - 10.000201).abs() < 1e-9);
+    }
+}
