@@ -21,6 +21,7 @@
 //! | [`control`] | phase decisions (config file, admin flips), persisted state file |
 //! | [`admin`] | the admin HTTP API: status, phase flips, metrics |
 //! | [`metrics`] | latency histograms and the Prometheus text |
+//! | [`repair`] | reply comparison of mirrored writes, key copies to the mirror |
 //! | [`error`] | data-path error types |
 //!
 //! # Data path
@@ -44,6 +45,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod protocol;
 pub mod reload;
+pub mod repair;
 pub mod routing;
 pub mod server;
 pub mod session;

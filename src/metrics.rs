@@ -195,6 +195,14 @@ fn counter_help(name: &str) -> &'static str {
         "mirror_failed" => "Mirrored writes that never got a reply (mirror down, lost, timed out)",
         "script_retries" => "EVALSHA retried on the mirror with the script body after NOSCRIPT",
         "script_unknown" => "EVALSHA the mirror did not know and whose body the proxy never saw",
+        "compared" => "Mirrored writes whose two replies were compared",
+        "mismatches" => "Compared writes whose replies differed (the key is copied to the mirror)",
+        "repaired" => "Keys copied from the authoritative side to the mirror",
+        "repair_failed" => "Key copies that failed",
+        "repair_skipped" => {
+            "Key copies skipped because a newer write to the key went through the proxy"
+        }
+        "repair_dropped" => "Mismatches not copied because the repair queue was full",
         _ => "cutover route counter",
     }
 }

@@ -20,6 +20,7 @@ use crate::admin;
 use crate::config::Settings;
 use crate::control::{Control, StateError};
 use crate::reload;
+use crate::repair::{self, Repairer};
 use crate::routing::{Router, Side};
 use crate::session::{Session, Shared};
 use crate::upstream::Upstream;
@@ -75,6 +76,7 @@ impl Proxy {
         };
         let state_path = config_path.as_deref().map(|p| settings.admin.state_path(p));
         let (control, routes) = Control::start(&settings.routes, &settings.commands, state_path)?;
+        let (repairer, repairs) = Repairer::new();
         let shared = Arc::new(Shared {
             router: Router::new(&routes, &settings.commands),
             control,
@@ -84,13 +86,13 @@ impl Proxy {
             ],
             limits: settings.limits.clone(),
             scripts: Default::default(),
+            repairer,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let mut tasks = vec![tokio::spawn(accept_loop(
-            listener,
-            shared.clone(),
-            shutdown_rx.clone(),
-        ))];
+        let mut tasks = vec![
+            tokio::spawn(accept_loop(listener, shared.clone(), shutdown_rx.clone())),
+            tokio::spawn(repair::run(shared.clone(), repairs, shutdown_rx.clone())),
+        ];
         let admin_addr = match admin_listener {
             Some(l) => {
                 let admin_addr = l.local_addr().ok();

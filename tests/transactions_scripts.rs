@@ -183,8 +183,10 @@ async fn evalsha_unknown_to_the_mirror_is_retried_with_the_body() {
             .query_async(&mut c)
             .await
             .unwrap();
+        // Otherwise the next EVALSHA can reach new before the retried EVAL
+        // (and be retried too).
+        proxy.wait_mirrors_settled().await;
     }
-    proxy.wait_mirrors_settled().await;
     // The first met NOSCRIPT and was retried as EVAL, which loaded it.
     assert_eq!(proxy.stat("s", "script_retries"), 1);
     assert_eq!(get(&mut new.sync(), "s:n").as_deref(), Some("3"));

@@ -146,6 +146,18 @@ pub struct RouteStats {
     /// EVALSHA the mirror did not know and whose body never passed through
     /// the proxy: not applied on the mirror.
     pub script_unknown: AtomicU64,
+    /// Mirrored writes whose two replies were compared.
+    pub compared: AtomicU64,
+    /// Compared writes whose replies differed: the key is copied.
+    pub mismatches: AtomicU64,
+    /// Keys copied from the authoritative side to the mirror.
+    pub repaired: AtomicU64,
+    /// Copies that failed (an upstream error, a refused RESTORE).
+    pub repair_failed: AtomicU64,
+    /// Copies skipped because a newer write to the key went through.
+    pub repair_skipped: AtomicU64,
+    /// Mismatches not copied because the repair queue was full.
+    pub repair_dropped: AtomicU64,
     /// Reply latency by the phase the command was routed in and the
     /// upstream that answered.
     latency: [[Latency; 2]; 4],
@@ -160,7 +172,7 @@ impl RouteStats {
         &self.latency[phase.index()][side.index()]
     }
 
-    pub fn snapshot(&self) -> [(&'static str, u64); 8] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 14] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("reads", g(&self.reads)),
@@ -171,6 +183,12 @@ impl RouteStats {
             ("mirror_failed", g(&self.mirror_failed)),
             ("script_retries", g(&self.script_retries)),
             ("script_unknown", g(&self.script_unknown)),
+            ("compared", g(&self.compared)),
+            ("mismatches", g(&self.mismatches)),
+            ("repaired", g(&self.repaired)),
+            ("repair_failed", g(&self.repair_failed)),
+            ("repair_skipped", g(&self.repair_skipped)),
+            ("repair_dropped", g(&self.repair_dropped)),
         ]
     }
 }

@@ -14,6 +14,7 @@
 //! What a session must not do: wait on a mirror. A mirror's replies, errors,
 //! slowness or death only change counters.
 
+mod compare;
 mod held;
 mod pubsub;
 mod route;
@@ -51,6 +52,8 @@ pub struct Shared {
     pub limits: Limits,
     /// Script bodies by SHA1, for EVALSHA retries on the mirror.
     pub scripts: crate::mirror::ScriptCache,
+    /// Copies keys whose mirrored write replies differed.
+    pub repairer: crate::repair::Repairer,
 }
 
 impl Shared {
@@ -95,6 +98,8 @@ struct Expect {
     deadline: Option<Instant>,
     /// For the latency histograms; `None` for blocking commands.
     timing: Option<Timing>,
+    /// The comparison this reply settles, with the other side's.
+    compare: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -111,6 +116,7 @@ impl Expect {
             target,
             deadline: None,
             timing: None,
+            compare: None,
         }
     }
 
@@ -264,6 +270,8 @@ pub struct Session<R, W> {
     watch_side: Option<Side>,
     /// The side the connection's SCAN iteration runs on.
     scan_side: Option<Side>,
+    /// Mirrored writes whose two replies are being compared.
+    compares: compare::Compares,
     /// With client tracking on: the table reads were routed by, to tell
     /// the client to flush its cache when a key's read side changes.
     tracking_table: Option<Arc<RouteTable>>,
@@ -311,6 +319,7 @@ where
             sub_waits: HashMap::new(),
             watch_side: None,
             scan_side: None,
+            compares: compare::Compares::default(),
             tracking_table: None,
             table_changes,
             caching: None,
@@ -498,6 +507,7 @@ where
             target,
             deadline,
             timing,
+            compare: None,
         });
     }
 
@@ -639,6 +649,9 @@ where
                 return self.fail_side(side, UpstreamError::Closed { side, addr });
             };
             expect.observe(side);
+            if let Some(id) = expect.compare {
+                self.compare_reply(id, side, &reply.bytes);
+            }
             match expect.target {
                 Target::Client { state } => {
                     if state {
@@ -721,6 +734,7 @@ where
             debug!(error = %err, lost_mirrors, failed_replies, "upstream connection dropped");
         }
         sc.link = Link::Idle;
+        self.compares.abandon();
         // Their replies will never come: they were not applied.
         self.pending_state.retain(|(s, _, _)| *s != side);
         sc.wbuf.clear();

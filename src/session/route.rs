@@ -7,7 +7,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::held::{Pending, TxItem};
-use super::{state, Session, Target, Tx};
+use super::{compare, state, Session, Target, Tx};
 use crate::commands::{self, Kind, StateCmd, TxCmd};
 use crate::config::UnknownPolicy;
 use crate::mirror;
@@ -175,6 +175,9 @@ where
                     (Some(s), Some(_)) => mirror::effect_of(s.name, &cmd),
                     _ => None,
                 };
+                if mirror.is_some() {
+                    self.note_write(&cmd, &positions);
+                }
                 if self.tx.is_some() {
                     let route_desc = format!("route '{}' ({})", route.name, route.phase);
                     let stats = route.stats.clone();
@@ -225,10 +228,30 @@ where
                         self.send_routed(authoritative, &cmd, target, blocking, (&stats, phase));
                     }
                     (Some(m), None) => {
+                        let evalsha = spec.is_some_and(|s| s.name == "evalsha");
+                        // An EVALSHA the mirror may answer NOSCRIPT (and run
+                        // again as EVAL) is not compared.
+                        let compare = spec
+                            .filter(|s| {
+                                !evalsha
+                                    && self.held.is_empty()
+                                    && compare::comparable(s)
+                                    && compare::key_count_ok(positions.len())
+                            })
+                            .map(|s| self.compare_open(s, &cmd, &stats, authoritative));
+                        let before = self.sides[authoritative.index()].inflight.len();
                         let target = Target::Client { state: false };
                         self.send_routed(authoritative, &cmd, target, blocking, (&stats, phase));
-                        let evalsha = spec.is_some_and(|s| s.name == "evalsha");
+                        let before_mirror = self.sides[m.index()].inflight.len();
+                        if let Some(id) = compare {
+                            self.compare_tag(authoritative, id, before);
+                        }
                         self.mirror(m, cmd, stats, evalsha);
+                        if let Some(id) = compare {
+                            if !self.compare_tag(m, id, before_mirror) {
+                                self.compare_drop(id);
+                            }
+                        }
                     }
                     (None, _) => {
                         let target = Target::Client { state: false };

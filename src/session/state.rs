@@ -36,6 +36,11 @@ impl ConnState {
         self.protover.as_deref() == Some(b"3")
     }
 
+    /// The database the client selected, if any.
+    pub fn db(&self) -> Option<u32> {
+        std::str::from_utf8(self.db.as_deref()?).ok()?.parse().ok()
+    }
+
     pub fn is_tracking(&self) -> bool {
         !self.tracking.is_empty()
     }

@@ -1,0 +1,457 @@
+//! Divergence repair: when the mirror's reply to a mirrored write differs
+//! from the authoritative reply, the key is copied from the authoritative
+//! cache to the mirror.
+//!
+//! One background task does every copy on its own connection to each cache
+//! (never a client's): `MULTI; DUMP key; PTTL key; EXEC` on the
+//! authoritative side reads value and remaining TTL atomically, then
+//! `RESTORE key ttl value REPLACE` (or `DEL` when the key is gone) on the
+//! mirror.
+//!
+//! A copy must not undo a newer write. Sessions report every mirrored write
+//! to a key with a copy pending ([`Repairer::note_write`]; free when nothing
+//! is pending). Before restoring, a copy whose key was written since it was
+//! queued is skipped: that write was mirrored too and is compared on its
+//! own. A write reported while the copy was in flight may have reached the
+//! mirror before the `RESTORE`, so the copy is redone from a fresh read
+//! (up to [`MAX_ATTEMPTS`] times, then counted as failed).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, warn};
+
+use crate::error::UpstreamError;
+use crate::protocol::{value, Command, ReplyScanner, Value};
+use crate::routing::{RouteStats, Side};
+use crate::session::Shared;
+use crate::upstream::Conn;
+
+/// Copies queued at once; beyond this a mismatch is counted as dropped.
+pub const QUEUE: usize = 10_000;
+pub const MAX_ATTEMPTS: u8 = 3;
+
+/// One key to copy from `from` to the other side.
+#[derive(Debug)]
+pub struct RepairJob {
+    pub from: Side,
+    /// The database the client selected; `None`: each upstream's `db`.
+    pub db: Option<u32>,
+    pub key: Bytes,
+    pub stats: Arc<RouteStats>,
+}
+
+#[derive(Debug)]
+pub struct Queued {
+    job: RepairJob,
+    seq: u64,
+    attempt: u8,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    /// Copies queued for this key and not finished.
+    jobs: usize,
+    /// Sequence number of the last write reported for it.
+    last_write: u64,
+}
+
+type DbKey = Option<u32>;
+
+#[derive(Debug)]
+pub struct Repairer {
+    tx: mpsc::Sender<Queued>,
+    pending: Mutex<HashMap<DbKey, HashMap<Bytes, Pending>>>,
+    pending_keys: AtomicUsize,
+    seq: AtomicU64,
+}
+
+impl Repairer {
+    pub fn new() -> (Repairer, mpsc::Receiver<Queued>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let r = Repairer {
+            tx,
+            pending: Mutex::new(HashMap::new()),
+            pending_keys: AtomicUsize::new(0),
+            seq: AtomicU64::new(0),
+        };
+        (r, rx)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DbKey, HashMap<Bytes, Pending>>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A write to `key` went through the proxy (called for mirrored writes).
+    pub fn note_write(&self, db: DbKey, key: &[u8]) {
+        if self.pending_keys.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let seq = self.next_seq();
+        if let Some(p) = self.lock().get_mut(&db).and_then(|m| m.get_mut(key)) {
+            p.last_write = seq;
+        }
+    }
+
+    /// Queues a copy. False (and counted) when the queue is full.
+    pub fn submit(&self, job: RepairJob) -> bool {
+        let seq = self.next_seq();
+        {
+            let mut map = self.lock();
+            let p = map
+                .entry(job.db)
+                .or_default()
+                .entry(job.key.clone())
+                .or_insert_with(|| {
+                    self.pending_keys.fetch_add(1, Ordering::Relaxed);
+                    Pending::default()
+                });
+            p.jobs += 1;
+        }
+        let stats = job.stats.clone();
+        let queued = Queued {
+            job,
+            seq,
+            attempt: 0,
+        };
+        match self.tx.try_send(queued) {
+            Ok(()) => true,
+            Err(e) => {
+                let q = match e {
+                    mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q) => q,
+                };
+                self.finish(&q.job);
+                RouteStats::bump(&stats.repair_dropped);
+                false
+            }
+        }
+    }
+
+    fn written_since(&self, job: &RepairJob, seq: u64) -> bool {
+        self.lock()
+            .get(&job.db)
+            .and_then(|m| m.get(&job.key))
+            .is_some_and(|p| p.last_write > seq)
+    }
+
+    fn finish(&self, job: &RepairJob) {
+        let mut map = self.lock();
+        let Some(keys) = map.get_mut(&job.db) else {
+            return;
+        };
+        if let Some(p) = keys.get_mut(&job.key) {
+            p.jobs -= 1;
+            if p.jobs == 0 {
+                keys.remove(&job.key);
+                self.pending_keys.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        if keys.is_empty() {
+            map.remove(&job.db);
+        }
+    }
+
+    /// Copies waiting or in flight.
+    pub fn pending(&self) -> usize {
+        self.pending_keys.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CopyError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("{0} answered {1}")]
+    Refused(&'static str, String),
+    #[error("unexpected reply to {0}")]
+    Unexpected(&'static str),
+}
+
+/// One repair connection per side, opened on demand, with the database it
+/// has selected.
+struct Link {
+    conn: Option<(Conn, ReplyScanner, BytesMut)>,
+    db: u32,
+}
+
+impl Link {
+    async fn call(
+        &mut self,
+        shared: &Shared,
+        side: Side,
+        cmds: &[Command],
+    ) -> Result<Vec<Bytes>, UpstreamError> {
+        let upstream = &shared.upstreams[side.index()];
+        let depth = shared.limits.max_reply_depth;
+        if self.conn.is_none() {
+            let conn = upstream.connect(upstream.base_setup(), depth).await?;
+            self.db = upstream.config.db;
+            self.conn = Some((conn, ReplyScanner::new(depth), BytesMut::new()));
+        }
+        let (conn, scanner, buf) = self.conn.as_mut().expect("connected above");
+        let addr = || upstream.addr().to_string();
+        let io = |source| UpstreamError::Io {
+            side,
+            addr: addr(),
+            source,
+        };
+        let mut out = BytesMut::new();
+        for c in cmds {
+            out.extend_from_slice(c.raw());
+        }
+        let exchange = async {
+            conn.wr.write_all(&out).await.map_err(io)?;
+            let mut replies = Vec::with_capacity(cmds.len());
+            while replies.len() < cmds.len() {
+                match scanner.next(buf) {
+                    Ok(Some(r)) => replies.push(r.bytes),
+                    Ok(None) => {
+                        if conn.rd.read_buf(buf).await.map_err(io)? == 0 {
+                            return Err(UpstreamError::Closed { side, addr: addr() });
+                        }
+                    }
+                    Err(source) => {
+                        return Err(UpstreamError::Protocol {
+                            side,
+                            addr: addr(),
+                            source,
+                        })
+                    }
+                }
+            }
+            Ok(replies)
+        };
+        let result =
+            match upstream.config.command_timeout() {
+                Some(after) => tokio::time::timeout(after, exchange).await.unwrap_or(Err(
+                    UpstreamError::Timeout {
+                        side,
+                        addr: addr(),
+                        after,
+                    },
+                )),
+                None => exchange.await,
+            };
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
+    /// `SELECT`s `db` first when needed.
+    async fn call_in(
+        &mut self,
+        shared: &Shared,
+        side: Side,
+        db: Option<u32>,
+        cmds: Vec<Command>,
+    ) -> Result<Vec<Bytes>, CopyError> {
+        let want = db.unwrap_or(shared.upstreams[side.index()].config.db);
+        if self.conn.is_none() || self.db != want {
+            // Connect first so the upstream's own db is known.
+            if self.conn.is_none() {
+                self.call(shared, side, &[Command::from_args(&[b"PING"])])
+                    .await?;
+            }
+            if self.db != want {
+                let select = Command::from_args(&[b"SELECT", want.to_string().as_bytes()]);
+                let r = self.call(shared, side, &[select]).await?;
+                if r[0].first() == Some(&b'-') {
+                    return Err(CopyError::Refused("SELECT", text(&r[0])));
+                }
+                self.db = want;
+            }
+        }
+        Ok(self.call(shared, side, &cmds).await?)
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).trim_end().to_string()
+}
+
+/// Runs the copies until shutdown.
+pub async fn run(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Queued>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut links = [Link { conn: None, db: 0 }, Link { conn: None, db: 0 }];
+    loop {
+        let q = tokio::select! {
+            q = rx.recv() => match q { Some(q) => q, None => return },
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let repairer = &shared.repairer;
+        let stats = q.job.stats.clone();
+        if repairer.written_since(&q.job, q.seq) {
+            RouteStats::bump(&stats.repair_skipped);
+            repairer.finish(&q.job);
+            continue;
+        }
+        match copy(&shared, &mut links, &q).await {
+            Ok(()) if repairer.written_since(&q.job, q.seq) && q.attempt + 1 < MAX_ATTEMPTS => {
+                // A write raced the copy: read again.
+                let seq = repairer.next_seq();
+                let again = Queued {
+                    seq,
+                    attempt: q.attempt + 1,
+                    ..q
+                };
+                if let Err(e) = repairer.tx.try_send(again) {
+                    let q = match e {
+                        mpsc::error::TrySendError::Full(q)
+                        | mpsc::error::TrySendError::Closed(q) => q,
+                    };
+                    RouteStats::bump(&stats.repair_dropped);
+                    repairer.finish(&q.job);
+                }
+            }
+            Ok(()) => {
+                RouteStats::bump(&stats.repaired);
+                repairer.finish(&q.job);
+            }
+            Err(e) => {
+                RouteStats::bump(&stats.repair_failed);
+                warn!(from = %q.job.from, error = %e, "repair copy failed");
+                repairer.finish(&q.job);
+            }
+        }
+    }
+}
+
+async fn copy(shared: &Shared, links: &mut [Link; 2], q: &Queued) -> Result<(), CopyError> {
+    let job = &q.job;
+    let (from, to) = (job.from, job.from.other());
+    let key = &job.key[..];
+    let read = vec![
+        Command::from_args(&[b"MULTI"]),
+        Command::from_args(&[b"DUMP", key]),
+        Command::from_args(&[b"PTTL", key]),
+        Command::from_args(&[b"EXEC"]),
+    ];
+    let replies = links[from.index()]
+        .call_in(shared, from, job.db, read)
+        .await?;
+    let depth = shared.limits.max_reply_depth;
+    let exec = value::decode(&replies[3], depth).ok_or(CopyError::Unexpected("EXEC"))?;
+    let (dump, pttl) = match exec.as_array() {
+        Some([dump, Value::Int(pttl)]) => (dump.clone(), *pttl),
+        _ => {
+            return Err(CopyError::Refused(
+                "MULTI DUMP PTTL EXEC",
+                text(&replies[3]),
+            ))
+        }
+    };
+    let write = match dump {
+        Value::Str(payload) if pttl != -2 => {
+            let ttl = if pttl > 0 {
+                pttl.to_string()
+            } else {
+                "0".into()
+            };
+            Command::from_args(&[b"RESTORE", key, ttl.as_bytes(), &payload, b"REPLACE"])
+        }
+        Value::Nil | Value::Str(_) => Command::from_args(&[b"DEL", key]),
+        _ => return Err(CopyError::Unexpected("DUMP")),
+    };
+    let r = links[to.index()]
+        .call_in(shared, to, job.db, vec![write])
+        .await?;
+    if r[0].first() == Some(&b'-') {
+        return Err(CopyError::Refused("RESTORE", text(&r[0])));
+    }
+    debug!(%from, %to, "key copied");
+    Ok(())
+}
+
+/// Whether two replies to the same write say the same, across RESP2/RESP3
+/// shapes (maps as flat arrays, booleans as 0/1, doubles and big numbers as
+/// their text), and errors agreeing on their code (`WRONGTYPE`, `ERR`).
+pub fn replies_agree(a: &Bytes, b: &Bytes, depth: usize) -> bool {
+    if a == b {
+        return true;
+    }
+    match (value::decode(a, depth), value::decode(b, depth)) {
+        (Some(x), Some(y)) => normal(x) == normal(y),
+        _ => false,
+    }
+}
+
+fn normal(v: Value) -> Value {
+    match v {
+        Value::Bool(b) => Value::Int(i64::from(b)),
+        Value::Error(e) => {
+            let code = e.split(|&c| c == b' ').next().unwrap_or_default();
+            Value::Error(Bytes::copy_from_slice(code))
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(normal).collect()),
+        Value::Map(pairs) => Value::Array(
+            pairs
+                .into_iter()
+                .flat_map(|(k, v)| [normal(k), normal(v)])
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_compare_across_protocols() {
+        let agree = |a: &str, b: &str| {
+            replies_agree(
+                &Bytes::copy_from_slice(a.as_bytes()),
+                &Bytes::copy_from_slice(b.as_bytes()),
+                8,
+            )
+        };
+        assert!(agree(":1\r\n", ":1\r\n"));
+        assert!(!agree(":2\r\n", ":1\r\n"));
+        assert!(agree("$-1\r\n", "_\r\n"));
+        assert!(agree(
+            "*2\r\n$1\r\na\r\n$1\r\nb\r\n",
+            "%1\r\n$1\r\na\r\n$1\r\nb\r\n"
+        ));
+        assert!(agree("#t\r\n", ":1\r\n"));
+        assert!(agree(
+            "-WRONGTYPE Operation x\r\n",
+            "-WRONGTYPE other text\r\n"
+        ));
+        assert!(!agree("-ERR x\r\n", "+OK\r\n"));
+    }
+
+    #[test]
+    fn writes_to_pending_keys_are_noted_and_finished_jobs_forgotten() {
+        let (r, _rx) = Repairer::new();
+        r.note_write(None, b"k"); // nothing pending: no bookkeeping
+        assert_eq!(r.pending(), 0);
+        let job = |k: &'static [u8]| RepairJob {
+            from: Side::Old,
+            db: None,
+            key: Bytes::from_static(k),
+            stats: Arc::default(),
+        };
+        assert!(r.submit(job(b"k")));
+        assert_eq!(r.pending(), 1);
+        let seq = r.seq.load(Ordering::Relaxed);
+        assert!(!r.written_since(&job(b"k"), seq));
+        r.note_write(None, b"k");
+        r.note_write(Some(1), b"k"); // another database
+        assert!(r.written_since(&job(b"k"), seq));
+        r.finish(&job(b"k"));
+        assert_eq!(r.pending(), 0);
+    }
+}

@@ -1,0 +1,181 @@
+//! Comparison of the two replies to a mirrored write.
+//!
+//! A plain mirrored write (verbatim, sent to the mirror at once) is given a
+//! compare id carried by both of its expectations. Whichever reply arrives
+//! second settles it: equal replies (after RESP2/RESP3 normalising) count
+//! as compared; different ones count a mismatch and queue a copy of each
+//! key from the authoritative side to the mirror. Writes mirrored as their
+//! effect, inside a transaction, or held behind an effect are not compared
+//! in this version; neither are `PUBLISH`/`SPUBLISH` (receiver counts differ
+//! by design, and their "key" is a channel).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::Session;
+use crate::commands::{self, CommandSpec};
+use crate::protocol::Command;
+use crate::repair::{replies_agree, RepairJob};
+use crate::routing::{RouteStats, Side};
+
+/// Writes with more keys than this are not compared.
+const MAX_KEYS: usize = 16;
+
+#[derive(Debug)]
+pub(super) struct Compare {
+    replies: [Option<Bytes>; 2],
+    settled: bool,
+    cmd: Command,
+    spec: &'static CommandSpec,
+    stats: Arc<RouteStats>,
+    from: Side,
+    db: Option<u32>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Compares {
+    open: VecDeque<Compare>,
+    /// Id of `open[0]`.
+    base: u64,
+}
+
+impl Compares {
+    fn push(&mut self, c: Compare) -> u64 {
+        self.open.push_back(c);
+        self.base + self.open.len() as u64 - 1
+    }
+
+    fn get(&mut self, id: u64) -> Option<&mut Compare> {
+        let i = usize::try_from(id.checked_sub(self.base)?).ok()?;
+        self.open.get_mut(i)
+    }
+
+    fn pop_settled(&mut self) {
+        while self.open.front().is_some_and(|c| c.settled) {
+            self.open.pop_front();
+            self.base += 1;
+        }
+    }
+
+    /// A side's connection dropped: nothing open can be compared.
+    pub(super) fn abandon(&mut self) {
+        for c in &mut self.open {
+            c.settled = true;
+        }
+        self.pop_settled();
+    }
+}
+
+/// Whether a write's replies are worth comparing.
+pub(super) fn comparable(spec: &CommandSpec) -> bool {
+    !matches!(spec.name, "publish" | "spublish")
+}
+
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    /// Opens a comparison for a mirrored write about to be sent.
+    pub(super) fn compare_open(
+        &mut self,
+        spec: &'static CommandSpec,
+        cmd: &Command,
+        stats: &Arc<RouteStats>,
+        from: Side,
+    ) -> u64 {
+        let db = self.current_db();
+        self.compares.push(Compare {
+            replies: [None, None],
+            settled: false,
+            cmd: cmd.clone(),
+            spec,
+            stats: stats.clone(),
+            from,
+            db,
+        })
+    }
+
+    /// Tags the command just queued on `side` with comparison `id`; false
+    /// when nothing was queued (a mirror in backoff).
+    pub(super) fn compare_tag(&mut self, side: Side, id: u64, queued_before: usize) -> bool {
+        let sc = &mut self.sides[side.index()];
+        if sc.inflight.len() == queued_before {
+            return false;
+        }
+        if let Some(e) = sc.inflight.back_mut() {
+            e.compare = Some(id);
+        }
+        true
+    }
+
+    pub(super) fn compare_drop(&mut self, id: u64) {
+        if let Some(c) = self.compares.get(id) {
+            c.settled = true;
+        }
+        self.compares.pop_settled();
+    }
+
+    /// The reply from `side` to compared write `id` arrived.
+    pub(super) fn compare_reply(&mut self, id: u64, side: Side, reply: &Bytes) {
+        let depth = self.shared.limits.max_reply_depth;
+        let Some(c) = self.compares.get(id).filter(|c| !c.settled) else {
+            return;
+        };
+        c.replies[side.index()] = Some(reply.clone());
+        let [Some(old), Some(new)] = &c.replies else {
+            return;
+        };
+        c.settled = true;
+        RouteStats::bump(&c.stats.compared);
+        if !replies_agree(old, new, depth) {
+            RouteStats::bump(&c.stats.mismatches);
+            let keys = commands::key_positions(c.spec, &c.cmd);
+            for &i in keys.iter().take(MAX_KEYS) {
+                if let Some(key) = c.cmd.arg(i) {
+                    self.shared.repairer.submit(RepairJob {
+                        from: c.from,
+                        db: c.db,
+                        key: Bytes::copy_from_slice(key),
+                        stats: c.stats.clone(),
+                    });
+                }
+            }
+        }
+        self.compares.pop_settled();
+    }
+
+    /// Reports a mirrored write's keys to the repairer (a pending copy of
+    /// one of them must not overwrite it).
+    pub(super) fn note_write(&self, cmd: &Command, positions: &[usize]) {
+        if self.shared.repairer.pending() == 0 {
+            return;
+        }
+        let db = self.current_db();
+        for &i in positions {
+            if let Some(key) = cmd.arg(i) {
+                self.shared.repairer.note_write(db, key);
+            }
+        }
+    }
+
+    /// The database the client's commands run in, if it selected one (the
+    /// last SELECT sent counts, answered or not).
+    pub(super) fn current_db(&self) -> Option<u32> {
+        let pending = self
+            .pending_state
+            .iter()
+            .rev()
+            .find(|(_, k, _)| *k == crate::commands::StateCmd::Select)
+            .and_then(|(_, _, cmd)| cmd.arg(1))
+            .and_then(|a| std::str::from_utf8(a).ok()?.parse().ok());
+        pending.or_else(|| self.state.db())
+    }
+}
+
+pub(super) fn key_count_ok(n: usize) -> bool {
+    (1..=MAX_KEYS).contains(&n)
+}
