@@ -37,19 +37,6 @@ async fn subscribed_state_answers_like_redis_in_resp2_and_resp3() {
     }
 }
 
-async fn read_until(c: &mut support::RawClient, needle: &str) -> String {
-    let mut got = String::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !got.contains(needle) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never got {needle:?}: {got:?}"
-        );
-        got.push_str(&text(&c.read_for(Duration::from_millis(50)).await));
-    }
-    got
-}
-
 #[tokio::test]
 async fn subscriptions_follow_routes_and_messages_arrive_once() {
     let (old, new) = support::start_pair();
@@ -65,7 +52,7 @@ async fn subscriptions_follow_routes_and_messages_arrive_once() {
     .await;
     let mut sub = proxy.raw().await;
     sub.send(b"SUBSCRIBE a:1 b:1\r\n").await;
-    let got = read_until(&mut sub, "b:1\r\n:2\r\n").await;
+    let got = sub.read_until("b:1\r\n:2\r\n").await;
     assert_eq!(
         got,
         "*3\r\n$9\r\nsubscribe\r\n$3\r\na:1\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$3\r\nb:1\r\n:2\r\n"
@@ -88,9 +75,9 @@ async fn subscriptions_follow_routes_and_messages_arrive_once() {
     )
     .await;
     assert_eq!(text(&r), ":1\r\n:1\r\n:0\r\n");
-    let mut got = read_until(&mut sub, "m1\r\n").await;
+    let mut got = sub.read_until("m1\r\n").await;
     if !got.contains("m2\r\n") {
-        got += &read_until(&mut sub, "m2\r\n").await;
+        got += &sub.read_until("m2\r\n").await;
     }
     // Messages from different caches have no order between them (as
     // across shards of a Redis cluster); each arrives once.
@@ -124,7 +111,7 @@ async fn a_subscriber_gets_every_message_once_across_a_phase_flip() {
     let proxy = TestProxy::start_text(&routes(Phase::DualWrite)).await;
     let mut sub = proxy.raw().await;
     sub.send(b"HELLO 3\r\nSUBSCRIBE a:news\r\n").await;
-    read_until(&mut sub, "a:news\r\n:1\r\n").await;
+    sub.read_until("a:news\r\n:1\r\n").await;
     let mut publisher = proxy.raw().await;
     for i in 0..40 {
         if i == 20 {
@@ -143,7 +130,7 @@ async fn a_subscriber_gets_every_message_once_across_a_phase_flip() {
             "message {i}"
         );
     }
-    let got = read_until(&mut sub, "n39\r\n").await;
+    let got = sub.read_until("n39\r\n").await;
     let received: Vec<String> = got
         .split(">3\r\n$7\r\nmessage\r\n$6\r\na:news\r\n")
         .skip(1)
@@ -160,7 +147,7 @@ async fn resp3_pushes_are_never_taken_for_replies() {
     let proxy = TestProxy::start(&old, &new, &[("default", None, Phase::DualWrite)]).await;
     let mut c = proxy.raw().await;
     c.send(b"HELLO 3\r\nSUBSCRIBE ch\r\n").await;
-    read_until(&mut c, "ch\r\n:1\r\n").await;
+    c.read_until("ch\r\n:1\r\n").await;
     // A long pipeline while another client publishes into it.
     let publisher = tokio::spawn({
         let addr = proxy.addr;
@@ -178,7 +165,7 @@ async fn resp3_pushes_are_never_taken_for_replies() {
     }
     c.send(&pipeline).await;
     publisher.await.unwrap();
-    let got = read_until(&mut c, "$4\r\nv299\r\n").await;
+    let got = c.read_until("$4\r\nv299\r\n").await;
     let got = got + &text(&c.read_for(Duration::from_millis(200)).await);
     // Remove the pushes: what is left is exactly the replies, in order.
     let mut replies = got.clone();
@@ -202,7 +189,7 @@ async fn losing_the_cache_that_holds_subscriptions_closes_the_subscriber() {
     let proxy = TestProxy::start(&old, &new, &[("default", None, Phase::DualWrite)]).await;
     let mut sub = proxy.raw().await;
     sub.send(b"SUBSCRIBE ch\r\n").await;
-    read_until(&mut sub, "ch\r\n:1\r\n").await;
+    sub.read_until("ch\r\n:1\r\n").await;
     // Silently losing the subscription would be worse than a closed
     // connection: client libraries reconnect and resubscribe.
     old.kill();

@@ -23,25 +23,12 @@ fn invalidate(key: &str) -> String {
 
 const FLUSH: &str = ">2\r\n$10\r\ninvalidate\r\n_\r\n";
 
-async fn read_until(c: &mut RawClient, needle: &str) -> String {
-    let mut got = String::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !got.contains(needle) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never got {needle:?}: {got:?}"
-        );
-        got.push_str(&text(&c.read_for(Duration::from_millis(50)).await));
-    }
-    got
-}
-
 /// A RESP3 connection with tracking on (`options` after ON), replies read.
 async fn tracking_client(proxy: &TestProxy, options: &str) -> RawClient {
     let mut c = proxy.raw().await;
     c.send(format!("HELLO 3\r\nCLIENT TRACKING on {options}\r\n").as_bytes())
         .await;
-    read_until(&mut c, "+OK\r\n").await;
+    c.read_until("+OK\r\n").await;
     c
 }
 
@@ -63,11 +50,11 @@ async fn invalidations_pass_through_and_a_flip_that_moves_reads_flushes() {
     let mut a = tracking_client(&proxy, "").await;
 
     a.send(b"GET k\r\n").await;
-    read_until(&mut a, "_\r\n").await;
+    a.read_until("_\r\n").await;
     set(&proxy, "k", "1").await;
-    read_until(&mut a, &invalidate("k")).await;
+    a.read_until(&invalidate("k")).await;
     a.send(b"GET k\r\n").await;
-    read_until(&mut a, "$1\r\n1\r\n").await;
+    a.read_until("$1\r\n1\r\n").await;
 
     // Reads move to new: the client must drop what it cached from old.
     proxy.rewrite_config(&config_text(
@@ -77,15 +64,15 @@ async fn invalidations_pass_through_and_a_flip_that_moves_reads_flushes() {
         "",
     ));
     proxy.wait_phase("default", Phase::ReadNew).await;
-    read_until(&mut a, FLUSH).await;
+    a.read_until(FLUSH).await;
 
     // Read from new now, so new tracks the key.
     a.send(b"GET k\r\n").await;
-    read_until(&mut a, "$1\r\n1\r\n").await;
+    a.read_until("$1\r\n1\r\n").await;
     set(&proxy, "k", "2").await;
-    read_until(&mut a, &invalidate("k")).await;
+    a.read_until(&invalidate("k")).await;
     a.send(b"GET k\r\n").await;
-    read_until(&mut a, "$1\r\n2\r\n").await;
+    a.read_until("$1\r\n2\r\n").await;
     let _ = a.read_for(Duration::from_millis(200)).await;
 
     // new-only reads from the same cache: no flush. Writes now reach new
@@ -100,7 +87,7 @@ async fn invalidations_pass_through_and_a_flip_that_moves_reads_flushes() {
     let quiet = a.read_for(Duration::from_millis(300)).await;
     assert_eq!(text(&quiet), "", "no flush when reads stay on new");
     set(&proxy, "k", "3").await;
-    assert_eq!(read_until(&mut a, &invalidate("k")).await, invalidate("k"));
+    assert_eq!(a.read_until(&invalidate("k")).await, invalidate("k"));
 }
 
 #[tokio::test]
@@ -143,7 +130,7 @@ async fn an_invalidation_never_overtakes_an_earlier_reply() {
     let early = a.read_for(Duration::from_millis(300)).await;
     assert_eq!(text(&early), "", "nothing may reach the client yet");
     relay.stall(false);
-    let got = read_until(&mut a, &invalidate("k")).await;
+    let got = a.read_until(&invalidate("k")).await;
     assert_eq!(got, format!("$1\r\nT\r\n$1\r\nK\r\n{}", invalidate("k")));
 }
 
@@ -163,17 +150,17 @@ async fn client_caching_follows_the_next_command_to_its_cache() {
 
     // On old (the default route's read side), OPTIN works as in Redis.
     a.send(b"CLIENT CACHING yes\r\nGET d:0\r\n").await;
-    read_until(&mut a, "+OK\r\n_\r\n").await;
+    a.read_until("+OK\r\n_\r\n").await;
     set(&proxy, "d:0", "x").await;
-    read_until(&mut a, &invalidate("d:0")).await;
+    a.read_until(&invalidate("d:0")).await;
 
     // CACHING answered by old; the read it applies to is served by new.
     a.send(b"CLIENT CACHING yes\r\nGET t:1\r\nGET d:1\r\n")
         .await;
-    read_until(&mut a, "+OK\r\n_\r\n_\r\n").await;
+    a.read_until("+OK\r\n_\r\n_\r\n").await;
     set(&proxy, "d:1", "x").await;
     set(&proxy, "t:1", "x").await;
-    let got = read_until(&mut a, &invalidate("t:1")).await;
+    let got = a.read_until(&invalidate("t:1")).await;
     // d:1 was read without CACHING yes: nobody tracks it.
     let later = text(&a.read_for(Duration::from_millis(300)).await);
     assert!(
@@ -198,9 +185,9 @@ async fn tracking_is_replayed_on_a_connection_opened_later() {
     // the connection to new, which must track it.
     let mut a = tracking_client(&proxy, "").await;
     a.send(b"GET n:1\r\n").await;
-    read_until(&mut a, "_\r\n").await;
+    a.read_until("_\r\n").await;
     set(&proxy, "n:1", "x").await;
-    read_until(&mut a, &invalidate("n:1")).await;
+    a.read_until(&invalidate("n:1")).await;
 }
 
 #[tokio::test]

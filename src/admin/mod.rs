@@ -172,14 +172,7 @@ pub fn render_status(s: &StatusView) -> String {
         let st = &r.status;
         let set_by = match st.source {
             Source::Config => "config".to_string(),
-            other => format!(
-                "{} (file: {})",
-                serde_json::to_value(other)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
-                st.config_phase
-            ),
+            other => format!("{} (file: {})", other.name(), st.config_phase),
         };
         let c = |k: &str| r.counts.get(k).copied().unwrap_or(0);
         let patterns = st

@@ -35,6 +35,16 @@ pub enum Source {
     Auto,
 }
 
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Config => "config",
+            Source::Admin => "admin",
+            Source::Auto => "auto",
+        }
+    }
+}
+
 /// What is persisted per route.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteState {

@@ -125,10 +125,7 @@ impl Repairer {
         match self.tx.try_send(queued) {
             Ok(()) => true,
             Err(e) => {
-                let q = match e {
-                    mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q) => q,
-                };
-                self.finish(&q.job);
+                self.finish(&e.into_inner().job);
                 RouteStats::bump(&stats.repair_dropped);
                 false
             }
@@ -307,12 +304,8 @@ pub async fn run(
                     ..q
                 };
                 if let Err(e) = repairer.tx.try_send(again) {
-                    let q = match e {
-                        mpsc::error::TrySendError::Full(q)
-                        | mpsc::error::TrySendError::Closed(q) => q,
-                    };
                     RouteStats::bump(&stats.repair_dropped);
-                    repairer.finish(&q.job);
+                    repairer.finish(&e.into_inner().job);
                 }
             }
             Ok(()) => {

@@ -382,6 +382,23 @@ impl RawClient {
         }
     }
 
+    /// Reads until `needle` has arrived (5 s at most, then panics); returns
+    /// everything read.
+    pub async fn read_until(&mut self, needle: &str) -> String {
+        let mut got = String::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !got.contains(needle) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never got {needle:?}: {got:?}"
+            );
+            got.push_str(&String::from_utf8_lossy(
+                &self.read_for(Duration::from_millis(50)).await,
+            ));
+        }
+        got
+    }
+
     /// Reads for `quiet` after the last byte, for replies of unknown length.
     pub async fn read_for(&mut self, quiet: Duration) -> Vec<u8> {
         let mut out = Vec::new();
