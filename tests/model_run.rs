@@ -5,14 +5,13 @@
 //!
 //! Each client writes in its own keyspace, plus one shared counter touched
 //! only by INCRBY (commutes) and watched by transactions, so WATCH conflicts
-//! happen. Two clients writing the same key concurrently can be applied in
-//! different orders by the two caches through any dual-writing proxy (each
-//! client has its own connections; DESIGN point 2), and that includes a
-//! blocking pop on one client fed by another: the popper's mirrored LPOP
-//! can reach the mirror before the feeder's mirrored RPUSH. That is
-//! divergence detection and repair's job (issue 4), not something a model
-//! can assert; blocking pops fed by another client are tested on their own
-//! in `tests/effects.rs`.
+//! happen, plus one shared queue that client 0 feeds and the others block
+//! on (BLPOP, BLMOVE). A pop served by another client's push races it on
+//! the mirror (each client has its own mirror connection, DESIGN point 2):
+//! the popper's mirrored LPOP can reach the mirror before the feeder's
+//! mirrored RPUSH. The effect's reply check catches it and the key is
+//! copied once the RPUSH was answered (`src/repair/inflight.rs`), so the
+//! caches must still end identical.
 //!
 //! `CUTOVER_MODEL_SEEDS` (default 3) and `CUTOVER_MODEL_OPS` (per client,
 //! default 150) make the long version; `CUTOVER_MODEL_SEED` runs one seed.
@@ -58,7 +57,7 @@ fn random_command(rng: &mut Rng, me: usize, sha: &str) -> Vec<redis::Cmd> {
     let v = |rng: &mut Rng| format!("v{}", rng.below(1000));
     let c = |name: &str| redis::cmd(name);
     let one = |cmd: &mut redis::Cmd| vec![cmd.clone()];
-    match rng.below(26) {
+    match rng.below(29) {
         0 => one(c("SET").arg(k(rng, "s")).arg(v(rng))),
         1 => one(c("INCRBY").arg(k(rng, "n")).arg(rng.below(10))),
         2 => one(c("APPEND").arg(k(rng, "s")).arg(v(rng))),
@@ -135,6 +134,16 @@ fn random_command(rng: &mut Rng, me: usize, sha: &str) -> Vec<redis::Cmd> {
             cmds.push(c("EXEC").clone());
             cmds
         }
+        // A queue shared by all clients: client 0 feeds it, the others
+        // block on it, so pops are served by another client's push.
+        26 | 27 if me == 0 => one(c("RPUSH").arg("shared:q").arg(rng.next())),
+        26 => one(c("BLPOP").arg("shared:q").arg(0.05)),
+        27 => one(c("BLMOVE")
+            .arg("shared:q")
+            .arg(k(rng, "l"))
+            .arg("LEFT")
+            .arg("RIGHT")
+            .arg(0.05)),
         _ => one(c("SETEX").arg(k(rng, "s")).arg(1000).arg(v(rng))),
     }
 }
@@ -208,6 +217,13 @@ async fn run(seed: u64, phase: Phase, ops: u64) {
     }
     proxy.wait_mirrors_settled().await;
     assert_eq!(proxy.stat("default", "mirror_failed"), 0, "seed {seed}");
+    assert_eq!(proxy.stat("default", "repair_failed"), 0, "seed {seed}");
+    eprintln!(
+        "seed {seed} {phase}: {} compared, {} mismatches, {} keys copied",
+        proxy.stat("default", "compared"),
+        proxy.stat("default", "mismatches"),
+        proxy.stat("default", "repaired")
+    );
     let result = std::panic::catch_unwind(|| assert_same_keyspace(&old, &new, 2000));
     if let Err(e) = result {
         eprintln!("model run failed: seed {seed}, phase {phase}, {ops} ops per client (rerun with CUTOVER_MODEL_SEED={seed})");

@@ -261,6 +261,41 @@ fn translate_inner(effect: &Effect, cmd: &Command, reply: &Value) -> Option<Vec<
     }
 }
 
+/// What the mirror answers to the command [`translate`] made when it held
+/// what the authoritative side did: the popped element(s), the number of
+/// members removed, the stream ID. `None` where there is nothing to check
+/// (several commands, stream group effects, nothing mirrored).
+pub fn expected(effect: &Effect, reply: &Value) -> Option<Value> {
+    if matches!(reply, Value::Nil | Value::Error(_)) {
+        return None;
+    }
+    let count = |n: usize| Some(Value::Int(i64::try_from(n).ok()?));
+    match effect {
+        Effect::Pop { .. } => match reply.as_array()? {
+            [_key, elem] => Some(elem.clone()),
+            _ => None,
+        },
+        Effect::LMove | Effect::RPopLPush | Effect::XAdd { .. } => {
+            reply.as_bytes().map(|b| Value::Str(b.clone()))
+        }
+        Effect::LMPop { .. } => match reply.as_array()? {
+            [_key, elems] => Some(elems.clone()),
+            _ => None,
+        },
+        Effect::ZPop => count(1),
+        Effect::ZMPop => match reply.as_array()? {
+            [_key, pairs] => count(pairs.as_array()?.len()),
+            _ => None,
+        },
+        Effect::SPop => match reply {
+            Value::Str(_) => count(1),
+            Value::Array(ms) if !ms.is_empty() => count(ms.len()),
+            _ => None,
+        },
+        Effect::XReadGroup | Effect::XClaim { .. } | Effect::XAutoClaim => None,
+    }
+}
+
 /// `XCLAIM key group consumer 0 id...`, taking key, group and consumer
 /// from `cmd` (an XCLAIM or XAUTOCLAIM).
 fn xclaim_of<'a>(cmd: &'a Command, ids: &'a [Bytes]) -> Vec<&'a [u8]> {

@@ -68,6 +68,13 @@ impl Command {
             .map(|&(s, e)| &self.raw[s as usize..e as usize])
     }
 
+    /// Argument `i` sharing the command's buffer (no copy).
+    pub fn arg_bytes(&self, i: usize) -> Option<Bytes> {
+        self.args
+            .get(i)
+            .map(|&(s, e)| self.raw.slice(s as usize..e as usize))
+    }
+
     pub fn args(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
         self.args
             .iter()

@@ -8,17 +8,26 @@
 //! `RESTORE key ttl value REPLACE` (or `DEL` when the key is gone) on the
 //! mirror.
 //!
-//! A copy must not undo a newer write. Sessions report every mirrored write
-//! to a key with a copy pending ([`Repairer::note_write`]; free when nothing
-//! is pending). Before restoring, a copy whose key was written since it was
-//! queued is skipped: that write was mirrored too and is compared on its
-//! own. A write reported while the copy was in flight may have reached the
-//! mirror before the `RESTORE`, so the copy is redone from a fresh read
-//! (up to [`MAX_ATTEMPTS`] times, then counted as failed).
+//! A copy must neither apply a write twice nor undo a newer one:
+//!
+//! - it waits until no mirrored write to the key is still on its way to
+//!   the mirror ([`InFlight`]; writes of other clients too), so the read
+//!   sees every write the mirror has or will have applied;
+//! - sessions report every mirrored write to a key with a copy pending
+//!   ([`Repairer::note_write`]; free when nothing is pending). A write
+//!   reported after the copy started may miss the read yet reach the mirror
+//!   before the `RESTORE`: the copy then does not write, or redoes itself
+//!   from a fresh read (`repair_skipped` counts these; after
+//!   [`MAX_ATTEMPTS`] it gives up, counted as failed).
+
+mod inflight;
+
+pub use inflight::{Entered, InFlight, Keys};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,7 +42,10 @@ use crate::upstream::Conn;
 
 /// Copies queued at once; beyond this a mismatch is counted as dropped.
 pub const QUEUE: usize = 10_000;
-pub const MAX_ATTEMPTS: u8 = 3;
+pub const MAX_ATTEMPTS: u8 = 10;
+/// Longest a copy waits for mirrored writes to its key to be answered (a
+/// hot key may never be quiet; the copy then goes ahead).
+const SETTLE_MAX: Duration = Duration::from_secs(1);
 
 /// One key to copy from `from` to the other side.
 #[derive(Debug)]
@@ -48,7 +60,6 @@ pub struct RepairJob {
 #[derive(Debug)]
 pub struct Queued {
     job: RepairJob,
-    seq: u64,
     attempt: u8,
 }
 
@@ -64,6 +75,8 @@ type DbKey = Option<u32>;
 
 #[derive(Debug)]
 pub struct Repairer {
+    /// Mirrored writes not yet answered, per key slot.
+    pub inflight: Arc<InFlight>,
     tx: mpsc::Sender<Queued>,
     pending: Mutex<HashMap<DbKey, HashMap<Bytes, Pending>>>,
     pending_keys: AtomicUsize,
@@ -74,6 +87,7 @@ impl Repairer {
     pub fn new() -> (Repairer, mpsc::Receiver<Queued>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let r = Repairer {
+            inflight: Arc::default(),
             tx,
             pending: Mutex::new(HashMap::new()),
             pending_keys: AtomicUsize::new(0),
@@ -101,9 +115,11 @@ impl Repairer {
         }
     }
 
-    /// Queues a copy. False (and counted) when the queue is full.
+    /// Queues a copy. False (and counted) when the queue is full. A key
+    /// already queued is not queued twice: the copy waiting reads it later,
+    /// and one under way is redone because the write behind this mismatch
+    /// was noted.
     pub fn submit(&self, job: RepairJob) -> bool {
-        let seq = self.next_seq();
         {
             let mut map = self.lock();
             let p = map
@@ -114,14 +130,13 @@ impl Repairer {
                     self.pending_keys.fetch_add(1, Ordering::Relaxed);
                     Pending::default()
                 });
+            if p.jobs > 0 {
+                return true;
+            }
             p.jobs += 1;
         }
         let stats = job.stats.clone();
-        let queued = Queued {
-            job,
-            seq,
-            attempt: 0,
-        };
+        let queued = Queued { job, attempt: 0 };
         match self.tx.try_send(queued) {
             Ok(()) => true,
             Err(e) => {
@@ -289,17 +304,17 @@ pub async fn run(
         };
         let repairer = &shared.repairer;
         let stats = q.job.stats.clone();
-        if repairer.written_since(&q.job, q.seq) {
-            RouteStats::bump(&stats.repair_skipped);
-            repairer.finish(&q.job);
-            continue;
-        }
-        match copy(&shared, &mut links, &q).await {
-            Ok(()) if repairer.written_since(&q.job, q.seq) && q.attempt + 1 < MAX_ATTEMPTS => {
+        settle(repairer, &q.job.key).await;
+        let start = repairer.next_seq();
+        match copy(&shared, &mut links, &q, start).await {
+            Ok(true) if !repairer.written_since(&q.job, start) => {
+                RouteStats::bump(&stats.repaired);
+                repairer.finish(&q.job);
+            }
+            Ok(_) if q.attempt + 1 < MAX_ATTEMPTS => {
                 // A write raced the copy: read again.
-                let seq = repairer.next_seq();
+                RouteStats::bump(&stats.repair_skipped);
                 let again = Queued {
-                    seq,
                     attempt: q.attempt + 1,
                     ..q
                 };
@@ -308,8 +323,10 @@ pub async fn run(
                     repairer.finish(&e.into_inner().job);
                 }
             }
-            Ok(()) => {
-                RouteStats::bump(&stats.repaired);
+            Ok(_) => {
+                RouteStats::bump(&stats.repair_skipped);
+                RouteStats::bump(&stats.repair_failed);
+                warn!(from = %q.job.from, attempts = MAX_ATTEMPTS, "repair copy gave up: the key was written during every attempt");
                 repairer.finish(&q.job);
             }
             Err(e) => {
@@ -321,7 +338,25 @@ pub async fn run(
     }
 }
 
-async fn copy(shared: &Shared, links: &mut [Link; 2], q: &Queued) -> Result<(), CopyError> {
+/// Waits, up to [`SETTLE_MAX`], until no mirrored write to the key (or its
+/// slot) is unanswered: one still on its way to the mirror would otherwise
+/// land after the copy and apply twice.
+async fn settle(repairer: &Repairer, key: &[u8]) {
+    let until = Instant::now() + SETTLE_MAX;
+    while repairer.inflight.busy(key) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Copies the key; `Ok(false)` when a write to it went through after
+/// `start` (before the read was answered): nothing was written, to be
+/// redone from a fresh read.
+async fn copy(
+    shared: &Shared,
+    links: &mut [Link; 2],
+    q: &Queued,
+    start: u64,
+) -> Result<bool, CopyError> {
     let job = &q.job;
     let (from, to) = (job.from, job.from.other());
     let key = &job.key[..];
@@ -345,6 +380,9 @@ async fn copy(shared: &Shared, links: &mut [Link; 2], q: &Queued) -> Result<(), 
             ))
         }
     };
+    if shared.repairer.written_since(job, start) {
+        return Ok(false);
+    }
     let write = match dump {
         Value::Str(payload) if pttl != -2 => {
             let ttl = if pttl > 0 {
@@ -364,7 +402,7 @@ async fn copy(shared: &Shared, links: &mut [Link; 2], q: &Queued) -> Result<(), 
         return Err(CopyError::Refused("RESTORE", text(&r[0])));
     }
     debug!(%from, %to, "key copied");
-    Ok(())
+    Ok(true)
 }
 
 /// Whether two replies to the same write say the same, across RESP2/RESP3
@@ -378,6 +416,12 @@ pub fn replies_agree(a: &Bytes, b: &Bytes, depth: usize) -> bool {
         (Some(x), Some(y)) => normal(x) == normal(y),
         _ => false,
     }
+}
+
+/// Whether the mirror's reply to a write mirrored as its effect is the one
+/// it gives when it held what the authoritative side did.
+pub fn effect_agrees(expected: &Value, reply: &Bytes, depth: usize) -> bool {
+    value::decode(reply, depth).is_some_and(|v| normal(v) == normal(expected.clone()))
 }
 
 fn normal(v: Value) -> Value {
@@ -438,6 +482,7 @@ mod tests {
             stats: Arc::default(),
         };
         assert!(r.submit(job(b"k")));
+        assert!(r.submit(job(b"k")), "queued once, answered true");
         assert_eq!(r.pending(), 1);
         let seq = r.seq.load(Ordering::Relaxed);
         assert!(!r.written_since(&job(b"k"), seq));

@@ -6,6 +6,7 @@
 //! name outside the table, so they survive reloads.
 
 mod glob;
+pub mod slot;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -4,10 +4,12 @@
 //! compare id carried by both of its expectations. Whichever reply arrives
 //! second settles it: equal replies (after RESP2/RESP3 normalising) count
 //! as compared; different ones count a mismatch and queue a copy of each
-//! key from the authoritative side to the mirror. Writes mirrored as their
-//! effect, inside a transaction, or held behind an effect are not compared
-//! in this version; neither are `PUBLISH`/`SPUBLISH` (receiver counts differ
-//! by design, and their "key" is a channel).
+//! key from the authoritative side to the mirror. A write mirrored as its
+//! effect (one command) is checked against the reply the authoritative side
+//! implies instead ([`Session::check_effect`]). Writes inside a transaction
+//! or held behind an effect are not compared in this version; neither are
+//! `PUBLISH`/`SPUBLISH` (receiver counts differ by design, and their "key"
+//! is a channel).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -15,10 +17,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::Session;
+use super::{MirrorWrite, Session};
 use crate::commands::{self, CommandSpec};
-use crate::protocol::Command;
-use crate::repair::{replies_agree, RepairJob};
+use crate::protocol::{Command, Value};
+use crate::repair::{effect_agrees, replies_agree, RepairJob};
 use crate::routing::{RouteStats, Side};
 
 /// Writes with more keys than this are not compared.
@@ -146,6 +148,27 @@ where
             }
         }
         self.compares.pop_settled();
+    }
+
+    /// The mirror answered a write mirrored as its effect with `reply`: if
+    /// it is not what it answers when it held what the authoritative side
+    /// did (a pop that found nothing there: another client's push had not
+    /// reached it yet, or the list predates the migration), copy the keys.
+    pub(super) fn check_effect(&self, w: &MirrorWrite, expected: &Value, reply: &Bytes) {
+        let depth = self.shared.limits.max_reply_depth;
+        RouteStats::bump(&w.stats.compared);
+        if effect_agrees(expected, reply, depth) {
+            return;
+        }
+        RouteStats::bump(&w.stats.mismatches);
+        for key in w.keys.keys().iter().take(MAX_KEYS) {
+            self.shared.repairer.submit(RepairJob {
+                from: w.from,
+                db: w.db,
+                key: key.clone(),
+                stats: w.stats.clone(),
+            });
+        }
     }
 
     /// Reports a mirrored write's keys to the repairer (a pending copy of

@@ -12,9 +12,10 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
-use super::{Session, Target};
+use super::{written_keys, Entered, Keys, MirrorWrite, Session, Target};
 use crate::mirror::{self, Effect};
 use crate::protocol::{value, Command, Value};
+use crate::repair::InFlight;
 use crate::routing::{RouteStats, Side};
 
 /// A write queued in a mirrored MULTI: its place in the EXEC reply.
@@ -46,17 +47,29 @@ enum Work {
 pub(super) struct Held {
     ticket: u64,
     side: Side,
+    /// The database the client was in when it sent the write.
+    db: Option<u32>,
+    /// The keys of a waiting non-blocking effect, counted in flight: the
+    /// authoritative side may already have applied it.
+    _keys: Option<Entered>,
     work: Work,
 }
 
 /// What a mirrored MULTI block becomes once EXEC's reply is known: the
 /// writes (each as its effect, given its element of the EXEC array) inside
 /// MULTI ... EXEC, or nothing when EXEC did not run it.
-fn resolve_tx(items: Vec<TxItem>, reply: Option<&Value>) -> Vec<(Command, Target)> {
+fn resolve_tx(
+    items: Vec<TxItem>,
+    reply: Option<&Value>,
+    mirror: Side,
+    db: Option<u32>,
+    inflight: &Arc<InFlight>,
+) -> Vec<(Command, Target)> {
     let Some(results) = reply.and_then(Value::as_array) else {
         return Vec::new();
     };
     let mut body = Vec::with_capacity(items.len());
+    let mut keys = Keys::new();
     let mut last_stats = None;
     for item in items {
         let Some(result) = results.get(item.index) else {
@@ -67,6 +80,7 @@ fn resolve_tx(items: Vec<TxItem>, reply: Option<&Value>) -> Vec<(Command, Target
             None => vec![item.cmd],
         };
         for cmd in cmds {
+            keys.extend(written_keys(&cmd));
             body.push((cmd, Target::Quiet("write queued in a mirrored MULTI")));
         }
         last_stats = Some(item.stats);
@@ -80,8 +94,16 @@ fn resolve_tx(items: Vec<TxItem>, reply: Option<&Value>) -> Vec<(Command, Target
         Target::Quiet("MULTI of a mirrored transaction"),
     ));
     out.extend(body);
-    // The EXEC reply stands for the whole block in the route's counters.
-    out.push((Command::from_args(&[b"EXEC"]), Target::Mirror(stats)));
+    // The EXEC reply stands for the whole block in the route's counters,
+    // and its keys are in flight until then.
+    let exec = MirrorWrite {
+        stats,
+        from: mirror.other(),
+        db,
+        keys: inflight.hold(keys),
+        check: None,
+    };
+    out.push((Command::from_args(&[b"EXEC"]), Target::Mirror(exec)));
     out
 }
 
@@ -90,18 +112,27 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    /// Sends a verbatim mirrored write, or queues it behind a pending effect.
+    /// Sends a verbatim mirrored write of `keys`, or queues it behind a
+    /// pending effect.
     pub(super) fn mirror(
         &mut self,
         side: Side,
         cmd: Command,
         stats: Arc<RouteStats>,
+        keys: Keys,
         evalsha: bool,
     ) {
+        let w = MirrorWrite {
+            stats: stats.clone(),
+            from: side.other(),
+            db: self.current_db(),
+            keys: self.shared.repairer.inflight.hold(keys),
+            check: None,
+        };
         let target = if evalsha {
-            Target::MirrorEvalSha(stats.clone(), cmd.clone())
+            Target::MirrorEvalSha(w, cmd.clone())
         } else {
-            Target::Mirror(stats.clone())
+            Target::Mirror(w)
         };
         if self.held.is_empty() {
             RouteStats::bump(&stats.mirrored);
@@ -111,18 +142,26 @@ where
             self.held.push_back(Held {
                 ticket,
                 side,
+                db: None,
+                _keys: None,
                 work: Work::Ready(vec![(cmd, target)]),
             });
         }
     }
 
     /// Queues a mirrored write that waits for the authoritative reply to
-    /// the command sent with `Target::Effect(ticket)`.
-    pub(super) fn defer_mirror(&mut self, side: Side, pending: Pending) -> u64 {
+    /// the command sent with `Target::Effect(ticket)`. `keys`: counted in
+    /// flight meanwhile (not for blocking commands, which may wait long and
+    /// change nothing until they reply).
+    pub(super) fn defer_mirror(&mut self, side: Side, pending: Pending, keys: Option<Keys>) -> u64 {
         let ticket = self.next_ticket();
+        let db = self.current_db();
+        let keys = keys.map(|k| self.shared.repairer.inflight.hold(k));
         self.held.push_back(Held {
             ticket,
             side,
+            db,
+            _keys: keys,
             work: Work::Waiting(pending),
         });
         ticket
@@ -144,12 +183,30 @@ where
             else {
                 return;
             };
+            let (side, db) = (h.side, h.db);
+            let inflight = &self.shared.repairer.inflight;
             h.work = Work::Ready(match pending {
                 Pending::One { effect, cmd, stats } => match &value {
-                    Some(v) => mirror::translate(&effect, &cmd, v)
-                        .into_iter()
-                        .map(|c| (c, Target::Mirror(stats.clone())))
-                        .collect(),
+                    Some(v) => {
+                        let cmds = mirror::translate(&effect, &cmd, v);
+                        // One command: its reply is checked.
+                        let mut check = (cmds.len() == 1)
+                            .then(|| mirror::effect::expected(&effect, v))
+                            .flatten()
+                            .map(Box::new);
+                        cmds.into_iter()
+                            .map(|c| {
+                                let w = MirrorWrite {
+                                    stats: stats.clone(),
+                                    from: side.other(),
+                                    db,
+                                    keys: inflight.hold(written_keys(&c)),
+                                    check: check.take(),
+                                };
+                                (c, Target::Mirror(w))
+                            })
+                            .collect()
+                    }
                     None => {
                         // Unknown outcome: the mirror may now differ.
                         RouteStats::bump(&stats.mirror_failed);
@@ -164,9 +221,20 @@ where
                             RouteStats::bump(&item.stats.mirrored);
                         }
                     }
-                    resolve_tx(items, value.as_ref())
+                    resolve_tx(items, value.as_ref(), side, db, inflight)
                 }
             });
+            // Applied on the authoritative side only now: a copy of one of
+            // these keys that read before must not write.
+            if let Work::Ready(batch) = &h.work {
+                for (_, target) in batch {
+                    if let Target::Mirror(w) = target {
+                        for key in w.keys.keys() {
+                            self.shared.repairer.note_write(w.db, key);
+                        }
+                    }
+                }
+            }
         }
         self.flush_held();
     }
@@ -188,10 +256,10 @@ where
             let unreachable = self.sides[side.index()].is_idle()
                 && !self.shared.upstreams[side.index()].may_try();
             for (cmd, target) in batch {
-                if let Target::Mirror(stats) | Target::MirrorEvalSha(stats, _) = &target {
-                    RouteStats::bump(&stats.mirrored);
+                if let Target::Mirror(w) | Target::MirrorEvalSha(w, _) = &target {
+                    RouteStats::bump(&w.stats.mirrored);
                     if unreachable {
-                        RouteStats::bump(&stats.mirror_failed);
+                        RouteStats::bump(&w.stats.mirror_failed);
                         continue;
                     }
                 }

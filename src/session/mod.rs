@@ -33,10 +33,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Sleep;
 use tracing::{debug, warn};
 
-use crate::commands::StateCmd;
+use crate::commands::{self, StateCmd};
 use crate::config::Limits;
 use crate::error::UpstreamError;
-use crate::protocol::{Command, ReplyKind, ReplyScanner, RequestParser};
+use crate::protocol::{Command, ReplyKind, ReplyScanner, RequestParser, Value};
+use crate::repair::{Entered, Keys};
 use crate::routing::{Phase, RouteStats, RouteTable, Router, Side};
 use crate::upstream::{Conn, Upstream};
 
@@ -82,13 +83,41 @@ enum Target {
     /// once every frame of it arrived (the wait with this id).
     SubAck(u64),
     /// A mirrored write: counted on its route, never shown to the client.
-    Mirror(Arc<RouteStats>),
+    Mirror(MirrorWrite),
     /// A mirrored EVALSHA (this command): on NOSCRIPT it is retried as
     /// EVAL with the body the proxy saw.
-    MirrorEvalSha(Arc<RouteStats>, Command),
+    MirrorEvalSha(MirrorWrite, Command),
     /// Proxy-internal (state propagated to the other side, a DISCARD in
     /// place of an aborted EXEC): dropped, errors logged.
     Quiet(&'static str),
+}
+
+/// A write sent to the mirror side.
+#[derive(Debug)]
+struct MirrorWrite {
+    stats: Arc<RouteStats>,
+    /// The side that answered the client: copies come from there.
+    from: Side,
+    db: Option<u32>,
+    /// Its keys, counted in flight until it is answered or lost (a copy of
+    /// one of them waits).
+    keys: Entered,
+    /// For a write mirrored as its effect, the reply that shows the mirror
+    /// held what the authoritative side did; another one queues a copy.
+    check: Option<Box<Value>>,
+}
+
+/// The keys `cmd` writes, by the command table (for commands the proxy
+/// builds: effects, transaction bodies).
+fn written_keys(cmd: &Command) -> Keys {
+    match commands::lookup(cmd) {
+        Some(spec) => keys_at(cmd, &commands::key_positions(spec, cmd)),
+        None => Keys::new(),
+    }
+}
+
+fn keys_at(cmd: &Command, positions: &[usize]) -> Keys {
+    positions.iter().filter_map(|&i| cmd.arg_bytes(i)).collect()
 }
 
 #[derive(Debug)]
@@ -125,7 +154,8 @@ impl Expect {
         let Some(t) = &self.timing else { return };
         match (&t.route, &self.target) {
             (Some((stats, phase)), _) => stats.latency(*phase, side).observe(t.sent.elapsed()),
-            (None, Target::Mirror(stats) | Target::MirrorEvalSha(stats, _)) => stats
+            (None, Target::Mirror(w) | Target::MirrorEvalSha(w, _)) => w
+                .stats
                 .latency(Phase::mirroring_to(side), side)
                 .observe(t.sent.elapsed()),
             _ => {}
@@ -476,9 +506,9 @@ where
     fn send(&mut self, side: Side, cmd: &Command, target: Target, blocking: bool) {
         let upstream = self.shared.upstream(side);
         if self.sides[side.index()].is_idle() {
-            if let Target::Mirror(stats) | Target::MirrorEvalSha(stats, _) = &target {
+            if let Target::Mirror(w) | Target::MirrorEvalSha(w, _) = &target {
                 if !upstream.may_try() {
-                    RouteStats::bump(&stats.mirror_failed);
+                    RouteStats::bump(&w.stats.mirror_failed);
                     return;
                 }
             }
@@ -664,10 +694,14 @@ where
                     self.resolve_effect(ticket, value);
                     self.sides[side.index()].ready.push_back(reply.bytes);
                 }
-                Target::MirrorEvalSha(stats, cmd) if reply.bytes.starts_with(b"-NOSCRIPT") => {
-                    self.retry_script(side, stats, &cmd);
+                Target::MirrorEvalSha(w, cmd) if reply.bytes.starts_with(b"-NOSCRIPT") => {
+                    self.retry_script(side, w, &cmd);
                 }
-                Target::Mirror(stats) | Target::MirrorEvalSha(stats, _) => {
+                Target::Mirror(w) | Target::MirrorEvalSha(w, _) => {
+                    if let Some(expected) = &w.check {
+                        self.check_effect(&w, expected, &reply.bytes);
+                    }
+                    let stats = &w.stats;
                     if reply.is_error() {
                         RouteStats::bump(&stats.mirror_errors);
                         debug!(%side, reply = %String::from_utf8_lossy(&reply.bytes).trim_end(), "mirror replied with an error");
@@ -718,8 +752,8 @@ where
                     lost_effects.push(ticket);
                 }
                 Target::SubAck(id) => lost_acks.push(id),
-                Target::Mirror(stats) | Target::MirrorEvalSha(stats, _) => {
-                    RouteStats::bump(&stats.mirror_failed);
+                Target::Mirror(w) | Target::MirrorEvalSha(w, _) => {
+                    RouteStats::bump(&w.stats.mirror_failed);
                     lost_mirrors += 1;
                 }
                 Target::Quiet(_) => {}
@@ -764,7 +798,8 @@ where
 
     /// The mirror does not know the script an EVALSHA named: run it there as
     /// EVAL with the body seen earlier (which also loads it), or count it.
-    fn retry_script(&mut self, side: Side, stats: Arc<RouteStats>, evalsha: &Command) {
+    fn retry_script(&mut self, side: Side, w: MirrorWrite, evalsha: &Command) {
+        let stats = &w.stats;
         let body = evalsha.arg(1).and_then(|sha| self.shared.scripts.body(sha));
         let Some(body) = body else {
             RouteStats::bump(&stats.script_unknown);
@@ -777,12 +812,7 @@ where
         let mut args: Vec<&[u8]> = evalsha.args().collect();
         args[0] = b"EVAL";
         args[1] = &body;
-        self.send(
-            side,
-            &Command::from_args(&args),
-            Target::Mirror(stats),
-            false,
-        );
+        self.send(side, &Command::from_args(&args), Target::Mirror(w), false);
     }
 
     /// One confirmation (or the error replacing them all) for wait `id`.

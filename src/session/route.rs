@@ -223,6 +223,7 @@ where
                                 cmd: cmd.clone(),
                                 stats: stats.clone(),
                             },
+                            (!blocking).then(|| super::keys_at(&cmd, &positions)),
                         );
                         let target = Target::Effect(ticket);
                         self.send_routed(authoritative, &cmd, target, blocking, (&stats, phase));
@@ -246,7 +247,8 @@ where
                         if let Some(id) = compare {
                             self.compare_tag(authoritative, id, before);
                         }
-                        self.mirror(m, cmd, stats, evalsha);
+                        let keys = super::keys_at(&cmd, &positions);
+                        self.mirror(m, cmd, stats, keys, evalsha);
                         if let Some(id) = compare {
                             if !self.compare_tag(m, id, before_mirror) {
                                 self.compare_drop(id);
@@ -436,7 +438,12 @@ where
                     return self.send(side, cmd, client(), false);
                 }
                 let mirror_side = side.other();
-                let ticket = self.defer_mirror(mirror_side, Pending::Tx(tx.mirror));
+                let keys = tx
+                    .mirror
+                    .iter()
+                    .flat_map(|item| super::written_keys(&item.cmd))
+                    .collect();
+                let ticket = self.defer_mirror(mirror_side, Pending::Tx(tx.mirror), Some(keys));
                 self.send(side, cmd, Target::Effect(ticket), false);
             }
             TxCmd::Watch => {

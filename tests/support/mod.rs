@@ -299,11 +299,15 @@ impl TestProxy {
     pub async fn wait_mirrors_settled(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let table = self.proxy.as_ref().unwrap().shared().router.current();
-            let settled = table.routes.iter().all(|r| {
-                let c: std::collections::HashMap<_, _> = r.stats.snapshot().into_iter().collect();
-                c["mirror_ok"] + c["mirror_errors"] + c["mirror_failed"] >= c["mirrored"]
-            });
+            let shared = self.proxy.as_ref().unwrap().shared();
+            let table = shared.router.current();
+            // Copies queued by mismatches are part of settling.
+            let settled = shared.repairer.pending() == 0
+                && table.routes.iter().all(|r| {
+                    let c: std::collections::HashMap<_, _> =
+                        r.stats.snapshot().into_iter().collect();
+                    c["mirror_ok"] + c["mirror_errors"] + c["mirror_failed"] >= c["mirrored"]
+                });
             if settled {
                 return;
             }

@@ -1,0 +1,114 @@
+//! Mirrored writes sent and not yet answered, counted per key slot.
+//!
+//! A copy from the authoritative side must not be read while a mirrored
+//! write to that key is still on its way to the mirror: that write would
+//! land after the copy and apply twice. It happens across clients: client
+//! A's `BLPOP` is served by client B's `RPUSH`, and A's mirrored `LPOP`
+//! can reach the mirror before B's mirrored `RPUSH` does (each client has
+//! its own mirror connection). The `LPOP` then pops nothing there, the
+//! comparison of its reply catches it, and the copy that follows waits
+//! here until B's `RPUSH` was answered.
+//!
+//! Counters are per hash slot (keys sharing a slot wait for each other,
+//! which is only conservative) and lock-free: a mirrored write costs two
+//! relaxed atomic additions per key.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use smallvec::SmallVec;
+
+use crate::routing::slot::{key_slot, SLOTS};
+
+#[derive(Debug)]
+pub struct InFlight {
+    slots: Box<[AtomicU32]>,
+}
+
+impl Default for InFlight {
+    fn default() -> InFlight {
+        InFlight {
+            slots: (0..SLOTS).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+}
+
+/// The keys a write changes.
+pub type Keys = SmallVec<[Bytes; 2]>;
+
+/// Keys counted in flight until this is dropped (answered, failed, or
+/// given up with its session).
+#[derive(Debug)]
+pub struct Entered {
+    inflight: Arc<InFlight>,
+    keys: Keys,
+}
+
+impl Entered {
+    pub fn keys(&self) -> &[Bytes] {
+        &self.keys
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        self.inflight.leave(&self.keys);
+    }
+}
+
+impl InFlight {
+    /// Counts `keys` in flight until the returned guard is dropped.
+    pub fn hold(self: &Arc<Self>, keys: Keys) -> Entered {
+        self.enter(&keys);
+        Entered {
+            inflight: self.clone(),
+            keys,
+        }
+    }
+
+    pub fn enter<K: AsRef<[u8]>>(&self, keys: &[K]) {
+        for k in keys {
+            self.slots[usize::from(key_slot(k.as_ref()))].fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    pub fn leave<K: AsRef<[u8]>>(&self, keys: &[K]) {
+        for k in keys {
+            let slot = &self.slots[usize::from(key_slot(k.as_ref()))];
+            // Never below zero, whatever a bug elsewhere does.
+            let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
+    }
+
+    /// Whether a mirrored write to `key` (or a key of its slot) is unanswered.
+    pub fn busy(&self, key: &[u8]) -> bool {
+        self.slots[usize::from(key_slot(key))].load(Ordering::Acquire) > 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_per_slot_and_never_underflows() {
+        let f = InFlight::default();
+        assert!(!f.busy(b"a"));
+        f.enter(&[&b"a"[..], b"{a}x"]);
+        assert!(f.busy(b"a"));
+        f.leave(&[b"a"]);
+        assert!(f.busy(b"a"), "{{a}}x shares a's slot and is still out");
+        f.leave(&[b"{a}x"]);
+        assert!(!f.busy(b"a"));
+        f.leave(&[b"a"]);
+        f.enter(&[b"a"]);
+        assert!(f.busy(b"a"));
+        f.leave(&[b"a"]);
+        let f = Arc::new(f);
+        let guard = f.hold(Keys::from_iter([Bytes::from_static(b"k")]));
+        assert!(f.busy(b"k"));
+        drop(guard);
+        assert!(!f.busy(b"k"));
+    }
+}
