@@ -27,6 +27,57 @@ pub struct Settings {
     pub limits: Limits,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub journal: JournalConfig,
+}
+
+/// The mirror-failure journal (keys whose mirrored write was lost, copied
+/// once the mirror is back).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    /// Keys kept at most; past it the route is marked "needs verify".
+    #[serde(default = "default_journal_max_keys")]
+    pub max_keys: usize,
+    /// Where it is persisted; relative to the config file's directory.
+    /// Default: `<config name>.journal.json` beside the config file.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            max_keys: default_journal_max_keys(),
+            file: None,
+        }
+    }
+}
+
+fn default_journal_max_keys() -> usize {
+    crate::repair::journal::DEFAULT_MAX_KEYS
+}
+
+impl JournalConfig {
+    /// The journal file for a proxy started from `config_path`.
+    pub fn path(&self, config_path: &Path) -> PathBuf {
+        beside(config_path, self.file.as_deref(), "journal.json")
+    }
+}
+
+/// `file` relative to the config file's directory, or
+/// `<config name>.<suffix>` there.
+fn beside(config_path: &Path, file: Option<&Path>, suffix: &str) -> PathBuf {
+    let dir = config_path.parent().unwrap_or(Path::new("."));
+    match file {
+        Some(p) => dir.join(p),
+        None => {
+            let stem = config_path
+                .file_stem()
+                .map_or_else(|| "cutover".into(), |s| s.to_string_lossy().into_owned());
+            dir.join(format!("{stem}.{suffix}"))
+        }
+    }
 }
 
 /// The admin listener (status, phase flips, metrics) and where flips are
@@ -64,16 +115,7 @@ impl Default for AdminConfig {
 impl AdminConfig {
     /// The state file for a proxy started from `config_path`.
     pub fn state_path(&self, config_path: &Path) -> PathBuf {
-        let dir = config_path.parent().unwrap_or(Path::new("."));
-        match &self.state_file {
-            Some(p) => dir.join(p),
-            None => {
-                let stem = config_path
-                    .file_stem()
-                    .map_or_else(|| "cutover".into(), |s| s.to_string_lossy().into_owned());
-                dir.join(format!("{stem}.state.json"))
-            }
-        }
+        beside(config_path, self.state_file.as_deref(), "state.json")
     }
 
     /// `http://address` for the CLI.
@@ -471,6 +513,13 @@ phase = "dual-write"
 name = "default"
 phase = "old-only"
 "#;
+
+    #[test]
+    fn the_commented_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/cutover.toml");
+        let s = Settings::load_with_env(&path, std::iter::empty()).unwrap();
+        assert_eq!(s.journal, JournalConfig::default());
+    }
 
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let dir = tempfile::tempdir().unwrap();

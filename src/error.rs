@@ -55,6 +55,20 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// The cache that failed.
+    pub fn side(&self) -> Side {
+        match self {
+            UpstreamError::Connect { side, .. }
+            | UpstreamError::ConnectTimeout { side, .. }
+            | UpstreamError::Handshake { side, .. }
+            | UpstreamError::Io { side, .. }
+            | UpstreamError::Closed { side, .. }
+            | UpstreamError::Timeout { side, .. }
+            | UpstreamError::Protocol { side, .. }
+            | UpstreamError::Backoff { side, .. } => *side,
+        }
+    }
+
     /// The `-ERR` reply for a client command that was waiting on this side.
     pub fn reply(&self) -> Bytes {
         let text = self.to_string().replace(['\r', '\n'], " ");

@@ -43,6 +43,7 @@ pub mod control;
 pub mod error;
 pub mod metrics;
 pub mod mirror;
+pub mod persist;
 pub mod protocol;
 pub mod reload;
 pub mod repair;

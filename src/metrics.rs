@@ -162,6 +162,26 @@ impl prometheus_client::collector::Collector for Routes {
         }
         family(
             &mut encoder,
+            "route_journal_keys",
+            "Keys of the route in the mirror-failure journal, waiting to be copied",
+            MetricType::Gauge,
+            self.0.iter().map(|(s, stats)| {
+                let n = stats.journal_keys.load(Ordering::Relaxed);
+                (route(s), Sample::Gauge(n as f64))
+            }),
+        )?;
+        family(
+            &mut encoder,
+            "route_needs_verify",
+            "1 when the journal overflowed for the route: run a verify pass",
+            MetricType::Gauge,
+            self.0.iter().map(|(s, stats)| {
+                let v = stats.needs_verify.load(Ordering::Relaxed);
+                (route(s), Sample::Gauge(f64::from(u8::from(v))))
+            }),
+        )?;
+        family(
+            &mut encoder,
             "request_duration_seconds",
             "Time from a command's send to its reply, per route, phase and upstream (blocking commands excluded)",
             MetricType::Histogram,
@@ -203,6 +223,12 @@ fn counter_help(name: &str) -> &'static str {
             "Key copies skipped because a newer write to the key went through the proxy"
         }
         "repair_dropped" => "Mismatches not copied because the repair queue was full",
+        "journalled" => {
+            "Keys recorded in the mirror-failure journal (a mirrored write to them failed)"
+        }
+        "journal_overflow" => {
+            "Keys not recorded because the journal was full (the route needs a verify pass)"
+        }
         _ => "cutover route counter",
     }
 }

@@ -35,6 +35,8 @@ pub enum StartError {
     Admin(String, std::io::Error),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Journal(#[from] crate::repair::journal::JournalError),
     #[error("cannot watch for config reloads: {0}")]
     Reload(std::io::Error),
 }
@@ -76,7 +78,11 @@ impl Proxy {
         };
         let state_path = config_path.as_deref().map(|p| settings.admin.state_path(p));
         let (control, routes) = Control::start(&settings.routes, &settings.commands, state_path)?;
-        let (repairer, repairs) = Repairer::new();
+        let journal = crate::repair::Journal::new(
+            config_path.as_deref().map(|p| settings.journal.path(p)),
+            settings.journal.max_keys,
+        );
+        let (repairer, repairs) = Repairer::new(journal);
         let shared = Arc::new(Shared {
             router: Router::new(&routes, &settings.commands),
             control,
@@ -88,11 +94,19 @@ impl Proxy {
             scripts: Default::default(),
             repairer,
         });
+        let journalled = shared.repairer.journal.load(&shared.router)?;
+        if journalled > 0 {
+            info!(keys = journalled, "resuming the mirror-failure journal");
+        }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = vec![
             tokio::spawn(accept_loop(listener, shared.clone(), shutdown_rx.clone())),
             tokio::spawn(repair::run(shared.clone(), repairs, shutdown_rx.clone())),
         ];
+        tasks.push(tokio::spawn(repair::drain_journal(
+            shared.clone(),
+            shutdown_rx.clone(),
+        )));
         let admin_addr = match admin_listener {
             Some(l) => {
                 let admin_addr = l.local_addr().ok();
@@ -142,6 +156,9 @@ impl Proxy {
         for t in self.tasks {
             let _ = t.await;
         }
+        // Sessions that drained after the journal task stopped may have
+        // journalled more.
+        self.shared.repairer.journal.save();
         for route in &self.shared.router.current().routes {
             let c = route.stats.snapshot();
             let get = |name| c.iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| *v);

@@ -10,6 +10,7 @@
 pub mod client;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -17,7 +18,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{delete, get, put};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -39,6 +40,7 @@ pub async fn serve(
     let app = axum::Router::new()
         .route("/status", get(status))
         .route("/routes/{name}/phase", put(flip))
+        .route("/routes/{name}/needs-verify", delete(clear_needs_verify))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(token.map(Arc::new), auth))
         .with_state(shared);
@@ -89,6 +91,11 @@ pub struct RouteView {
     #[serde(flatten)]
     pub status: RouteStatusView,
     pub counts: BTreeMap<String, u64>,
+    /// Keys in the mirror-failure journal, waiting for a copy.
+    pub journal_keys: u64,
+    /// The journal overflowed: run a verify pass, then clear the mark
+    /// (`DELETE /routes/{name}/needs-verify`).
+    pub needs_verify: bool,
 }
 
 /// [`RouteStatus`] as JSON (also what the CLI reads back).
@@ -106,6 +113,7 @@ pub struct RouteStatusView {
 pub struct StatusView {
     pub table_version: u64,
     pub state_file: Option<String>,
+    pub journal_file: Option<String>,
     pub routes: Vec<RouteView>,
 }
 
@@ -118,7 +126,11 @@ fn view(status: RouteStatus, stats: Option<&RouteStats>) -> RouteView {
                 .collect()
         })
         .unwrap_or_default();
+    let journal_keys = stats.map_or(0, |s| s.journal_keys.load(Ordering::Relaxed));
+    let needs_verify = stats.is_some_and(|s| s.needs_verify.load(Ordering::Relaxed));
     RouteView {
+        journal_keys,
+        needs_verify,
         status: RouteStatusView {
             name: status.name,
             patterns: status.patterns,
@@ -155,6 +167,11 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<StatusView> {
     Json(StatusView {
         table_version,
         state_file: shared.control.state_path().map(|p| p.display().to_string()),
+        journal_file: shared
+            .repairer
+            .journal
+            .path()
+            .map(|p| p.display().to_string()),
         routes: routes(&shared)
             .into_iter()
             .map(|(s, stats)| view(s, Some(&stats)))
@@ -165,8 +182,18 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<StatusView> {
 /// `cutover status`'s table.
 pub fn render_status(s: &StatusView) -> String {
     let mut out = format!(
-        "{:<16} {:<10} {:<26} {:<20} {:>10} {:>10} {:>10} {:>8} {:>8}  patterns\n",
-        "route", "phase", "set by", "since", "reads", "writes", "mirrored", "m.errors", "m.failed"
+        "{:<16} {:<10} {:<26} {:<20} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}  patterns\n",
+        "route",
+        "phase",
+        "set by",
+        "since",
+        "reads",
+        "writes",
+        "mirrored",
+        "m.errors",
+        "m.failed",
+        "repaired",
+        "journal"
     );
     for r in &s.routes {
         let st = &r.status;
@@ -180,7 +207,7 @@ pub fn render_status(s: &StatusView) -> String {
             .as_ref()
             .map_or_else(|| "(default)".to_string(), |p| p.join(" "));
         out.push_str(&format!(
-            "{:<16} {:<10} {:<26} {:<20} {:>10} {:>10} {:>10} {:>8} {:>8}  {}\n",
+            "{:<16} {:<10} {:<26} {:<20} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}  {}\n",
             st.name,
             st.phase.name(),
             set_by,
@@ -190,7 +217,15 @@ pub fn render_status(s: &StatusView) -> String {
             c("mirrored"),
             c("mirror_errors"),
             c("mirror_failed"),
+            c("repaired"),
+            r.journal_keys,
             patterns
+        ));
+    }
+    for r in s.routes.iter().filter(|r| r.needs_verify) {
+        out.push_str(&format!(
+            "route {} NEEDS VERIFY: the mirror-failure journal overflowed; verify the route, then clear the mark\n",
+            r.status.name
         ));
     }
     if let Some(f) = &s.state_file {
@@ -249,6 +284,20 @@ async fn flip(
         Err(e @ FlipError::Skips { .. }) => error(StatusCode::CONFLICT, e),
         Err(e @ FlipError::Persist { .. }) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
+}
+
+/// Clears a route's "needs verify" mark once the operator verified it.
+async fn clear_needs_verify(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> Response {
+    let Some((status, stats)) = routes(&shared).into_iter().find(|(s, _)| s.name == name) else {
+        return error(StatusCode::NOT_FOUND, format!("no route named {name:?}"));
+    };
+    if shared.repairer.journal.clear_needs_verify(&stats) {
+        info!(route = %name, "needs-verify mark cleared through the admin API");
+    }
+    Json(view(status, Some(&stats))).into_response()
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {

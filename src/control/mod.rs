@@ -15,7 +15,6 @@
 //! router, so a reload and a flip never interleave.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -324,25 +323,14 @@ fn load(path: &Path) -> Result<StateFile, StateError> {
     })
 }
 
-/// Write to a temp file beside `path`, fsync, rename over `path`, fsync the
-/// directory: a crash leaves the old file or the new one, never a mix.
+/// Persists the route states (see [`crate::persist::write_atomically`]).
 fn write_atomically(path: &Path, routes: &BTreeMap<String, RouteState>) -> std::io::Result<()> {
-    let body = serde_json::to_vec_pretty(&StateFile {
+    let mut body = serde_json::to_vec_pretty(&StateFile {
         routes: routes.clone(),
     })
     .map_err(std::io::Error::other)?;
-    let tmp = path.with_extension("json.tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&body)?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    body.push(b'\n');
+    crate::persist::write_atomically(path, &body)
 }
 
 #[cfg(test)]

@@ -21,8 +21,10 @@
 //!   [`MAX_ATTEMPTS`] it gives up, counted as failed).
 
 mod inflight;
+pub mod journal;
 
 pub use inflight::{Entered, InFlight, Keys};
+pub use journal::Journal;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -46,6 +48,10 @@ pub const MAX_ATTEMPTS: u8 = 10;
 /// Longest a copy waits for mirrored writes to its key to be answered (a
 /// hot key may never be quiet; the copy then goes ahead).
 const SETTLE_MAX: Duration = Duration::from_secs(1);
+/// After a copy could not reach a cache, copies involving it are journalled
+/// without trying for this long, doubling per failure up to the max.
+const SIDE_RETRY_MIN: Duration = Duration::from_millis(250);
+const SIDE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// One key to copy from `from` to the other side.
 #[derive(Debug)]
@@ -77,21 +83,29 @@ type DbKey = Option<u32>;
 pub struct Repairer {
     /// Mirrored writes not yet answered, per key slot.
     pub inflight: Arc<InFlight>,
+    /// Keys whose mirrored write was lost, waiting for the mirror.
+    pub journal: Journal,
     tx: mpsc::Sender<Queued>,
     pending: Mutex<HashMap<DbKey, HashMap<Bytes, Pending>>>,
     pending_keys: AtomicUsize,
     seq: AtomicU64,
+    /// Per cache, after copies failed to reach it: until when copies
+    /// involving it are journalled without trying, and how many times in
+    /// a row it failed.
+    down: Mutex<[Option<(Instant, u32)>; 2]>,
 }
 
 impl Repairer {
-    pub fn new() -> (Repairer, mpsc::Receiver<Queued>) {
+    pub fn new(journal: Journal) -> (Repairer, mpsc::Receiver<Queued>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let r = Repairer {
             inflight: Arc::default(),
+            journal,
             tx,
             pending: Mutex::new(HashMap::new()),
             pending_keys: AtomicUsize::new(0),
             seq: AtomicU64::new(0),
+            down: Mutex::new([None, None]),
         };
         (r, rx)
     }
@@ -102,6 +116,33 @@ impl Repairer {
 
     fn next_seq(&self) -> u64 {
         self.seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Whether copies may try `side` now (it did not just fail them).
+    pub fn side_usable(&self, side: Side) -> bool {
+        let down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+        down[side.index()].is_none_or(|(until, _)| Instant::now() >= until)
+    }
+
+    fn side_failed(&self, side: Side) {
+        let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+        let rounds = down[side.index()].map_or(0, |(_, n)| n) + 1;
+        let wait = SIDE_RETRY_MIN
+            .saturating_mul(1 << rounds.min(5))
+            .min(SIDE_RETRY_MAX);
+        down[side.index()] = Some((Instant::now() + wait, rounds));
+    }
+
+    fn side_ok(&self, side: Side) {
+        self.down.lock().unwrap_or_else(|e| e.into_inner())[side.index()] = None;
+    }
+
+    /// Mirrored writes to `keys` were lost: journal them for a copy from
+    /// `from` once the mirror is back.
+    pub fn lost(&self, stats: &Arc<RouteStats>, from: Side, db: DbKey, keys: &[Bytes]) {
+        for key in keys {
+            self.journal.record(stats, from, db, key, self.next_seq());
+        }
     }
 
     /// A write to `key` went through the proxy (called for mirrored writes).
@@ -115,7 +156,8 @@ impl Repairer {
         }
     }
 
-    /// Queues a copy. False (and counted) when the queue is full. A key
+    /// Queues a copy. False (counted, and the key journalled) when the
+    /// queue is full. A key
     /// already queued is not queued twice: the copy waiting reads it later,
     /// and one under way is redone because the write behind this mismatch
     /// was noted.
@@ -140,8 +182,10 @@ impl Repairer {
         match self.tx.try_send(queued) {
             Ok(()) => true,
             Err(e) => {
-                self.finish(&e.into_inner().job);
+                let job = e.into_inner().job;
+                self.finish(&job);
                 RouteStats::bump(&stats.repair_dropped);
+                self.lost(&stats, job.from, job.db, std::slice::from_ref(&job.key));
                 false
             }
         }
@@ -304,11 +348,23 @@ pub async fn run(
         };
         let repairer = &shared.repairer;
         let stats = q.job.stats.clone();
+        let (from, to) = (q.job.from, q.job.from.other());
+        if !repairer.side_usable(from) || !repairer.side_usable(to) {
+            // A cache that just failed copies: keep the key for later
+            // instead of waiting out a timeout per key.
+            repairer.finish(&q.job);
+            let job = &q.job;
+            repairer.lost(&stats, job.from, job.db, std::slice::from_ref(&job.key));
+            continue;
+        }
         settle(repairer, &q.job.key).await;
         let start = repairer.next_seq();
         match copy(&shared, &mut links, &q, start).await {
             Ok(true) if !repairer.written_since(&q.job, start) => {
+                repairer.side_ok(from);
+                repairer.side_ok(to);
                 RouteStats::bump(&stats.repaired);
+                repairer.journal.copied(q.job.db, &q.job.key, start);
                 repairer.finish(&q.job);
             }
             Ok(_) if q.attempt + 1 < MAX_ATTEMPTS => {
@@ -319,23 +375,68 @@ pub async fn run(
                     ..q
                 };
                 if let Err(e) = repairer.tx.try_send(again) {
+                    let job = e.into_inner().job;
                     RouteStats::bump(&stats.repair_dropped);
-                    repairer.finish(&e.into_inner().job);
+                    repairer.finish(&job);
+                    repairer.lost(&stats, job.from, job.db, std::slice::from_ref(&job.key));
                 }
             }
             Ok(_) => {
                 RouteStats::bump(&stats.repair_skipped);
                 RouteStats::bump(&stats.repair_failed);
-                warn!(from = %q.job.from, attempts = MAX_ATTEMPTS, "repair copy gave up: the key was written during every attempt");
+                warn!(from = %q.job.from, attempts = MAX_ATTEMPTS, "repair copy gave up for now: the key was written during every attempt; journalled");
                 repairer.finish(&q.job);
+                let job = &q.job;
+                repairer.lost(&stats, job.from, job.db, std::slice::from_ref(&job.key));
+            }
+            Err(CopyError::Upstream(e)) => {
+                // A cache unreachable: the journal retries once it is back.
+                repairer.side_failed(e.side());
+                debug!(from = %q.job.from, error = %e, "repair copy could not reach a cache; journalled");
+                repairer.finish(&q.job);
+                let job = &q.job;
+                repairer.lost(&stats, job.from, job.db, std::slice::from_ref(&job.key));
             }
             Err(e) => {
                 RouteStats::bump(&stats.repair_failed);
                 warn!(from = %q.job.from, error = %e, "repair copy failed");
                 repairer.finish(&q.job);
+                repairer.journal.release(q.job.db, &q.job.key);
             }
         }
     }
+}
+
+/// Feeds the journal's keys to the copier while their mirror may be tried,
+/// and saves the journal; until shutdown (which saves it a last time).
+pub async fn drain_journal(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let repairer = &shared.repairer;
+    let mut tick = tokio::time::interval(journal::FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+        if !repairer.journal.is_empty() {
+            let room = (QUEUE / 2).saturating_sub(repairer.pending());
+            let reachable =
+                |side: Side| shared.upstreams[side.index()].may_try() && repairer.side_usable(side);
+            for job in repairer.journal.take(room.min(1000), reachable) {
+                let (db, key) = (job.db, job.key.clone());
+                if !repairer.submit(job) {
+                    repairer.journal.release(db, &key);
+                }
+            }
+        }
+        save_journal(&shared).await;
+    }
+    save_journal(&shared).await;
+}
+
+async fn save_journal(shared: &Arc<Shared>) {
+    let s = shared.clone();
+    let _ = tokio::task::spawn_blocking(move || s.repairer.journal.save()).await;
 }
 
 /// Waits, up to [`SETTLE_MAX`], until no mirrored write to the key (or its
@@ -472,7 +573,7 @@ mod tests {
 
     #[test]
     fn writes_to_pending_keys_are_noted_and_finished_jobs_forgotten() {
-        let (r, _rx) = Repairer::new();
+        let (r, _rx) = Repairer::new(Journal::new(None, 10));
         r.note_write(None, b"k"); // nothing pending: no bookkeeping
         assert_eq!(r.pending(), 0);
         let job = |k: &'static [u8]| RepairJob {

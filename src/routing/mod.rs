@@ -10,7 +10,7 @@ pub mod slot;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -23,7 +23,8 @@ use crate::config::{CommandsConfig, RouteConfig, UnknownPolicy};
 use crate::metrics::Latency;
 
 /// One of the two caches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Side {
     Old,
     New,
@@ -131,6 +132,8 @@ impl fmt::Display for Phase {
 /// Per-route counters. Relaxed atomics: they are statistics, not sync points.
 #[derive(Debug, Default)]
 pub struct RouteStats {
+    /// The route's name (the journal persists keys by it).
+    pub name: Arc<str>,
     pub reads: AtomicU64,
     pub writes: AtomicU64,
     /// Writes sent to the mirror side.
@@ -159,6 +162,16 @@ pub struct RouteStats {
     pub repair_skipped: AtomicU64,
     /// Mismatches not copied because the repair queue was full.
     pub repair_dropped: AtomicU64,
+    /// Keys recorded in the mirror-failure journal.
+    pub journalled: AtomicU64,
+    /// Keys not recorded because the journal was full (the route then
+    /// needs a verify pass).
+    pub journal_overflow: AtomicU64,
+    /// Keys of this route in the journal now (a gauge).
+    pub journal_keys: AtomicU64,
+    /// The journal overflowed for this route: the mirror may differ in keys
+    /// nobody recorded. Cleared by the operator after a verify pass.
+    pub needs_verify: AtomicBool,
     /// Reply latency by the phase the command was routed in and the
     /// upstream that answered.
     latency: [[Latency; 2]; 4],
@@ -173,7 +186,14 @@ impl RouteStats {
         &self.latency[phase.index()][side.index()]
     }
 
-    pub fn snapshot(&self) -> [(&'static str, u64); 14] {
+    pub fn named(name: &str) -> RouteStats {
+        RouteStats {
+            name: name.into(),
+            ..RouteStats::default()
+        }
+    }
+
+    pub fn snapshot(&self) -> [(&'static str, u64); 16] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("reads", g(&self.reads)),
@@ -190,6 +210,8 @@ impl RouteStats {
             ("repair_failed", g(&self.repair_failed)),
             ("repair_skipped", g(&self.repair_skipped)),
             ("repair_dropped", g(&self.repair_dropped)),
+            ("journalled", g(&self.journalled)),
+            ("journal_overflow", g(&self.journal_overflow)),
         ]
     }
 }
@@ -282,6 +304,16 @@ impl Router {
         self.table.load_full()
     }
 
+    /// The counters of the route called `name` (created if it has none
+    /// yet: a journal entry for a route the config no longer has).
+    pub fn stats_for(&self, name: &str) -> Arc<RouteStats> {
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(RouteStats::named(name)))
+            .clone()
+    }
+
     /// Notified after each table change.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.installed.subscribe()
@@ -303,7 +335,10 @@ impl Router {
                     .map(|p| Pattern::new(p.as_bytes()))
                     .collect(),
                 phase: r.phase,
-                stats: stats.entry(r.name.clone()).or_default().clone(),
+                stats: stats
+                    .entry(r.name.clone())
+                    .or_insert_with(|| Arc::new(RouteStats::named(&r.name)))
+                    .clone(),
             })
             .collect();
         self.table.store(Arc::new(RouteTable {

@@ -211,6 +211,8 @@ where
                         // Unknown outcome: the mirror may now differ.
                         RouteStats::bump(&stats.mirror_failed);
                         RouteStats::bump(&stats.mirrored);
+                        let keys = written_keys(&cmd);
+                        self.shared.repairer.lost(&stats, side.other(), db, &keys);
                         Vec::new()
                     }
                 },
@@ -219,6 +221,12 @@ where
                         if let Some(item) = items.first() {
                             RouteStats::bump(&item.stats.mirror_failed);
                             RouteStats::bump(&item.stats.mirrored);
+                        }
+                        for item in &items {
+                            let keys = written_keys(&item.cmd);
+                            self.shared
+                                .repairer
+                                .lost(&item.stats, side.other(), db, &keys);
                         }
                     }
                     resolve_tx(items, value.as_ref(), side, db, inflight)
@@ -260,6 +268,7 @@ where
                     RouteStats::bump(&w.stats.mirrored);
                     if unreachable {
                         RouteStats::bump(&w.stats.mirror_failed);
+                        self.journal_lost(w);
                         continue;
                     }
                 }

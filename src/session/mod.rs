@@ -509,6 +509,7 @@ where
             if let Target::Mirror(w) | Target::MirrorEvalSha(w, _) = &target {
                 if !upstream.may_try() {
                     RouteStats::bump(&w.stats.mirror_failed);
+                    self.journal_lost(w);
                     return;
                 }
             }
@@ -704,6 +705,11 @@ where
                     let stats = &w.stats;
                     if reply.is_error() {
                         RouteStats::bump(&stats.mirror_errors);
+                        // A compared or checked write is copied if the
+                        // authoritative side did not fail alike.
+                        if expect.compare.is_none() && w.check.is_none() {
+                            self.journal_lost(&w);
+                        }
                         debug!(%side, reply = %String::from_utf8_lossy(&reply.bytes).trim_end(), "mirror replied with an error");
                     } else {
                         RouteStats::bump(&stats.mirror_ok);
@@ -740,6 +746,7 @@ where
         let reply = err.reply();
         let mut lost_effects = Vec::new();
         let mut lost_acks = Vec::new();
+        let mut lost_writes = Vec::new();
         for e in sc.inflight.drain(..) {
             match e.target {
                 Target::Client { .. } => {
@@ -755,6 +762,7 @@ where
                 Target::Mirror(w) | Target::MirrorEvalSha(w, _) => {
                     RouteStats::bump(&w.stats.mirror_failed);
                     lost_mirrors += 1;
+                    lost_writes.push(w);
                 }
                 Target::Quiet(_) => {}
             }
@@ -768,6 +776,10 @@ where
             debug!(error = %err, lost_mirrors, failed_replies, "upstream connection dropped");
         }
         sc.link = Link::Idle;
+        for w in &lost_writes {
+            self.journal_lost(w);
+        }
+        let sc = &mut self.sides[side.index()];
         self.compares.abandon();
         // Their replies will never come: they were not applied.
         self.pending_state.retain(|(s, _, _)| *s != side);
@@ -804,6 +816,7 @@ where
         let Some(body) = body else {
             RouteStats::bump(&stats.script_unknown);
             RouteStats::bump(&stats.mirror_errors);
+            self.journal_lost(&w);
             warn!(%side, "EVALSHA of a script the mirror lacks and the proxy never saw; not applied on the mirror");
             return;
         };
@@ -813,6 +826,14 @@ where
         args[0] = b"EVAL";
         args[1] = &body;
         self.send(side, &Command::from_args(&args), Target::Mirror(w), false);
+    }
+
+    /// A mirrored write was lost: its keys go to the journal, copied from
+    /// the side that answered once the mirror is back.
+    fn journal_lost(&self, w: &MirrorWrite) {
+        self.shared
+            .repairer
+            .lost(&w.stats, w.from, w.db, w.keys.keys());
     }
 
     /// One confirmation (or the error replacing them all) for wait `id`.

@@ -45,11 +45,38 @@ pub fn start_pair() -> (RedisServer, RedisServer) {
     (RedisServer::start(), RedisServer::start())
 }
 
+fn spawn_redis(port: u16, dir: &Path, log: &Path, extra: &[String]) -> Child {
+    // Persistence off unless `extra` turns it on (later arguments win).
+    Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args([
+            "--dir",
+            dir.to_str().unwrap(),
+            "--logfile",
+            log.to_str().unwrap(),
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("redis-server must be installed (apt-get install redis-server); tests never skip")
+}
+
 /// A throwaway redis-server, killed and reaped on drop.
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -72,18 +99,13 @@ impl RedisServer {
             let dir = tempfile::tempdir().unwrap();
             let port = fixed_port.unwrap_or_else(free_port);
             let log = dir.path().join("redis.log");
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .args(["--dir", dir.path().to_str().unwrap(), "--logfile", log.to_str().unwrap()])
-                .args(extra)
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("redis-server must be installed (apt-get install redis-server); tests never skip");
+            let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+            let child = spawn_redis(port, dir.path(), &log, &extra);
             let mut server = RedisServer {
                 port,
                 child: Some(child),
                 dir,
+                extra,
             };
             if server.wait_ready(Duration::from_secs(5)) {
                 return server;
@@ -92,6 +114,19 @@ impl RedisServer {
             server.kill();
         }
         panic!("redis-server did not start; last log:\n{last_log}");
+    }
+
+    /// Starts the killed server again on its port, with its directory (and
+    /// so its data, if it was started with persistence).
+    pub fn restart(&mut self) {
+        self.kill();
+        let log = self.dir.path().join("redis.log");
+        self.child = Some(spawn_redis(self.port, self.dir.path(), &log, &self.extra));
+        assert!(
+            self.wait_ready(Duration::from_secs(10)),
+            "redis-server did not restart:\n{}",
+            self.log()
+        );
     }
 
     fn wait_ready(&mut self, within: Duration) -> bool {
