@@ -217,6 +217,9 @@ fn counter_help(name: &str) -> &'static str {
         "script_unknown" => "EVALSHA the mirror did not know and whose body the proxy never saw",
         "compared" => "Mirrored writes whose two replies were compared",
         "mismatches" => "Compared writes whose replies differed (the key is copied to the mirror)",
+        "mirror_missing" => {
+            "Compared in-place writes whose key the mirror lacked before (the key is copied)"
+        }
         "repaired" => "Keys copied from the authoritative side to the mirror",
         "repair_failed" => "Key copies that failed",
         "repair_skipped" => {

@@ -45,8 +45,7 @@ async fn keys_only_old_had_are_copied_to_new_with_their_ttl() {
     for args in [
         &["INCR", "counter"][..],
         &["LPUSH", "list", "z"],
-        // HSET of a new field answers 1 on both: not detected by the
-        // reply alone (a size probe is planned); EXPIRE answers 1 vs 0.
+        // EXPIRE answers 1 on old, 0 on new.
         &["EXPIRE", "hash", "300"],
         &["APPEND", "plain", "y"],
         &["PEXPIRE", "timed", "50000"],
@@ -118,5 +117,53 @@ async fn agreeing_writes_copy_nothing_and_a_deleted_key_is_deleted() {
         .await
         .unwrap();
     proxy.wait_mirrors_settled().await;
+    assert_same_keyspace(&old, &new, 1000);
+}
+
+#[tokio::test]
+async fn in_place_writes_to_a_key_new_lacks_copy_it_although_replies_agree() {
+    let (old, new) = support::start_pair();
+    run(&old, &["HSET", "hash", "a", "1", "b", "2"]);
+    run(&old, &["EXPIRE", "hash", "300"]);
+    run(&old, &["SADD", "set", "x", "y"]);
+    run(&old, &["EXPIRE", "set", "200"]);
+    run(&old, &["ZADD", "zset", "1", "m"]);
+    let proxy = TestProxy::start(&old, &new, &[("default", None, Phase::DualWrite)]).await;
+    let mut c = proxy.conn().await;
+    // Each answers 1 on both caches: a new field or member everywhere.
+    for args in [
+        &["HSET", "hash", "c", "3"][..],
+        &["SADD", "set", "z"],
+        &["ZADD", "zset", "2", "n"],
+    ] {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        let n: i64 = cmd.query_async(&mut c).await.unwrap();
+        assert_eq!(n, 1);
+    }
+    wait_for(&proxy, "default", "repaired", 3).await;
+    assert_eq!(proxy.stat("default", "mismatches"), 0);
+    assert_eq!(proxy.stat("default", "mirror_missing"), 3);
+    assert_same_keyspace(&old, &new, 1000);
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("hash")
+        .query(&mut new.sync())
+        .unwrap();
+    assert!(pttl > 298_000, "{pttl}");
+
+    // Once new has the key, further in-place writes copy nothing.
+    let _: i64 = redis::cmd("HSET")
+        .arg("hash")
+        .arg("d")
+        .arg("4")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    proxy.wait_mirrors_settled().await;
+    wait_for(&proxy, "default", "compared", 4).await;
+    assert_eq!(proxy.stat("default", "mirror_missing"), 3);
+    assert_eq!(proxy.stat("default", "repaired"), 3);
     assert_same_keyspace(&old, &new, 1000);
 }

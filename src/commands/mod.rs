@@ -278,6 +278,25 @@ pub fn is_blocking(spec: &CommandSpec) -> bool {
 }
 
 /// Redis's check that `argc` satisfies the arity.
+/// Whether a write changes its one key in place (a field, a member, an
+/// element), so that a mirror missing the key ends up with only part of it
+/// while both replies may agree (`HSET` of a new field answers 1 either way).
+/// Mirrored compared writes of these probe the mirror for the key first.
+pub fn updates_in_place(spec: &CommandSpec) -> bool {
+    use table::Group;
+    matches!(
+        spec.group,
+        Group::Bitmap
+            | Group::Geo
+            | Group::Hash
+            | Group::Hyperloglog
+            | Group::List
+            | Group::Set
+            | Group::SortedSet
+            | Group::Stream
+    ) && matches!(spec.key_specs, [ks] if ks.flags & table::KS_RW != 0)
+}
+
 pub fn arity_ok(spec: &CommandSpec, argc: usize) -> bool {
     let a = spec.arity as i64;
     (a >= 0 && argc as i64 == a) || (a < 0 && argc as i64 >= -a)

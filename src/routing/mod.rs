@@ -154,6 +154,9 @@ pub struct RouteStats {
     pub compared: AtomicU64,
     /// Compared writes whose replies differed: the key is copied.
     pub mismatches: AtomicU64,
+    /// Compared in-place writes (`HSET`, `SADD`, ...) whose key the mirror
+    /// did not have before: the key is copied.
+    pub mirror_missing: AtomicU64,
     /// Keys copied from the authoritative side to the mirror.
     pub repaired: AtomicU64,
     /// Copies that failed (an upstream error, a refused RESTORE).
@@ -193,7 +196,7 @@ impl RouteStats {
         }
     }
 
-    pub fn snapshot(&self) -> [(&'static str, u64); 16] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 17] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("reads", g(&self.reads)),
@@ -206,6 +209,7 @@ impl RouteStats {
             ("script_unknown", g(&self.script_unknown)),
             ("compared", g(&self.compared)),
             ("mismatches", g(&self.mismatches)),
+            ("mirror_missing", g(&self.mirror_missing)),
             ("repaired", g(&self.repaired)),
             ("repair_failed", g(&self.repair_failed)),
             ("repair_skipped", g(&self.repair_skipped)),

@@ -30,6 +30,8 @@ const MAX_KEYS: usize = 16;
 pub(super) struct Compare {
     replies: [Option<Bytes>; 2],
     settled: bool,
+    /// The mirror did not have the (in-place updated) key before the write.
+    mirror_lacked: bool,
     cmd: Command,
     spec: &'static CommandSpec,
     stats: Arc<RouteStats>,
@@ -93,6 +95,7 @@ where
         self.compares.push(Compare {
             replies: [None, None],
             settled: false,
+            mirror_lacked: false,
             cmd: cmd.clone(),
             spec,
             stats: stats.clone(),
@@ -121,6 +124,14 @@ where
         self.compares.pop_settled();
     }
 
+    /// The probe ahead of compared write `id` found its key missing on the
+    /// mirror.
+    pub(super) fn compare_missing(&mut self, id: u64) {
+        if let Some(c) = self.compares.get(id) {
+            c.mirror_lacked = true;
+        }
+    }
+
     /// The reply from `side` to compared write `id` arrived.
     pub(super) fn compare_reply(&mut self, id: u64, side: Side, reply: &Bytes) {
         let depth = self.shared.limits.max_reply_depth;
@@ -133,8 +144,13 @@ where
         };
         c.settled = true;
         RouteStats::bump(&c.stats.compared);
-        if !replies_agree(old, new, depth) {
+        let agree = replies_agree(old, new, depth);
+        if !agree {
             RouteStats::bump(&c.stats.mismatches);
+        } else if c.mirror_lacked {
+            RouteStats::bump(&c.stats.mirror_missing);
+        }
+        if !agree || c.mirror_lacked {
             let keys = commands::key_positions(c.spec, &c.cmd);
             for &i in keys.iter().take(MAX_KEYS) {
                 if let Some(key) = c.cmd.arg(i) {

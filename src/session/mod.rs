@@ -87,6 +87,9 @@ enum Target {
     /// A mirrored EVALSHA (this command): on NOSCRIPT it is retried as
     /// EVAL with the body the proxy saw.
     MirrorEvalSha(MirrorWrite, Command),
+    /// `EXISTS key` sent to the mirror ahead of compared write `id`, which
+    /// changes its key in place: 0 means the mirror lacked the key.
+    Probe(u64),
     /// Proxy-internal (state propagated to the other side, a DISCARD in
     /// place of an aborted EXEC): dropped, errors logged.
     Quiet(&'static str),
@@ -715,6 +718,11 @@ where
                         RouteStats::bump(&stats.mirror_ok);
                     }
                 }
+                Target::Probe(id) => {
+                    if &reply.bytes[..] == b":0\r\n" {
+                        self.compare_missing(id);
+                    }
+                }
                 Target::SubAck(id) => {
                     // An error instead of a confirmation (an ACL refusal):
                     // it answers the whole command.
@@ -759,6 +767,7 @@ where
                     lost_effects.push(ticket);
                 }
                 Target::SubAck(id) => lost_acks.push(id),
+                Target::Probe(_) => {}
                 Target::Mirror(w) | Target::MirrorEvalSha(w, _) => {
                     RouteStats::bump(&w.stats.mirror_failed);
                     lost_mirrors += 1;

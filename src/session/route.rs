@@ -243,10 +243,21 @@ where
                         let before = self.sides[authoritative.index()].inflight.len();
                         let target = Target::Client { state: false };
                         self.send_routed(authoritative, &cmd, target, blocking, (&stats, phase));
-                        let before_mirror = self.sides[m.index()].inflight.len();
                         if let Some(id) = compare {
                             self.compare_tag(authoritative, id, before);
+                            // A key changed in place: ask the mirror first
+                            // whether it has it at all.
+                            let in_place = spec.is_some_and(commands::updates_in_place);
+                            let reachable = !self.sides[m.index()].is_idle()
+                                || self.shared.upstream(m).may_try();
+                            if let Some(key) = positions.first().and_then(|&i| cmd.arg(i)) {
+                                if in_place && reachable {
+                                    let probe = Command::from_args(&[&b"EXISTS"[..], key]);
+                                    self.send(m, &probe, Target::Probe(id), false);
+                                }
+                            }
                         }
+                        let before_mirror = self.sides[m.index()].inflight.len();
                         let keys = super::keys_at(&cmd, &positions);
                         self.mirror(m, cmd, stats, keys, evalsha);
                         if let Some(id) = compare {
