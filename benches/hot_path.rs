@@ -71,16 +71,19 @@ fn bench_route(c: &mut Criterion) {
             name: "carts".into(),
             patterns: Some(vec!["cart:*".into(), "basket:*".into()]),
             phase: Phase::ReadNew,
+            ramp_percent: None,
         },
         RouteConfig {
             name: "sessions".into(),
             patterns: Some(vec!["session:*".into(), "sess:*".into()]),
             phase: Phase::DualWrite,
+            ramp_percent: None,
         },
         RouteConfig {
             name: "default".into(),
             patterns: None,
             phase: Phase::OldOnly,
+            ramp_percent: None,
         },
     ];
     let router = Router::new(&routes, &CommandsConfig::default());

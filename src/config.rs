@@ -210,6 +210,10 @@ pub struct RouteConfig {
     #[serde(default)]
     pub patterns: Option<Vec<String>>,
     pub phase: Phase,
+    /// In `read-new`: the share of keys (by hash slot, 0-100) served as
+    /// `read-new`; the others stay `dual-write`. Absent: all of them.
+    #[serde(default)]
+    pub ramp_percent: Option<u8>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -418,6 +422,9 @@ impl Settings {
             let field = format!("routes[{i}]");
             if r.name.is_empty() {
                 return Err((format!("{field}.name"), "must not be empty".into()));
+            }
+            if r.ramp_percent.is_some_and(|p| p > 100) {
+                return Err((format!("{field}.ramp_percent"), "must be 0 to 100".into()));
             }
             if !names.insert(r.name.as_str()) {
                 return Err((

@@ -52,6 +52,10 @@ enum Cmd {
         /// Allow a jump that skips a phase (e.g. old-only -> read-new).
         #[arg(long)]
         force: bool,
+        /// With read-new: serve only this percentage of keys (by hash
+        /// slot) from new; the others stay dual-write.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+        ramp: Option<u8>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -179,15 +183,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             route,
             phase,
             force,
+            ramp,
             admin,
         } => {
-            let body = serde_json::json!({ "phase": phase, "force": force }).to_string();
+            let body = serde_json::json!({ "phase": phase, "force": force, "ramp_percent": ramp })
+                .to_string();
             let path = format!("/routes/{}/phase", escape_segment(&route));
             let text = admin_call(admin, "PUT", &path, Some(body))?;
             let view: cutover::admin::RouteView =
                 serde_json::from_str(&text).context("unexpected answer")?;
+            let ramp = view
+                .status
+                .ramp_percent
+                .map_or_else(String::new, |p| format!(" at {p}%"));
             println!(
-                "route {} is {} (since {})",
+                "route {} is {}{ramp} (since {})",
                 view.status.name, view.status.phase, view.status.since
             );
             Ok(())

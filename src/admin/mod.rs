@@ -107,6 +107,8 @@ pub struct RouteStatusView {
     pub source: Source,
     pub config_phase: Phase,
     pub since: String,
+    /// `read-new` ramp: the percentage of keys served from new.
+    pub ramp_percent: Option<u8>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -138,6 +140,7 @@ fn view(status: RouteStatus, stats: Option<&RouteStats>) -> RouteView {
             source: status.source,
             config_phase: status.config_phase,
             since: humantime::format_rfc3339_seconds(status.since).to_string(),
+            ramp_percent: status.ramp_percent,
         },
         counts,
     }
@@ -182,7 +185,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<StatusView> {
 /// `cutover status`'s table.
 pub fn render_status(s: &StatusView) -> String {
     let mut out = format!(
-        "{:<16} {:<10} {:<26} {:<20} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}  patterns\n",
+        "{:<16} {:<13} {:<26} {:<20} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}  patterns\n",
         "route",
         "phase",
         "set by",
@@ -207,9 +210,12 @@ pub fn render_status(s: &StatusView) -> String {
             .as_ref()
             .map_or_else(|| "(default)".to_string(), |p| p.join(" "));
         out.push_str(&format!(
-            "{:<16} {:<10} {:<26} {:<20} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}  {}\n",
+            "{:<16} {:<13} {:<26} {:<20} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}  {}\n",
             st.name,
-            st.phase.name(),
+            match st.ramp_percent {
+                Some(p) => format!("{} {p}%", st.phase.name()),
+                None => st.phase.name().to_string(),
+            },
             set_by,
             st.since,
             c("reads"),
@@ -240,6 +246,8 @@ struct FlipRequest {
     phase: String,
     #[serde(default)]
     force: bool,
+    #[serde(default)]
+    ramp_percent: Option<u8>,
 }
 
 async fn flip(
@@ -252,7 +260,7 @@ async fn flip(
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("body must be {{\"phase\": \"...\", \"force\": false}}: {e}"),
+                format!("body must be {{\"phase\": \"...\", \"force\": false, \"ramp_percent\": null}}: {e}"),
             )
         }
     };
@@ -265,10 +273,17 @@ async fn flip(
             ),
         );
     };
-    match shared
-        .control
-        .flip(&shared.router, &name, phase, req.force, Source::Admin)
-    {
+    if req.ramp_percent.is_some_and(|p| p > 100) {
+        return error(StatusCode::BAD_REQUEST, "ramp_percent must be 0 to 100");
+    }
+    match shared.control.flip(
+        &shared.router,
+        &name,
+        phase,
+        req.ramp_percent,
+        req.force,
+        Source::Admin,
+    ) {
         Ok(status) => {
             info!(route = %name, %phase, "admin API flip");
             let stats = shared

@@ -53,6 +53,12 @@ pub struct RouteState {
     pub config_phase: Phase,
     /// Unix milliseconds since the route has been in `phase`.
     pub since_ms: u64,
+    /// `read-new` ramp (percent of keys), when set.
+    #[serde(default)]
+    pub ramp_percent: Option<u8>,
+    /// The config file's ramp when this was decided.
+    #[serde(default)]
+    pub config_ramp: Option<u8>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -71,6 +77,7 @@ pub struct RouteStatus {
     pub config_phase: Phase,
     #[serde(serialize_with = "rfc3339")]
     pub since: SystemTime,
+    pub ramp_percent: Option<u8>,
 }
 
 fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -180,23 +187,25 @@ impl Control {
         router.replace(&effective(&inner.config, &inner.routes), &inner.commands)
     }
 
-    /// Moves `route` to `phase`, persisted first. Without `force`, only to a
-    /// neighbouring phase.
+    /// Moves `route` to `phase` (with a ramp, for `read-new`), persisted
+    /// first. Without `force`, only to a neighbouring phase.
     pub fn flip(
         &self,
         router: &Router,
         route: &str,
         phase: Phase,
+        ramp_percent: Option<u8>,
         force: bool,
         source: Source,
     ) -> Result<RouteStatus, FlipError> {
+        let ramp_percent = ramp_percent.filter(|_| phase == Phase::ReadNew);
         let mut inner = self.lock();
         let current = inner
             .routes
             .get(route)
             .cloned()
             .ok_or_else(|| FlipError::NoSuchRoute(route.to_string()))?;
-        if current.phase != phase {
+        if current.phase != phase || current.ramp_percent != ramp_percent {
             if current.phase.distance(phase) > 1 && !force {
                 let between = Phase::ALL[current.phase.index().min(phase.index()) + 1];
                 return Err(FlipError::Skips {
@@ -212,7 +221,13 @@ impl Control {
                     phase,
                     source,
                     config_phase: current.config_phase,
-                    since_ms: now_ms(),
+                    since_ms: if current.phase == phase {
+                        current.since_ms
+                    } else {
+                        now_ms()
+                    },
+                    ramp_percent,
+                    config_ramp: current.config_ramp,
                 },
             );
             if let Some(path) = &self.state_path {
@@ -223,7 +238,7 @@ impl Control {
             }
             inner.routes = routes;
             let version = router.replace(&effective(&inner.config, &inner.routes), &inner.commands);
-            info!(route, from = %current.phase, to = %phase, ?source, force, version, "phase flipped");
+            info!(route, from = %current.phase, to = %phase, ?ramp_percent, ?source, force, version, "phase flipped");
         }
         let status = status_of(&inner, route).expect("route exists");
         Ok(status)
@@ -257,6 +272,7 @@ fn status_of(inner: &Inner, name: &str) -> Option<RouteStatus> {
         source: st.source,
         config_phase: st.config_phase,
         since: UNIX_EPOCH + Duration::from_millis(st.since_ms),
+        ramp_percent: st.ramp_percent,
     })
 }
 
@@ -274,9 +290,15 @@ fn reconcile(
                 source: Source::Config,
                 config_phase: r.phase,
                 since_ms: prev.filter(|p| p.phase == r.phase).map_or(now, |p| p.since_ms),
+                ramp_percent: r.ramp_percent.filter(|_| r.phase == Phase::ReadNew),
+                config_ramp: r.ramp_percent,
             };
             let state = match before.get(&r.name) {
-                Some(prev) if prev.source != Source::Config && prev.config_phase == r.phase => {
+                Some(prev)
+                    if prev.source != Source::Config
+                        && prev.config_phase == r.phase
+                        && prev.config_ramp == r.ramp_percent =>
+                {
                     prev.clone()
                 }
                 Some(prev) if prev.source != Source::Config => {
@@ -299,9 +321,13 @@ fn reconcile(
 fn effective(config: &[RouteConfig], routes: &BTreeMap<String, RouteState>) -> Vec<RouteConfig> {
     config
         .iter()
-        .map(|r| RouteConfig {
-            phase: routes.get(&r.name).map_or(r.phase, |s| s.phase),
-            ..r.clone()
+        .map(|r| match routes.get(&r.name) {
+            Some(s) => RouteConfig {
+                phase: s.phase,
+                ramp_percent: s.ramp_percent,
+                ..r.clone()
+            },
+            None => r.clone(),
         })
         .collect()
 }
@@ -342,6 +368,7 @@ mod tests {
             name: name.into(),
             patterns: None,
             phase,
+            ramp_percent: None,
         }
     }
 
@@ -351,6 +378,8 @@ mod tests {
             source,
             config_phase,
             since_ms: 1,
+            ramp_percent: None,
+            config_ramp: None,
         }
     }
 
@@ -392,15 +421,15 @@ mod tests {
         let (control, routes) = Control::start(&config, &commands, Some(path.clone())).unwrap();
         let router = Router::new(&routes, &commands);
         let err = control
-            .flip(&router, "r", Phase::ReadNew, false, Source::Admin)
+            .flip(&router, "r", Phase::ReadNew, None, false, Source::Admin)
             .unwrap_err();
         assert!(err.to_string().contains("skips dual-write"), "{err}");
         assert!(matches!(
-            control.flip(&router, "x", Phase::ReadNew, false, Source::Admin),
+            control.flip(&router, "x", Phase::ReadNew, None, false, Source::Admin),
             Err(FlipError::NoSuchRoute(_))
         ));
         control
-            .flip(&router, "r", Phase::ReadNew, true, Source::Admin)
+            .flip(&router, "r", Phase::ReadNew, None, true, Source::Admin)
             .unwrap();
         assert_eq!(router.load().routes[0].phase, Phase::ReadNew);
         // A restart resumes it.

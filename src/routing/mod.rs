@@ -225,7 +225,39 @@ pub struct Route {
     pub name: Arc<str>,
     pub patterns: Vec<Pattern>,
     pub phase: Phase,
+    /// `read-new` only: keys whose hash slot is below this share (percent)
+    /// are served as `read-new`, the rest as `dual-write`.
+    pub ramp_percent: Option<u8>,
     pub stats: Arc<RouteStats>,
+}
+
+impl Route {
+    /// The phase `key` is served in: the route's, except in a ramped
+    /// `read-new`, where the key's hash slot decides (the same for every
+    /// command on that key, and on every proxy instance).
+    pub fn phase_for(&self, key: &[u8]) -> Phase {
+        match self.ramp_percent {
+            Some(p) if self.phase == Phase::ReadNew && p < 100 => {
+                let ramped =
+                    u32::from(slot::key_slot(key)) * 100 < u32::from(p) * slot::SLOTS as u32;
+                if ramped {
+                    Phase::ReadNew
+                } else {
+                    Phase::DualWrite
+                }
+            }
+            _ => self.phase,
+        }
+    }
+
+    /// The phase of keyless commands: a ramped `read-new` keeps them on
+    /// `dual-write` until the ramp reaches 100.
+    pub fn keyless_phase(&self) -> Phase {
+        match self.ramp_percent {
+            Some(p) if self.phase == Phase::ReadNew && p < 100 => Phase::DualWrite,
+            _ => self.phase,
+        }
+    }
 }
 
 /// An immutable routing table; the last route is the default. Everything a
@@ -266,7 +298,9 @@ impl RouteTable {
     pub fn reads_same_as(&self, other: &RouteTable) -> bool {
         self.routes.len() == other.routes.len()
             && self.routes.iter().zip(&other.routes).all(|(a, b)| {
-                a.patterns == b.patterns && a.phase.authoritative() == b.phase.authoritative()
+                a.patterns == b.patterns
+                    && a.phase.authoritative() == b.phase.authoritative()
+                    && a.ramp_percent == b.ramp_percent
             })
     }
 }
@@ -339,6 +373,7 @@ impl Router {
                     .map(|p| Pattern::new(p.as_bytes()))
                     .collect(),
                 phase: r.phase,
+                ramp_percent: r.ramp_percent.filter(|_| r.phase == Phase::ReadNew),
                 stats: stats
                     .entry(r.name.clone())
                     .or_insert_with(|| Arc::new(RouteStats::named(&r.name)))
@@ -363,6 +398,7 @@ mod tests {
 
     fn cfg(name: &str, patterns: Option<&[&str]>, phase: Phase) -> RouteConfig {
         RouteConfig {
+            ramp_percent: None,
             name: name.into(),
             patterns: patterns.map(|p| p.iter().map(|s| s.to_string()).collect()),
             phase,

@@ -184,7 +184,9 @@ where
                 let side = match set.get(name) {
                     Some(side) => *side,
                     None => {
-                        let side = table.routes[table.route_of(name)].phase.authoritative();
+                        let side = table.routes[table.route_of(name)]
+                            .phase_for(name)
+                            .authoritative();
                         set.insert(name.clone(), side);
                         self.sub_count[side.index()] += 1;
                         count += 1;

@@ -12,34 +12,46 @@ use crate::commands::{self, Kind, StateCmd, TxCmd};
 use crate::config::UnknownPolicy;
 use crate::mirror;
 use crate::protocol::Command;
-use crate::routing::{RouteStats, RouteTable, Side};
+use crate::routing::{Phase, RouteStats, RouteTable, Side};
 
-/// The route a command's keys fall in, or why they cannot be carried.
+/// The route a command's keys fall in and the phase they are served in, or
+/// why they cannot be carried.
 enum Resolved {
-    Route(usize),
+    Route(usize, Phase),
     CrossRoute(String),
 }
 
 /// Finds the route of the keys at `positions` (the default route when there
-/// are none). Keys in routes of different phases cannot be served by one side.
+/// are none) and their phase (a ramped `read-new` decides per key). Keys
+/// served in different phases cannot be served by one side.
 fn resolve(table: &RouteTable, cmd: &Command, positions: &[usize]) -> Resolved {
     let mut keys = positions.iter().filter_map(|&i| cmd.arg(i));
     let Some(first) = keys.next() else {
-        return Resolved::Route(table.default_route());
+        let route = table.default_route();
+        return Resolved::Route(route, table.routes[route].keyless_phase());
     };
     let route = table.route_of(first);
-    let phase = table.routes[route].phase;
+    let phase = table.routes[route].phase_for(first);
     for key in keys {
         let other = table.route_of(key);
-        if table.routes[other].phase != phase {
+        let other_phase = table.routes[other].phase_for(key);
+        if other_phase != phase {
             let (a, b) = (&table.routes[route], &table.routes[other]);
+            let what = if route == other {
+                format!(
+                    "route '{}' is ramping {}% of its keys to read-new: keys needing one side must share a hash tag",
+                    a.name,
+                    a.ramp_percent.unwrap_or(0)
+                )
+            } else {
+                format!("'{}' is {}, '{}' is {}", a.name, phase, b.name, other_phase)
+            };
             return Resolved::CrossRoute(format!(
-                "-CROSSROUTE keys in request don't hash to routes in the same phase ('{}' is {}, '{}' is {})\r\n",
-                a.name, a.phase, b.name, b.phase
+                "-CROSSROUTE keys in request don't hash to routes in the same phase ({what})\r\n"
             ));
         }
     }
-    Resolved::Route(route)
+    Resolved::Route(route, phase)
 }
 
 fn err(msg: String) -> Bytes {
@@ -98,7 +110,9 @@ where
                 UnknownPolicy::Read => (None, Kind::Read),
             },
         };
-        let default_side = table.routes[table.default_route()].phase.authoritative();
+        let default_side = table.routes[table.default_route()]
+            .keyless_phase()
+            .authoritative();
         if !self.subs.is_empty() && !self.resp3() {
             // The RESP2 subscribed state.
             match kind {
@@ -135,13 +149,13 @@ where
                 let positions = spec
                     .map(|s| commands::key_positions(s, &cmd))
                     .unwrap_or_default();
-                let route = match resolve(&table, &cmd, &positions) {
-                    Resolved::Route(r) => &table.routes[r],
+                let (route, phase) = match resolve(&table, &cmd, &positions) {
+                    Resolved::Route(r, phase) => (&table.routes[r], phase),
                     Resolved::CrossRoute(reply) => return self.refuse_in_tx(Bytes::from(reply)),
                 };
                 let blocking = spec.is_some_and(commands::is_blocking);
                 let write = kind == Kind::Write;
-                let mut authoritative = route.phase.authoritative();
+                let mut authoritative = phase.authoritative();
                 if spec.is_some_and(|s| s.name == "scan") {
                     // A cursor only means something on the cache that issued
                     // it: a scan stays on its side even if the route flips.
@@ -154,8 +168,7 @@ where
                 // doubles the error.
                 // Script and function libraries go to every cache some route
                 // uses, so an FCALL or EVALSHA finds them wherever it runs.
-                let mirror = route
-                    .phase
+                let mirror = phase
                     .mirror()
                     .or_else(|| {
                         let everywhere = spec.is_some_and(commands::loads_code);
@@ -179,7 +192,7 @@ where
                     self.note_write(&cmd, &positions);
                 }
                 if self.tx.is_some() {
-                    let route_desc = format!("route '{}' ({})", route.name, route.phase);
+                    let route_desc = format!("route '{}' ({})", route.name, phase);
                     let stats = route.stats.clone();
                     drop(table);
                     let arity_ok = spec.is_none_or(|s| commands::arity_ok(s, cmd.len()));
@@ -198,7 +211,7 @@ where
                         "cutover: blocking write '{}' on route '{}' in {} is not supported (its effect cannot be mirrored)",
                         display_name(&cmd),
                         route.name,
-                        route.phase
+                        phase
                     )));
                 }
                 RouteStats::bump(if write {
@@ -207,7 +220,6 @@ where
                     &route.stats.reads
                 });
                 let stats = route.stats.clone();
-                let phase = route.phase;
                 drop(table);
                 if spec.is_some_and(|s| s.name == "client|caching") {
                     self.caching = Some((authoritative, cmd.clone()));
@@ -465,7 +477,7 @@ where
                 }
                 let positions: Vec<usize> = (1..cmd.len()).collect();
                 let side = match resolve(table, cmd, &positions) {
-                    Resolved::Route(r) => table.routes[r].phase.authoritative(),
+                    Resolved::Route(_, phase) => phase.authoritative(),
                     Resolved::CrossRoute(reply) => return self.local(Bytes::from(reply)),
                 };
                 if self.watch_side.is_some_and(|w| w != side) {
