@@ -72,18 +72,24 @@ fn bench_route(c: &mut Criterion) {
             patterns: Some(vec!["cart:*".into(), "basket:*".into()]),
             phase: Phase::ReadNew,
             ramp_percent: None,
+            shadow_reads: 0.0,
+            shadow_repair: false,
         },
         RouteConfig {
             name: "sessions".into(),
             patterns: Some(vec!["session:*".into(), "sess:*".into()]),
             phase: Phase::DualWrite,
             ramp_percent: None,
+            shadow_reads: 0.0,
+            shadow_repair: false,
         },
         RouteConfig {
             name: "default".into(),
             patterns: None,
             phase: Phase::OldOnly,
             ramp_percent: None,
+            shadow_reads: 0.0,
+            shadow_repair: false,
         },
     ];
     let router = Router::new(&routes, &CommandsConfig::default());

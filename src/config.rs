@@ -214,6 +214,14 @@ pub struct RouteConfig {
     /// `read-new`; the others stay `dual-write`. Absent: all of them.
     #[serde(default)]
     pub ramp_percent: Option<u8>,
+    /// In a dual phase: the fraction (0.0-1.0) of reads also sent to the
+    /// other cache and compared (see `src/shadow.rs` for which reads).
+    #[serde(default)]
+    pub shadow_reads: f64,
+    /// Copy a key whose shadow read found it missing or different on the
+    /// other cache (from the authoritative side, as repair does).
+    #[serde(default)]
+    pub shadow_repair: bool,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -270,6 +278,14 @@ pub struct Limits {
     /// Deepest reply nesting accepted from an upstream.
     #[serde(default = "default_max_reply_depth")]
     pub max_reply_depth: usize,
+    /// Shadow reads in flight at once, over all clients; beyond it reads
+    /// are not shadowed.
+    #[serde(default = "default_max_shadow_reads")]
+    pub max_shadow_reads: usize,
+}
+
+fn default_max_shadow_reads() -> usize {
+    256
 }
 
 impl Default for Limits {
@@ -278,6 +294,7 @@ impl Default for Limits {
             max_bulk_len: default_max_bulk_len(),
             maxclients: default_maxclients(),
             max_reply_depth: default_max_reply_depth(),
+            max_shadow_reads: default_max_shadow_reads(),
         }
     }
 }
@@ -422,6 +439,12 @@ impl Settings {
             let field = format!("routes[{i}]");
             if r.name.is_empty() {
                 return Err((format!("{field}.name"), "must not be empty".into()));
+            }
+            if !(0.0..=1.0).contains(&r.shadow_reads) {
+                return Err((
+                    format!("{field}.shadow_reads"),
+                    "must be a fraction from 0.0 to 1.0".into(),
+                ));
             }
             if r.ramp_percent.is_some_and(|p| p > 100) {
                 return Err((format!("{field}.ramp_percent"), "must be 0 to 100".into()));

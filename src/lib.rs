@@ -50,6 +50,7 @@ pub mod repair;
 pub mod routing;
 pub mod server;
 pub mod session;
+pub mod shadow;
 pub mod upstream;
 
 pub use server::Proxy;

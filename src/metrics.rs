@@ -162,6 +162,16 @@ impl prometheus_client::collector::Collector for Routes {
         }
         family(
             &mut encoder,
+            "route_shadow_agreement",
+            "Share of the last 1000 shadow reads whose replies agreed (absent before the first)",
+            MetricType::Gauge,
+            self.0.iter().filter_map(|(s, stats)| {
+                let ratio = stats.shadow.agreement().ratio?;
+                Some((route(s), Sample::Gauge(ratio)))
+            }),
+        )?;
+        family(
+            &mut encoder,
             "route_journal_keys",
             "Keys of the route in the mirror-failure journal, waiting to be copied",
             MetricType::Gauge,
@@ -226,6 +236,12 @@ fn counter_help(name: &str) -> &'static str {
             "Key copies skipped because a newer write to the key went through the proxy"
         }
         "repair_dropped" => "Mismatches not copied because the repair queue was full",
+        "shadow_reads" => "Reads also sent to the other cache and compared (shadow reads)",
+        "shadow_agree" => "Shadow reads whose two replies agreed",
+        "shadow_missing" => {
+            "Shadow reads the other cache answered with nothing (the key is missing there)"
+        }
+        "shadow_differ" => "Shadow reads whose replies differed otherwise",
         "journalled" => {
             "Keys recorded in the mirror-failure journal (a mirrored write to them failed)"
         }

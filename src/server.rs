@@ -93,6 +93,7 @@ impl Proxy {
             limits: settings.limits.clone(),
             scripts: Default::default(),
             repairer,
+            shadow_inflight: Default::default(),
         });
         let journalled = shared.repairer.journal.load(&shared.router)?;
         if journalled > 0 {

@@ -93,6 +93,8 @@ pub struct RouteView {
     pub counts: BTreeMap<String, u64>,
     /// Keys in the mirror-failure journal, waiting for a copy.
     pub journal_keys: u64,
+    /// Shadow-read agreement over the last 1000 compared reads.
+    pub shadow: crate::shadow::Agreement,
     /// The journal overflowed: run a verify pass, then clear the mark
     /// (`DELETE /routes/{name}/needs-verify`).
     pub needs_verify: bool,
@@ -130,7 +132,15 @@ fn view(status: RouteStatus, stats: Option<&RouteStats>) -> RouteView {
         .unwrap_or_default();
     let journal_keys = stats.map_or(0, |s| s.journal_keys.load(Ordering::Relaxed));
     let needs_verify = stats.is_some_and(|s| s.needs_verify.load(Ordering::Relaxed));
+    let shadow = stats.map_or(
+        crate::shadow::Agreement {
+            samples: 0,
+            ratio: None,
+        },
+        |s| s.shadow.agreement(),
+    );
     RouteView {
+        shadow,
         journal_keys,
         needs_verify,
         status: RouteStatusView {
@@ -185,7 +195,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<StatusView> {
 /// `cutover status`'s table.
 pub fn render_status(s: &StatusView) -> String {
     let mut out = format!(
-        "{:<16} {:<13} {:<26} {:<20} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}  patterns\n",
+        "{:<16} {:<13} {:<26} {:<20} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7}  patterns\n",
         "route",
         "phase",
         "set by",
@@ -196,7 +206,8 @@ pub fn render_status(s: &StatusView) -> String {
         "m.errors",
         "m.failed",
         "repaired",
-        "journal"
+        "journal",
+        "shadow"
     );
     for r in &s.routes {
         let st = &r.status;
@@ -210,7 +221,7 @@ pub fn render_status(s: &StatusView) -> String {
             .as_ref()
             .map_or_else(|| "(default)".to_string(), |p| p.join(" "));
         out.push_str(&format!(
-            "{:<16} {:<13} {:<26} {:<20} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}  {}\n",
+            "{:<16} {:<13} {:<26} {:<20} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7}  {}\n",
             st.name,
             match st.ramp_percent {
                 Some(p) => format!("{} {p}%", st.phase.name()),
@@ -225,6 +236,9 @@ pub fn render_status(s: &StatusView) -> String {
             c("mirror_failed"),
             c("repaired"),
             r.journal_keys,
+            r.shadow
+                .ratio
+                .map_or_else(|| "-".to_string(), |x| format!("{:.1}%", x * 100.0)),
             patterns
         ));
     }

@@ -369,6 +369,8 @@ mod tests {
             patterns: None,
             phase,
             ramp_percent: None,
+            shadow_reads: 0.0,
+            shadow_repair: false,
         }
     }
 

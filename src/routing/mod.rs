@@ -170,6 +170,10 @@ pub struct RouteStats {
     /// Keys not recorded because the journal was full (the route then
     /// needs a verify pass).
     pub journal_overflow: AtomicU64,
+    /// Reads also sent to the other cache and compared.
+    pub shadow_reads: AtomicU64,
+    /// Their outcomes, and the sliding agreement window.
+    pub shadow: crate::shadow::ShadowStats,
     /// Keys of this route in the journal now (a gauge).
     pub journal_keys: AtomicU64,
     /// The journal overflowed for this route: the mirror may differ in keys
@@ -196,7 +200,7 @@ impl RouteStats {
         }
     }
 
-    pub fn snapshot(&self) -> [(&'static str, u64); 17] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 21] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("reads", g(&self.reads)),
@@ -214,6 +218,10 @@ impl RouteStats {
             ("repair_failed", g(&self.repair_failed)),
             ("repair_skipped", g(&self.repair_skipped)),
             ("repair_dropped", g(&self.repair_dropped)),
+            ("shadow_reads", g(&self.shadow_reads)),
+            ("shadow_agree", g(&self.shadow.agree)),
+            ("shadow_missing", g(&self.shadow.missing)),
+            ("shadow_differ", g(&self.shadow.differ)),
             ("journalled", g(&self.journalled)),
             ("journal_overflow", g(&self.journal_overflow)),
         ]
@@ -228,6 +236,10 @@ pub struct Route {
     /// `read-new` only: keys whose hash slot is below this share (percent)
     /// are served as `read-new`, the rest as `dual-write`.
     pub ramp_percent: Option<u8>,
+    /// Fraction of reads shadowed to the other cache in a dual phase.
+    pub shadow_reads: f64,
+    /// Shadow reads that find a difference queue a copy.
+    pub shadow_repair: bool,
     pub stats: Arc<RouteStats>,
 }
 
@@ -374,6 +386,8 @@ impl Router {
                     .collect(),
                 phase: r.phase,
                 ramp_percent: r.ramp_percent.filter(|_| r.phase == Phase::ReadNew),
+                shadow_reads: r.shadow_reads,
+                shadow_repair: r.shadow_repair,
                 stats: stats
                     .entry(r.name.clone())
                     .or_insert_with(|| Arc::new(RouteStats::named(&r.name)))
@@ -399,6 +413,8 @@ mod tests {
     fn cfg(name: &str, patterns: Option<&[&str]>, phase: Phase) -> RouteConfig {
         RouteConfig {
             ramp_percent: None,
+            shadow_reads: 0.0,
+            shadow_repair: false,
             name: name.into(),
             patterns: patterns.map(|p| p.iter().map(|s| s.to_string()).collect()),
             phase,

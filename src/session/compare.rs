@@ -17,11 +17,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{MirrorWrite, Session};
+use super::{MirrorWrite, Session, ShadowSlot};
 use crate::commands::{self, CommandSpec};
 use crate::protocol::{Command, Value};
 use crate::repair::{effect_agrees, replies_agree, RepairJob};
 use crate::routing::{RouteStats, Side};
+use crate::shadow::{self, Order, Outcome};
+use std::sync::atomic::Ordering as AtomicOrdering;
 
 /// Writes with more keys than this are not compared.
 const MAX_KEYS: usize = 16;
@@ -32,6 +34,9 @@ pub(super) struct Compare {
     settled: bool,
     /// The mirror did not have the (in-place updated) key before the write.
     mirror_lacked: bool,
+    /// A shadow read, not a write: how to compare, and whether a difference
+    /// queues a copy.
+    shadow: Option<(Order, bool)>,
     cmd: Command,
     spec: &'static CommandSpec,
     stats: Arc<RouteStats>,
@@ -96,6 +101,7 @@ where
             replies: [None, None],
             settled: false,
             mirror_lacked: false,
+            shadow: None,
             cmd: cmd.clone(),
             spec,
             stats: stats.clone(),
@@ -124,6 +130,44 @@ where
         self.compares.pop_settled();
     }
 
+    /// Shadows a read (already decided) about to be sent to `from`: returns
+    /// the comparison id to tag both sends with.
+    pub(super) fn shadow_open(
+        &mut self,
+        spec: &'static CommandSpec,
+        cmd: &Command,
+        stats: &Arc<RouteStats>,
+        from: Side,
+        how: (Order, bool),
+    ) -> u64 {
+        let id = self.compare_open(spec, cmd, stats, from);
+        if let Some(c) = self.compares.get(id) {
+            c.shadow = Some(how);
+        }
+        id
+    }
+
+    /// Whether the next read of a route shadowing `fraction` of them is
+    /// shadowed, and a slot for it is free.
+    pub(super) fn shadow_sample(&mut self, fraction: f64) -> Option<ShadowSlot> {
+        if fraction <= 0.0 {
+            return None;
+        }
+        self.shadow_credit += fraction;
+        if self.shadow_credit < 1.0 {
+            return None;
+        }
+        self.shadow_credit -= 1.0;
+        let inflight = &self.shared.shadow_inflight;
+        let max = self.shared.limits.max_shadow_reads;
+        inflight
+            .fetch_update(AtomicOrdering::Relaxed, AtomicOrdering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(ShadowSlot(inflight.clone()))
+    }
+
     /// The probe ahead of compared write `id` found its key missing on the
     /// mirror.
     pub(super) fn compare_missing(&mut self, id: u64) {
@@ -143,6 +187,29 @@ where
             return;
         };
         c.settled = true;
+        if let Some((order, repair)) = c.shadow {
+            let (auth, other) = match c.from {
+                Side::Old => (old, new),
+                Side::New => (new, old),
+            };
+            let outcome = shadow::classify(auth, other, order, depth);
+            c.stats.shadow.record(outcome);
+            if repair && outcome != Outcome::Agree {
+                let keys = commands::key_positions(c.spec, &c.cmd);
+                for &i in keys.iter().take(MAX_KEYS) {
+                    if let Some(key) = c.cmd.arg_bytes(i) {
+                        self.shared.repairer.submit(RepairJob {
+                            from: c.from,
+                            db: c.db,
+                            key,
+                            stats: c.stats.clone(),
+                        });
+                    }
+                }
+            }
+            self.compares.pop_settled();
+            return;
+        }
         RouteStats::bump(&c.stats.compared);
         let agree = replies_agree(old, new, depth);
         if !agree {

@@ -23,6 +23,7 @@ mod state;
 use std::collections::{HashMap, VecDeque};
 use std::future::pending;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,6 +56,18 @@ pub struct Shared {
     pub scripts: crate::mirror::ScriptCache,
     /// Copies keys whose mirrored write replies differed.
     pub repairer: crate::repair::Repairer,
+    /// Shadow reads in flight, over all sessions.
+    pub shadow_inflight: Arc<AtomicUsize>,
+}
+
+/// One shadow read in flight, released when its reply came or was lost.
+#[derive(Debug)]
+struct ShadowSlot(Arc<AtomicUsize>);
+
+impl Drop for ShadowSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Shared {
@@ -90,6 +103,8 @@ enum Target {
     /// `EXISTS key` sent to the mirror ahead of compared write `id`, which
     /// changes its key in place: 0 means the mirror lacked the key.
     Probe(u64),
+    /// A shadow read on the other cache: compared, never shown.
+    Shadow(#[allow(dead_code)] ShadowSlot), // held for its Drop
     /// Proxy-internal (state propagated to the other side, a DISCARD in
     /// place of an aborted EXEC): dropped, errors logged.
     Quiet(&'static str),
@@ -293,6 +308,9 @@ pub struct Session<R, W> {
     /// behind them.
     held: VecDeque<held::Held>,
     ticket: u64,
+    /// Accumulates routes' shadow fractions; a read is shadowed each time
+    /// it passes 1 (evenly spaced, no randomness needed).
+    shadow_credit: f64,
     subs: pubsub::Subscriptions,
     /// Subscriptions held on each side's connection.
     sub_count: [usize; 2],
@@ -347,6 +365,7 @@ where
             tx: None,
             held: VecDeque::new(),
             ticket: 0,
+            shadow_credit: 0.0,
             subs: pubsub::Subscriptions::default(),
             sub_count: [0; 2],
             sub_waits: HashMap::new(),
@@ -718,6 +737,7 @@ where
                         RouteStats::bump(&stats.mirror_ok);
                     }
                 }
+                Target::Shadow(_) => {}
                 Target::Probe(id) => {
                     if &reply.bytes[..] == b":0\r\n" {
                         self.compare_missing(id);
@@ -767,7 +787,7 @@ where
                     lost_effects.push(ticket);
                 }
                 Target::SubAck(id) => lost_acks.push(id),
-                Target::Probe(_) => {}
+                Target::Probe(_) | Target::Shadow(_) => {}
                 Target::Mirror(w) | Target::MirrorEvalSha(w, _) => {
                     RouteStats::bump(&w.stats.mirror_failed);
                     lost_mirrors += 1;

@@ -220,6 +220,7 @@ where
                     &route.stats.reads
                 });
                 let stats = route.stats.clone();
+                let (shadow_reads, shadow_repair) = (route.shadow_reads, route.shadow_repair);
                 drop(table);
                 if spec.is_some_and(|s| s.name == "client|caching") {
                     self.caching = Some((authoritative, cmd.clone()));
@@ -279,8 +280,53 @@ where
                         }
                     }
                     (None, _) => {
+                        // A read in a dual phase may be shadowed to the
+                        // other cache (never behind this client's held
+                        // writes, which it would overtake there).
+                        let other = authoritative.other();
+                        let shadow = spec
+                            .filter(|_| {
+                                !write
+                                    && !blocking
+                                    && phase.mirror().is_some()
+                                    && self.held.is_empty()
+                                    // Tracking there would push another
+                                    // cache's invalidations to the client.
+                                    && !self.state.is_tracking()
+                                    && (!self.sides[other.index()].is_idle()
+                                        || self.shared.upstream(other).may_try())
+                            })
+                            .and_then(|s| Some((s, crate::shadow::order_for(s.name)?)))
+                            .filter(|_| compare::key_count_ok(positions.len()))
+                            .and_then(|(s, order)| {
+                                Some((s, order, self.shadow_sample(shadow_reads)?))
+                            });
                         let target = Target::Client { state: false };
+                        let Some((s, order, slot)) = shadow else {
+                            return self.send_routed(
+                                authoritative,
+                                &cmd,
+                                target,
+                                blocking,
+                                (&stats, phase),
+                            );
+                        };
+                        RouteStats::bump(&stats.shadow_reads);
+                        let id = self.shadow_open(
+                            s,
+                            &cmd,
+                            &stats,
+                            authoritative,
+                            (order, shadow_repair),
+                        );
+                        let before = self.sides[authoritative.index()].inflight.len();
                         self.send_routed(authoritative, &cmd, target, blocking, (&stats, phase));
+                        self.compare_tag(authoritative, id, before);
+                        let before = self.sides[other.index()].inflight.len();
+                        self.send(other, &cmd, Target::Shadow(slot), false);
+                        if !self.compare_tag(other, id, before) {
+                            self.compare_drop(id);
+                        }
                     }
                 }
             }
