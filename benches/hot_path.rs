@@ -74,6 +74,7 @@ fn bench_route(c: &mut Criterion) {
             ramp_percent: None,
             shadow_reads: 0.0,
             shadow_repair: false,
+            auto_cutover: None,
         },
         RouteConfig {
             name: "sessions".into(),
@@ -82,6 +83,7 @@ fn bench_route(c: &mut Criterion) {
             ramp_percent: None,
             shadow_reads: 0.0,
             shadow_repair: false,
+            auto_cutover: None,
         },
         RouteConfig {
             name: "default".into(),
@@ -90,6 +92,7 @@ fn bench_route(c: &mut Criterion) {
             ramp_percent: None,
             shadow_reads: 0.0,
             shadow_repair: false,
+            auto_cutover: None,
         },
     ];
     let router = Router::new(&routes, &CommandsConfig::default());

@@ -222,6 +222,51 @@ pub struct RouteConfig {
     /// other cache (from the authoritative side, as repair does).
     #[serde(default)]
     pub shadow_repair: bool,
+    /// Automatic `dual-write -> read-new` (and back), off when absent.
+    #[serde(default)]
+    pub auto_cutover: Option<AutoCutover>,
+}
+
+/// When a route flips itself: to `read-new` once shadow reads agree and it
+/// has been in `dual-write` long enough; back to `dual-write` when new
+/// fails too many commands.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AutoCutover {
+    /// Shadow agreement (0.0-1.0, over the last 1000 shadow reads) needed.
+    pub min_agreement: f64,
+    /// Shadow reads in the window needed before the agreement counts.
+    #[serde(default = "default_min_samples")]
+    pub min_samples: u64,
+    /// Seconds in `dual-write` first (e.g. the TTL of the data, so every
+    /// live key was written through the proxy since).
+    pub min_dual_write_secs: u64,
+    /// In `read-new`: the share of client commands failed by new (connect
+    /// errors, timeouts, dropped connections) over `error_window_secs`
+    /// that flips the route back to `dual-write`.
+    #[serde(default = "default_max_new_error_rate")]
+    pub max_new_error_rate: f64,
+    #[serde(default = "default_error_window_secs")]
+    pub error_window_secs: u64,
+    /// Commands in the window below which the error rate is not judged.
+    #[serde(default = "default_min_commands")]
+    pub min_commands: u64,
+}
+
+fn default_min_samples() -> u64 {
+    1000
+}
+
+fn default_max_new_error_rate() -> f64 {
+    0.01
+}
+
+fn default_error_window_secs() -> u64 {
+    10
+}
+
+fn default_min_commands() -> u64 {
+    20
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -439,6 +484,32 @@ impl Settings {
             let field = format!("routes[{i}]");
             if r.name.is_empty() {
                 return Err((format!("{field}.name"), "must not be empty".into()));
+            }
+            if let Some(a) = &r.auto_cutover {
+                let fraction = |name: &str, v: f64| {
+                    if (0.0..=1.0).contains(&v) {
+                        Ok(())
+                    } else {
+                        Err((
+                            format!("{field}.auto_cutover.{name}"),
+                            "must be a fraction from 0.0 to 1.0".to_string(),
+                        ))
+                    }
+                };
+                fraction("min_agreement", a.min_agreement)?;
+                fraction("max_new_error_rate", a.max_new_error_rate)?;
+                if r.shadow_reads == 0.0 {
+                    return Err((
+                        format!("{field}.auto_cutover"),
+                        "needs shadow_reads > 0 on the route: shadow agreement is what it decides on".into(),
+                    ));
+                }
+                if a.error_window_secs == 0 {
+                    return Err((
+                        format!("{field}.auto_cutover.error_window_secs"),
+                        "must be at least 1".into(),
+                    ));
+                }
             }
             if !(0.0..=1.0).contains(&r.shadow_reads) {
                 return Err((

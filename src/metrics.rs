@@ -236,6 +236,9 @@ fn counter_help(name: &str) -> &'static str {
             "Key copies skipped because a newer write to the key went through the proxy"
         }
         "repair_dropped" => "Mismatches not copied because the repair queue was full",
+        "upstream_failed" => {
+            "Client commands answered with a proxy error because their cache failed"
+        }
         "shadow_reads" => "Reads also sent to the other cache and compared (shadow reads)",
         "shadow_agree" => "Shadow reads whose two replies agreed",
         "shadow_missing" => {

@@ -108,6 +108,10 @@ impl Proxy {
             shared.clone(),
             shutdown_rx.clone(),
         )));
+        tasks.push(tokio::spawn(crate::control::auto::run(
+            shared.clone(),
+            shutdown_rx.clone(),
+        )));
         let admin_addr = match admin_listener {
             Some(l) => {
                 let admin_addr = l.local_addr().ok();

@@ -95,6 +95,8 @@ pub struct RouteView {
     pub journal_keys: u64,
     /// Shadow-read agreement over the last 1000 compared reads.
     pub shadow: crate::shadow::Agreement,
+    /// With auto-cutover on: what it is waiting for, or what it did last.
+    pub auto_cutover: Option<String>,
     /// The journal overflowed: run a verify pass, then clear the mark
     /// (`DELETE /routes/{name}/needs-verify`).
     pub needs_verify: bool,
@@ -139,7 +141,9 @@ fn view(status: RouteStatus, stats: Option<&RouteStats>) -> RouteView {
         },
         |s| s.shadow.agreement(),
     );
+    let auto_cutover = stats.and_then(|s| s.auto_status.lock().ok()?.clone());
     RouteView {
+        auto_cutover,
         shadow,
         journal_keys,
         needs_verify,
@@ -241,6 +245,11 @@ pub fn render_status(s: &StatusView) -> String {
                 .map_or_else(|| "-".to_string(), |x| format!("{:.1}%", x * 100.0)),
             patterns
         ));
+    }
+    for r in &s.routes {
+        if let Some(a) = &r.auto_cutover {
+            out.push_str(&format!("route {} auto-cutover: {a}\n", r.status.name));
+        }
     }
     for r in s.routes.iter().filter(|r| r.needs_verify) {
         out.push_str(&format!(

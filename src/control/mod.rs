@@ -14,6 +14,8 @@
 //! Every change goes through one lock here, then one table swap in the
 //! router, so a reload and a flip never interleave.
 
+pub mod auto;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -371,6 +373,7 @@ mod tests {
             ramp_percent: None,
             shadow_reads: 0.0,
             shadow_repair: false,
+            auto_cutover: None,
         }
     }
 

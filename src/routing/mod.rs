@@ -170,6 +170,11 @@ pub struct RouteStats {
     /// Keys not recorded because the journal was full (the route then
     /// needs a verify pass).
     pub journal_overflow: AtomicU64,
+    /// Client commands answered with a proxy error because the cache
+    /// serving them failed (connect error, timeout, dropped connection).
+    pub upstream_failed: AtomicU64,
+    /// Why auto-cutover has not flipped the route (yet), when it is on.
+    pub auto_status: Mutex<Option<String>>,
     /// Reads also sent to the other cache and compared.
     pub shadow_reads: AtomicU64,
     /// Their outcomes, and the sliding agreement window.
@@ -200,7 +205,7 @@ impl RouteStats {
         }
     }
 
-    pub fn snapshot(&self) -> [(&'static str, u64); 21] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 22] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("reads", g(&self.reads)),
@@ -218,6 +223,7 @@ impl RouteStats {
             ("repair_failed", g(&self.repair_failed)),
             ("repair_skipped", g(&self.repair_skipped)),
             ("repair_dropped", g(&self.repair_dropped)),
+            ("upstream_failed", g(&self.upstream_failed)),
             ("shadow_reads", g(&self.shadow_reads)),
             ("shadow_agree", g(&self.shadow.agree)),
             ("shadow_missing", g(&self.shadow.missing)),
@@ -240,6 +246,8 @@ pub struct Route {
     pub shadow_reads: f64,
     /// Shadow reads that find a difference queue a copy.
     pub shadow_repair: bool,
+    /// Automatic cutover policy, when on.
+    pub auto_cutover: Option<crate::config::AutoCutover>,
     pub stats: Arc<RouteStats>,
 }
 
@@ -388,6 +396,7 @@ impl Router {
                 ramp_percent: r.ramp_percent.filter(|_| r.phase == Phase::ReadNew),
                 shadow_reads: r.shadow_reads,
                 shadow_repair: r.shadow_repair,
+                auto_cutover: r.auto_cutover,
                 stats: stats
                     .entry(r.name.clone())
                     .or_insert_with(|| Arc::new(RouteStats::named(&r.name)))
@@ -415,6 +424,7 @@ mod tests {
             ramp_percent: None,
             shadow_reads: 0.0,
             shadow_repair: false,
+            auto_cutover: None,
             name: name.into(),
             patterns: patterns.map(|p| p.iter().map(|s| s.to_string()).collect()),
             phase,

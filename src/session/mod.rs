@@ -780,6 +780,9 @@ where
                 Target::Client { .. } => {
                     sc.ready.push_back(reply.clone());
                     failed_replies += 1;
+                    if let Some((stats, _)) = e.timing.as_ref().and_then(|t| t.route.as_ref()) {
+                        RouteStats::bump(&stats.upstream_failed);
+                    }
                 }
                 Target::Effect(ticket) => {
                     sc.ready.push_back(reply.clone());
