@@ -74,6 +74,7 @@ fn bench_route(c: &mut Criterion) {
             ramp_percent: None,
             shadow_reads: 0.0,
             shadow_repair: false,
+            read_fallback: false,
             auto_cutover: None,
         },
         RouteConfig {
@@ -83,6 +84,7 @@ fn bench_route(c: &mut Criterion) {
             ramp_percent: None,
             shadow_reads: 0.0,
             shadow_repair: false,
+            read_fallback: false,
             auto_cutover: None,
         },
         RouteConfig {
@@ -92,6 +94,7 @@ fn bench_route(c: &mut Criterion) {
             ramp_percent: None,
             shadow_reads: 0.0,
             shadow_repair: false,
+            read_fallback: false,
             auto_cutover: None,
         },
     ];

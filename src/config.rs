@@ -222,6 +222,10 @@ pub struct RouteConfig {
     /// other cache (from the authoritative side, as repair does).
     #[serde(default)]
     pub shadow_repair: bool,
+    /// In `read-new`: a plain read new answers with nothing is answered
+    /// from old instead, and new is filled from old.
+    #[serde(default)]
+    pub read_fallback: bool,
     /// Automatic `dual-write -> read-new` (and back), off when absent.
     #[serde(default)]
     pub auto_cutover: Option<AutoCutover>,

@@ -239,6 +239,7 @@ fn counter_help(name: &str) -> &'static str {
         "upstream_failed" => {
             "Client commands answered with a proxy error because their cache failed"
         }
+        "fallbacks" => "Reads new answered with nothing, answered from old instead (read fallback; new is filled)",
         "shadow_reads" => "Reads also sent to the other cache and compared (shadow reads)",
         "shadow_agree" => "Shadow reads whose two replies agreed",
         "shadow_missing" => {

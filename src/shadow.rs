@@ -59,7 +59,9 @@ pub enum Outcome {
     Differ,
 }
 
-fn empty(v: &Value) -> bool {
+/// Whether a reply says "nothing there": nil, 0, an empty array or map, an
+/// array of nils (`HMGET`), `none` (`TYPE`).
+pub fn empty(v: &Value) -> bool {
     match v {
         Value::Nil => true,
         Value::Int(0) => true,

@@ -373,6 +373,7 @@ mod tests {
             ramp_percent: None,
             shadow_reads: 0.0,
             shadow_repair: false,
+            read_fallback: false,
             auto_cutover: None,
         }
     }

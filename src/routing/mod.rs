@@ -175,6 +175,9 @@ pub struct RouteStats {
     pub upstream_failed: AtomicU64,
     /// Why auto-cutover has not flipped the route (yet), when it is on.
     pub auto_status: Mutex<Option<String>>,
+    /// Reads new answered with nothing, answered from old instead (read
+    /// fallback).
+    pub fallbacks: AtomicU64,
     /// Reads also sent to the other cache and compared.
     pub shadow_reads: AtomicU64,
     /// Their outcomes, and the sliding agreement window.
@@ -205,7 +208,7 @@ impl RouteStats {
         }
     }
 
-    pub fn snapshot(&self) -> [(&'static str, u64); 22] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 23] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("reads", g(&self.reads)),
@@ -224,6 +227,7 @@ impl RouteStats {
             ("repair_skipped", g(&self.repair_skipped)),
             ("repair_dropped", g(&self.repair_dropped)),
             ("upstream_failed", g(&self.upstream_failed)),
+            ("fallbacks", g(&self.fallbacks)),
             ("shadow_reads", g(&self.shadow_reads)),
             ("shadow_agree", g(&self.shadow.agree)),
             ("shadow_missing", g(&self.shadow.missing)),
@@ -246,6 +250,8 @@ pub struct Route {
     pub shadow_reads: f64,
     /// Shadow reads that find a difference queue a copy.
     pub shadow_repair: bool,
+    /// `read-new`: reads new misses are answered from old.
+    pub read_fallback: bool,
     /// Automatic cutover policy, when on.
     pub auto_cutover: Option<crate::config::AutoCutover>,
     pub stats: Arc<RouteStats>,
@@ -396,6 +402,7 @@ impl Router {
                 ramp_percent: r.ramp_percent.filter(|_| r.phase == Phase::ReadNew),
                 shadow_reads: r.shadow_reads,
                 shadow_repair: r.shadow_repair,
+                read_fallback: r.read_fallback,
                 auto_cutover: r.auto_cutover,
                 stats: stats
                     .entry(r.name.clone())
@@ -424,6 +431,7 @@ mod tests {
             ramp_percent: None,
             shadow_reads: 0.0,
             shadow_repair: false,
+            read_fallback: false,
             auto_cutover: None,
             name: name.into(),
             patterns: patterns.map(|p| p.iter().map(|s| s.to_string()).collect()),

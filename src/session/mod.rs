@@ -15,6 +15,7 @@
 //! slowness or death only change counters.
 
 mod compare;
+mod fallback;
 mod held;
 mod pubsub;
 mod route;
@@ -103,6 +104,11 @@ enum Target {
     /// `EXISTS key` sent to the mirror ahead of compared write `id`, which
     /// changes its key in place: 0 means the mirror lacked the key.
     Probe(u64),
+    /// To the client, in order, unless it is empty: then the read is asked
+    /// of old (read fallback).
+    FallbackNew(Box<fallback::FallbackRead>),
+    /// A fallback read on old: its reply takes new's place.
+    FallbackOld(Box<fallback::FallbackOld>),
     /// A shadow read on the other cache: compared, never shown.
     Shadow(#[allow(dead_code)] ShadowSlot), // held for its Drop
     /// Proxy-internal (state propagated to the other side, a DISCARD in
@@ -195,6 +201,15 @@ enum Slot {
     Wait(u64, Bytes),
 }
 
+/// A client-bound reply in its side's order.
+#[derive(Debug)]
+enum Ready {
+    Done(Bytes),
+    /// Answered by the other cache instead (a read fallback): filled when
+    /// that reply comes. Push frames that arrived after it wait with it.
+    Pending(Vec<Bytes>),
+}
+
 enum Link {
     Idle,
     Connecting(JoinHandle<Result<Conn, UpstreamError>>),
@@ -217,7 +232,9 @@ struct SideConn {
     scanner: ReplyScanner,
     inflight: VecDeque<Expect>,
     /// Client-bound replies that arrived before their turn in `order`.
-    ready: VecDeque<Bytes>,
+    ready: VecDeque<Ready>,
+    /// Replies taken from `ready` so far: absolute positions for fills.
+    ready_base: u64,
 }
 
 impl SideConn {
@@ -230,6 +247,7 @@ impl SideConn {
             scanner: ReplyScanner::new(max_depth),
             inflight: VecDeque::new(),
             ready: VecDeque::new(),
+            ready_base: 0,
         }
     }
 
@@ -539,7 +557,10 @@ where
         }
         let upstream = self.shared.upstream(side);
         let sc = &mut self.sides[side.index()];
-        if matches!(target, Target::Client { .. } | Target::Effect(_)) {
+        if matches!(
+            target,
+            Target::Client { .. } | Target::Effect(_) | Target::FallbackNew(_)
+        ) {
             self.order.push_back(Slot::Upstream(side));
         }
         let (deadline, timing) = if blocking {
@@ -680,13 +701,14 @@ where
                         // cache holding the value it invalidates.
                         if !self.client_gone {
                             match self.sides[side.index()].ready.back_mut() {
-                                Some(last) => {
+                                Some(Ready::Done(last)) => {
                                     let mut joined =
                                         BytesMut::with_capacity(last.len() + reply.bytes.len());
                                     joined.extend_from_slice(last);
                                     joined.extend_from_slice(&reply.bytes);
                                     *last = joined.freeze();
                                 }
+                                Some(Ready::Pending(pushes)) => pushes.push(reply.bytes),
                                 None => self.out.extend_from_slice(&reply.bytes),
                             }
                         }
@@ -710,12 +732,16 @@ where
                     if state {
                         self.confirm_state(side, !reply.is_error());
                     }
-                    self.sides[side.index()].ready.push_back(reply.bytes);
+                    self.sides[side.index()]
+                        .ready
+                        .push_back(Ready::Done(reply.bytes));
                 }
                 Target::Effect(ticket) => {
                     let value = (!reply.is_error()).then_some(&reply.bytes);
                     self.resolve_effect(ticket, value);
-                    self.sides[side.index()].ready.push_back(reply.bytes);
+                    self.sides[side.index()]
+                        .ready
+                        .push_back(Ready::Done(reply.bytes));
                 }
                 Target::MirrorEvalSha(w, cmd) if reply.bytes.starts_with(b"-NOSCRIPT") => {
                     self.retry_script(side, w, &cmd);
@@ -737,6 +763,15 @@ where
                         RouteStats::bump(&stats.mirror_ok);
                     }
                 }
+                Target::FallbackNew(read) if !reply.is_error() => {
+                    self.fallback_reply(*read, reply.bytes);
+                }
+                Target::FallbackNew(_) => {
+                    self.sides[side.index()]
+                        .ready
+                        .push_back(Ready::Done(reply.bytes));
+                }
+                Target::FallbackOld(f) => self.fallback_filled(*f, Some(reply.bytes)),
                 Target::Shadow(_) => {}
                 Target::Probe(id) => {
                     if &reply.bytes[..] == b":0\r\n" {
@@ -775,17 +810,26 @@ where
         let mut lost_effects = Vec::new();
         let mut lost_acks = Vec::new();
         let mut lost_writes = Vec::new();
+        let mut lost_fallbacks = Vec::new();
         for e in sc.inflight.drain(..) {
             match e.target {
                 Target::Client { .. } => {
-                    sc.ready.push_back(reply.clone());
+                    sc.ready.push_back(Ready::Done(reply.clone()));
                     failed_replies += 1;
                     if let Some((stats, _)) = e.timing.as_ref().and_then(|t| t.route.as_ref()) {
                         RouteStats::bump(&stats.upstream_failed);
                     }
                 }
+                Target::FallbackNew(_) => {
+                    sc.ready.push_back(Ready::Done(reply.clone()));
+                    failed_replies += 1;
+                    if let Some((stats, _)) = e.timing.as_ref().and_then(|t| t.route.as_ref()) {
+                        RouteStats::bump(&stats.upstream_failed);
+                    }
+                }
+                Target::FallbackOld(f) => lost_fallbacks.push(*f),
                 Target::Effect(ticket) => {
-                    sc.ready.push_back(reply.clone());
+                    sc.ready.push_back(Ready::Done(reply.clone()));
                     failed_replies += 1;
                     lost_effects.push(ticket);
                 }
@@ -810,6 +854,9 @@ where
         sc.link = Link::Idle;
         for w in &lost_writes {
             self.journal_lost(w);
+        }
+        for f in lost_fallbacks {
+            self.fallback_filled(f, None);
         }
         let sc = &mut self.sides[side.index()];
         self.compares.abandon();
@@ -949,11 +996,16 @@ where
         while let Some(slot) = self.order.front() {
             match slot {
                 Slot::Upstream(side) => {
-                    let Some(reply) = self.sides[side.index()].ready.pop_front() else {
+                    let sc = &mut self.sides[side.index()];
+                    // A pending fallback holds its place (and those after).
+                    if !matches!(sc.ready.front(), Some(Ready::Done(_))) {
                         return;
-                    };
-                    if !self.client_gone {
-                        self.out.extend_from_slice(&reply);
+                    }
+                    if let Some(Ready::Done(reply)) = sc.ready.pop_front() {
+                        sc.ready_base += 1;
+                        if !self.client_gone {
+                            self.out.extend_from_slice(&reply);
+                        }
                     }
                 }
                 Slot::Local(reply) => {

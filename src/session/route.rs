@@ -221,6 +221,7 @@ where
                 });
                 let stats = route.stats.clone();
                 let (shadow_reads, shadow_repair) = (route.shadow_reads, route.shadow_repair);
+                let read_fallback = route.read_fallback;
                 drop(table);
                 if spec.is_some_and(|s| s.name == "client|caching") {
                     self.caching = Some((authoritative, cmd.clone()));
@@ -278,6 +279,29 @@ where
                                 self.compare_drop(id);
                             }
                         }
+                    }
+                    (None, _)
+                        if read_fallback
+                            && !write
+                            && !blocking
+                            && phase == Phase::ReadNew
+                            && positions.len() == 1
+                            && !self.state.is_tracking()
+                            && spec.is_some_and(|s| super::fallback::falls_back(s.name)) =>
+                    {
+                        let key = positions.first().and_then(|&i| cmd.arg_bytes(i));
+                        let target = match key {
+                            Some(key) => {
+                                Target::FallbackNew(Box::new(super::fallback::FallbackRead {
+                                    cmd: cmd.clone(),
+                                    key,
+                                    db: self.current_db(),
+                                    stats: stats.clone(),
+                                }))
+                            }
+                            None => Target::Client { state: false },
+                        };
+                        self.send_routed(authoritative, &cmd, target, blocking, (&stats, phase));
                     }
                     (None, _) => {
                         // A read in a dual phase may be shadowed to the

@@ -1,0 +1,134 @@
+//! Read fallback (a `read-new` route with `read_fallback = true`): a plain
+//! single-key read that new answers with nothing is answered from old
+//! instead, and the key is copied from old to new (value and remaining
+//! TTL, through the repair path: never over a newer write).
+//!
+//! Which reads fall back (a decision): `GET`, `HGET`, `HMGET` (all fields
+//! nil), `HGETALL`, `HKEYS`, `HVALS`, `LRANGE`, `LINDEX`, `SMEMBERS`,
+//! `ZRANGE`, `ZSCORE`: reads whose "nothing" reply (nil, empty) is what a
+//! key missing from a cold cache looks like. Counts (`EXISTS`, `*LEN`,
+//! `*CARD`) and membership tests are not: they are usually asked to decide
+//! a write, and answering them from old would not warm new any faster.
+//!
+//! No fallback when a mirrored write to the key is still on its way to old
+//! (another client just deleted it: old would answer what it is about to
+//! lose), when this client has mirrored writes held for old (old would not
+//! have them yet), or for clients using `CLIENT TRACKING`.
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{Ready, Session, Target};
+use crate::protocol::{value, Command};
+use crate::repair::RepairJob;
+use crate::routing::{RouteStats, Side};
+use std::sync::Arc;
+
+/// Whether reads of the table command `name` fall back.
+pub(super) fn falls_back(name: &str) -> bool {
+    matches!(
+        name,
+        "get"
+            | "hget"
+            | "hmget"
+            | "hgetall"
+            | "hkeys"
+            | "hvals"
+            | "lrange"
+            | "lindex"
+            | "smembers"
+            | "zrange"
+            | "zscore"
+    )
+}
+
+/// A read sent to new that may fall back to old.
+#[derive(Debug)]
+pub(super) struct FallbackRead {
+    pub(super) cmd: Command,
+    pub(super) key: Bytes,
+    pub(super) db: Option<u32>,
+    pub(super) stats: Arc<RouteStats>,
+}
+
+/// The same read sent to old: its reply fills the placeholder at `pos` in
+/// new's reply order.
+#[derive(Debug)]
+pub(super) struct FallbackOld {
+    pos: u64,
+    /// New's reply, given if old cannot answer.
+    new_reply: Bytes,
+    read: FallbackRead,
+}
+
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    /// New answered `reply` to a read that may fall back: pass it on, or
+    /// ask old and keep its place.
+    pub(super) fn fallback_reply(&mut self, read: FallbackRead, reply: Bytes) {
+        let depth = self.shared.limits.max_reply_depth;
+        let missed = value::decode(&reply, depth).is_some_and(|v| crate::shadow::empty(&v));
+        let old = Side::Old;
+        let can = missed
+            && self.held.is_empty()
+            && !self.shared.repairer.inflight.busy(&read.key)
+            && (!self.sides[old.index()].is_idle() || self.shared.upstream(old).may_try());
+        let sc = &mut self.sides[Side::New.index()];
+        if !can {
+            sc.ready.push_back(Ready::Done(reply));
+            return;
+        }
+        let pos = sc.ready_base + sc.ready.len() as u64;
+        sc.ready.push_back(Ready::Pending(Vec::new()));
+        let cmd = read.cmd.clone();
+        let target = Target::FallbackOld(Box::new(FallbackOld {
+            pos,
+            new_reply: reply,
+            read,
+        }));
+        self.send(old, &cmd, target, false);
+    }
+
+    /// Old answered a fallback read (`None`: it failed): fill new's place
+    /// with it, and new with the key.
+    pub(super) fn fallback_filled(&mut self, f: FallbackOld, reply: Option<Bytes>) {
+        let depth = self.shared.limits.max_reply_depth;
+        let useful = reply.as_ref().is_some_and(|r| {
+            value::decode(r, depth)
+                .is_some_and(|v| !crate::shadow::empty(&v) && !matches!(v, value::Value::Error(_)))
+        });
+        let answer = match reply {
+            Some(r) if useful => {
+                RouteStats::bump(&f.read.stats.fallbacks);
+                self.shared.repairer.submit(RepairJob {
+                    from: Side::Old,
+                    db: f.read.db,
+                    key: f.read.key.clone(),
+                    stats: f.read.stats.clone(),
+                });
+                r
+            }
+            _ => f.new_reply,
+        };
+        let sc = &mut self.sides[Side::New.index()];
+        let Some(i) = f
+            .pos
+            .checked_sub(sc.ready_base)
+            .and_then(|i| usize::try_from(i).ok())
+        else {
+            return;
+        };
+        if let Some(slot) = sc.ready.get_mut(i) {
+            if let Ready::Pending(pushes) = slot {
+                let mut joined = BytesMut::from(&answer[..]);
+                for p in pushes.iter() {
+                    joined.extend_from_slice(p);
+                }
+                *slot = Ready::Done(joined.freeze());
+            }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Read fallback on read-new: what new misses is answered from old, in
+//! order, and new is filled from old with the remaining TTL, never over a
+//! newer write.
+
+mod support;
+
+use cutover::routing::Phase;
+use support::{config_text, RedisServer, TestProxy};
+
+fn run(server: &RedisServer, args: &[&str]) {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    let _: redis::Value = cmd.query(&mut server.sync()).unwrap();
+}
+
+fn pttl(server: &RedisServer, key: &str) -> i64 {
+    redis::cmd("PTTL")
+        .arg(key)
+        .query(&mut server.sync())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misses_on_new_are_answered_from_old_in_order_and_new_is_filled() {
+    let (old, new) = support::start_pair();
+    for i in 0..5 {
+        run(
+            &old,
+            &["SET", &format!("s{i}"), &format!("old{i}"), "EX", "100"],
+        );
+    }
+    run(&old, &["HSET", "h", "a", "1", "b", "2"]);
+    run(&old, &["RPUSH", "l", "x", "y"]);
+    run(&old, &["SET", "gone", "old"]);
+    let text = config_text(
+        &old.addr(),
+        &new.addr(),
+        &[("default", None, Phase::ReadNew)],
+        "",
+    )
+    .replacen(
+        "phase = \"read-new\"\n",
+        "phase = \"read-new\"\nread_fallback = true\n",
+        1,
+    );
+    let proxy = TestProxy::start_text(&text).await;
+    let mut c = proxy.conn().await;
+
+    // A pipeline mixing misses on new, hits on new and plain writes: every
+    // reply in its place.
+    type Replies = (
+        String,
+        String,
+        String,
+        String,
+        Option<String>,
+        std::collections::BTreeMap<String, String>,
+        Vec<String>,
+        i64,
+        Option<String>,
+    );
+    let (a, set, x, b, none, h, l, del, gone): Replies = redis::pipe()
+        .cmd("GET")
+        .arg("s1")
+        .cmd("SET")
+        .arg("x")
+        .arg("new")
+        .cmd("GET")
+        .arg("x")
+        .cmd("GET")
+        .arg("s2")
+        .cmd("GET")
+        .arg("nowhere")
+        .cmd("HGETALL")
+        .arg("h")
+        .cmd("LRANGE")
+        .arg("l")
+        .arg(0)
+        .arg(-1)
+        // Deleted through the proxy, then read: never resurrected from old.
+        .cmd("DEL")
+        .arg("gone")
+        .cmd("GET")
+        .arg("gone")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.as_str(), set.as_str(), x.as_str()),
+        ("old1", "OK", "new")
+    );
+    assert_eq!(b, "old2");
+    assert_eq!(none, None);
+    assert_eq!(h.get("b").map(String::as_str), Some("2"));
+    assert_eq!(l, ["x", "y"]);
+    assert_eq!(
+        (del, gone),
+        (0, None),
+        "DEL answered by new (it had no copy)"
+    );
+
+    proxy.wait_mirrors_settled().await;
+    assert_eq!(proxy.stat("default", "fallbacks"), 4);
+    // New now holds what it missed, with old's remaining TTL.
+    let v: String = redis::cmd("GET").arg("s1").query(&mut new.sync()).unwrap();
+    assert_eq!(v, "old1");
+    assert!(
+        (99_000..=100_000).contains(&pttl(&new, "s1")),
+        "{}",
+        pttl(&new, "s1")
+    );
+    assert_eq!(pttl(&new, "h"), -1);
+    let missing: i64 = redis::cmd("EXISTS")
+        .arg("gone")
+        .arg("nowhere")
+        .query(&mut new.sync())
+        .unwrap();
+    assert_eq!(missing, 0);
+    let on_old: i64 = redis::cmd("EXISTS")
+        .arg("gone")
+        .query(&mut old.sync())
+        .unwrap();
+    assert_eq!(on_old, 0, "the DEL was mirrored to old");
+
+    // Filled: the next read is a hit on new.
+    let v: String = redis::cmd("GET")
+        .arg("s1")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(v, "old1");
+    assert_eq!(proxy.stat("default", "fallbacks"), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_option_new_answers_alone() {
+    let (old, new) = support::start_pair();
+    run(&old, &["SET", "k", "old"]);
+    let proxy = TestProxy::start(&old, &new, &[("default", None, Phase::ReadNew)]).await;
+    let mut c = proxy.conn().await;
+    let v: Option<String> = redis::cmd("GET")
+        .arg("k")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(v, None);
+    assert_eq!(proxy.stat("default", "fallbacks"), 0);
+}
