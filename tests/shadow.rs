@@ -118,9 +118,27 @@ async fn agreement_rises_from_zero_to_one_as_repair_warms_the_route() {
     assert_eq!(proxy.stat("default", "shadow_differ"), 0);
     assert_same_keyspace(&old, &new, 1000);
     let (_, metrics) = proxy.admin("GET", "/metrics", None).await;
-    assert!(
-        metrics.contains("cutover_route_shadow_agreement{route=\"default\"} 1.0"),
+    let lines = metrics.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text");
+    let gauge = |name: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name)
+            .map(|s| s.value.clone())
+    };
+    assert_eq!(
+        gauge("cutover_route_shadow_agreement"),
+        Some(prometheus_parse::Value::Gauge(1.0)),
         "{metrics}"
+    );
+    assert_eq!(
+        gauge("cutover_route_journal_keys"),
+        Some(prometheus_parse::Value::Gauge(0.0))
+    );
+    assert_eq!(
+        gauge("cutover_route_needs_verify"),
+        Some(prometheus_parse::Value::Gauge(0.0))
     );
 }
 
