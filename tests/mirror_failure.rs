@@ -40,6 +40,7 @@ async fn killed_mirror_causes_zero_client_errors() {
         }
     }
     assert_eq!(errors, 0, "client saw errors after the mirror died");
+    proxy.wait_mirrors_settled().await;
     let mut o = old.sync();
     for i in 0..2000 {
         assert!(
@@ -51,7 +52,9 @@ async fn killed_mirror_causes_zero_client_errors() {
         proxy.stat("s", "mirror_failed") > 0,
         "writes the mirror missed are counted"
     );
-    assert!(proxy.stat("s", "mirror_ok") >= 600);
+    // Before the kill every mirrored write succeeded, but the last one of
+    // each client may still have been in flight when the mirror died.
+    assert!(proxy.stat("s", "mirror_ok") >= 596);
     assert_eq!(
         proxy.stat("s", "mirror_ok") + proxy.stat("s", "mirror_failed"),
         2000
