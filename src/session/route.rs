@@ -261,7 +261,10 @@ where
                             self.compare_tag(authoritative, id, before);
                             // A key changed in place: ask the mirror first
                             // whether it has it at all.
-                            let in_place = spec.is_some_and(commands::updates_in_place);
+                            // (Not for tracking clients: a read there would
+                            // make the mirror send invalidations too.)
+                            let in_place = spec.is_some_and(commands::updates_in_place)
+                                && !self.state.is_tracking();
                             let reachable = !self.sides[m.index()].is_idle()
                                 || self.shared.upstream(m).may_try();
                             if let Some(key) = positions.first().and_then(|&i| cmd.arg(i)) {
