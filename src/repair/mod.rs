@@ -31,16 +31,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use crate::error::UpstreamError;
-use crate::protocol::{value, Command, ReplyScanner, Value};
+use crate::protocol::{value, Command, Value};
 use crate::routing::{RouteStats, Side};
 use crate::session::Shared;
-use crate::upstream::Conn;
+use crate::upstream::client::Client;
 
 /// Copies queued at once; beyond this a mismatch is counted as dropped.
 pub const QUEUE: usize = 10_000;
@@ -231,102 +230,23 @@ enum CopyError {
     Unexpected(&'static str),
 }
 
-/// One repair connection per side, opened on demand, with the database it
-/// has selected.
-struct Link {
-    conn: Option<(Conn, ReplyScanner, BytesMut)>,
-    db: u32,
-}
+/// One repair connection per side.
+type Link = Client;
 
-impl Link {
-    async fn call(
-        &mut self,
-        shared: &Shared,
-        side: Side,
-        cmds: &[Command],
-    ) -> Result<Vec<Bytes>, UpstreamError> {
-        let upstream = &shared.upstreams[side.index()];
-        let depth = shared.limits.max_reply_depth;
-        if self.conn.is_none() {
-            let conn = upstream.connect(upstream.base_setup(), depth).await?;
-            self.db = upstream.config.db;
-            self.conn = Some((conn, ReplyScanner::new(depth), BytesMut::new()));
-        }
-        let (conn, scanner, buf) = self.conn.as_mut().expect("connected above");
-        let addr = || upstream.addr().to_string();
-        let io = |source| UpstreamError::Io {
-            side,
-            addr: addr(),
-            source,
-        };
-        let mut out = BytesMut::new();
-        for c in cmds {
-            out.extend_from_slice(c.raw());
-        }
-        let exchange = async {
-            conn.wr.write_all(&out).await.map_err(io)?;
-            let mut replies = Vec::with_capacity(cmds.len());
-            while replies.len() < cmds.len() {
-                match scanner.next(buf) {
-                    Ok(Some(r)) => replies.push(r.bytes),
-                    Ok(None) => {
-                        if conn.rd.read_buf(buf).await.map_err(io)? == 0 {
-                            return Err(UpstreamError::Closed { side, addr: addr() });
-                        }
-                    }
-                    Err(source) => {
-                        return Err(UpstreamError::Protocol {
-                            side,
-                            addr: addr(),
-                            source,
-                        })
-                    }
-                }
-            }
-            Ok(replies)
-        };
-        let result =
-            match upstream.config.command_timeout() {
-                Some(after) => tokio::time::timeout(after, exchange).await.unwrap_or(Err(
-                    UpstreamError::Timeout {
-                        side,
-                        addr: addr(),
-                        after,
-                    },
-                )),
-                None => exchange.await,
-            };
-        if result.is_err() {
-            self.conn = None;
-        }
-        result
-    }
-
-    /// `SELECT`s `db` first when needed.
-    async fn call_in(
-        &mut self,
-        shared: &Shared,
-        side: Side,
-        db: Option<u32>,
-        cmds: Vec<Command>,
-    ) -> Result<Vec<Bytes>, CopyError> {
-        let want = db.unwrap_or(shared.upstreams[side.index()].config.db);
-        if self.conn.is_none() || self.db != want {
-            // Connect first so the upstream's own db is known.
-            if self.conn.is_none() {
-                self.call(shared, side, &[Command::from_args(&[b"PING"])])
-                    .await?;
-            }
-            if self.db != want {
-                let select = Command::from_args(&[b"SELECT", want.to_string().as_bytes()]);
-                let r = self.call(shared, side, &[select]).await?;
-                if r[0].first() == Some(&b'-') {
-                    return Err(CopyError::Refused("SELECT", text(&r[0])));
-                }
-                self.db = want;
-            }
-        }
-        Ok(self.call(shared, side, &cmds).await?)
+async fn call_in(
+    link: &mut Link,
+    shared: &Shared,
+    side: Side,
+    db: Option<u32>,
+    cmds: Vec<Command>,
+) -> Result<Vec<Bytes>, CopyError> {
+    let upstream = &shared.upstreams[side.index()];
+    match link
+        .call_in(upstream, shared.limits.max_reply_depth, db, &cmds)
+        .await?
+    {
+        Ok(replies) => Ok(replies),
+        Err(refusal) => Err(CopyError::Refused("SELECT", text(&refusal))),
     }
 }
 
@@ -340,7 +260,7 @@ pub async fn run(
     mut rx: mpsc::Receiver<Queued>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut links = [Link { conn: None, db: 0 }, Link { conn: None, db: 0 }];
+    let mut links = [Link::new(), Link::new()];
     loop {
         let q = tokio::select! {
             q = rx.recv() => match q { Some(q) => q, None => return },
@@ -467,9 +387,7 @@ async fn copy(
         Command::from_args(&[b"PTTL", key]),
         Command::from_args(&[b"EXEC"]),
     ];
-    let replies = links[from.index()]
-        .call_in(shared, from, job.db, read)
-        .await?;
+    let replies = call_in(&mut links[from.index()], shared, from, job.db, read).await?;
     let depth = shared.limits.max_reply_depth;
     let exec = value::decode(&replies[3], depth).ok_or(CopyError::Unexpected("EXEC"))?;
     let (dump, pttl) = match exec.as_array() {
@@ -496,9 +414,7 @@ async fn copy(
         Value::Nil | Value::Str(_) => Command::from_args(&[b"DEL", key]),
         _ => return Err(CopyError::Unexpected("DUMP")),
     };
-    let r = links[to.index()]
-        .call_in(shared, to, job.db, vec![write])
-        .await?;
+    let r = call_in(&mut links[to.index()], shared, to, job.db, vec![write]).await?;
     if r[0].first() == Some(&b'-') {
         return Err(CopyError::Refused("RESTORE", text(&r[0])));
     }

@@ -208,6 +208,8 @@ impl Upstream {
     }
 }
 
+pub mod client;
+
 #[cfg(test)]
 mod tests {
     use super::*;
