@@ -51,6 +51,7 @@ pub mod routing;
 pub mod server;
 pub mod session;
 pub mod shadow;
+pub mod tools;
 pub mod upstream;
 
 pub use server::Proxy;

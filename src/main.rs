@@ -24,6 +24,46 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Copy a route's keys from old to new (standalone: RESTORE without
+    /// REPLACE; see the caveat it prints). Resumable from its cursor file.
+    Backfill {
+        #[command(flatten)]
+        caches: CacheArgs,
+        /// Keys per SCAN/DUMP/RESTORE batch.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Rate limit in keys per second.
+        #[arg(long)]
+        max_keys_per_sec: Option<u64>,
+        /// Rate limit in payload bytes per second.
+        #[arg(long)]
+        max_bytes_per_sec: Option<u64>,
+        /// Only keys of this type (string, list, hash, set, zset, stream).
+        #[arg(long = "type")]
+        type_filter: Option<String>,
+        /// Where the scan position is saved and resumed from. Default:
+        /// <config name>.backfill.json beside the config file.
+        #[arg(long)]
+        cursor_file: Option<PathBuf>,
+    },
+    /// Compare a route's keys on old and new. Exit 0 when equal, 1 when
+    /// they differ, 2 on error.
+    Verify {
+        #[command(flatten)]
+        caches: CacheArgs,
+        /// Existence, type and TTL class only (no values).
+        #[arg(long)]
+        quick: bool,
+        /// TTLs within this many milliseconds are equal.
+        #[arg(long, default_value_t = 1000)]
+        ttl_tolerance_ms: i64,
+        /// Copy the authoritative side's key over each difference.
+        #[arg(long)]
+        repair: bool,
+        /// Keys shown per kind of difference.
+        #[arg(long, default_value_t = 10)]
+        sample: usize,
+    },
     /// Run the proxy.
     Serve {
         /// Config file (TOML). Settings can be overridden with
@@ -59,6 +99,39 @@ enum Cmd {
         #[command(flatten)]
         admin: AdminArgs,
     },
+}
+
+/// Which caches a tool works on: the config's, unless overridden.
+#[derive(clap::Args)]
+struct CacheArgs {
+    /// Config file (the same one `serve` reads): upstreams and routes.
+    #[arg(long, short, env = "CUTOVER_CONFIG")]
+    config: PathBuf,
+    /// Only this route (default: every route).
+    #[arg(long)]
+    route: Option<String>,
+    /// Override upstreams.old.address.
+    #[arg(long)]
+    old: Option<String>,
+    /// Override upstreams.new.address.
+    #[arg(long)]
+    new: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl CacheArgs {
+    fn settings(&self) -> anyhow::Result<Settings> {
+        let mut s = Settings::load(&self.config)?;
+        if let Some(a) = &self.old {
+            s.upstreams.old.address = a.clone();
+        }
+        if let Some(a) = &self.new {
+            s.upstreams.new.address = a.clone();
+        }
+        Ok(s)
+    }
 }
 
 #[derive(clap::Args)]
@@ -133,7 +206,7 @@ fn admin_call(
 
 fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             // The whole chain, no backtrace: these are operator-facing.
             eprintln!("error: {e:#}");
@@ -142,7 +215,8 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    use std::process::ExitCode;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&cli.log).context("invalid --log filter")?,
@@ -166,7 +240,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     patterns
                 );
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Status { admin, json } => {
             let text = admin_call(admin, "GET", "/status", None)?;
@@ -177,7 +251,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     serde_json::from_str(&text).context("unexpected /status answer")?;
                 print!("{}", cutover::admin::render_status(&status));
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Phase {
             route,
@@ -200,11 +274,108 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "route {} is {}{ramp} (since {})",
                 view.status.name, view.status.phase, view.status.since
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Serve { config } => {
             let settings = Settings::load(&config)?;
-            tokio::runtime::Runtime::new()?.block_on(serve(settings, config))
+            tokio::runtime::Runtime::new()?.block_on(serve(settings, config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Backfill {
+            caches,
+            batch,
+            max_keys_per_sec,
+            max_bytes_per_sec,
+            type_filter,
+            cursor_file,
+        } => {
+            let settings = caches.settings()?;
+            let cursor_file = cursor_file.unwrap_or_else(|| {
+                let stem = caches
+                    .config
+                    .file_stem()
+                    .map_or_else(|| "cutover".into(), |s| s.to_string_lossy().into_owned());
+                caches
+                    .config
+                    .with_file_name(format!("{stem}.backfill.json"))
+            });
+            let opts = cutover::tools::backfill::Options {
+                route: caches.route.clone(),
+                batch,
+                max_keys_per_sec,
+                max_bytes_per_sec,
+                type_filter,
+                cursor_file: Some(cursor_file),
+                progress_bar: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                stop_after_batches: None,
+            };
+            eprintln!("{}", cutover::tools::backfill::STANDALONE_CAVEAT);
+            let rt = tokio::runtime::Runtime::new()?;
+            let report = rt.block_on(async {
+                let mut c = cutover::tools::Caches::new(&settings);
+                cutover::tools::backfill::run(&mut c, &opts).await
+            })?;
+            if caches.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                let c = &report.counts;
+                println!(
+                    "backfill of route(s) {}{}: {} keys scanned, {} copied, {} already on new (left alone), {} expired or deleted before the read, {} refused, {:.1} MB in {:.1}s",
+                    report.routes.join(", "),
+                    if report.resumed { " (resumed)" } else { "" },
+                    c.scanned, c.copied, c.existed, c.gone, c.failed,
+                    c.bytes as f64 / 1e6,
+                    report.seconds
+                );
+                if let Some(e) = &report.first_error {
+                    println!("first refusal: {e}");
+                }
+            }
+            Ok(if report.counts.failed > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Cmd::Verify {
+            caches,
+            quick,
+            ttl_tolerance_ms,
+            repair,
+            sample,
+        } => {
+            let opts = cutover::tools::verify::Options {
+                route: caches.route.clone(),
+                quick,
+                ttl_tolerance_ms,
+                repair,
+                sample,
+                ..Default::default()
+            };
+            let result = caches.settings().and_then(|settings| {
+                let rt = tokio::runtime::Runtime::new()?;
+                Ok(rt.block_on(async {
+                    let mut c = cutover::tools::Caches::new(&settings);
+                    cutover::tools::verify::run(&mut c, &opts).await
+                })?)
+            });
+            let report = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            if caches.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(if report.equal {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
     }
 }

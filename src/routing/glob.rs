@@ -20,6 +20,14 @@ impl Pattern {
         }
     }
 
+    /// The pattern as written (for `SCAN MATCH`).
+    pub fn source(&self) -> Vec<u8> {
+        match self {
+            Pattern::Exact(p) | Pattern::Glob(p) => p.to_vec(),
+            Pattern::Prefix(p) => [&p[..], b"*"].concat(),
+        }
+    }
+
     pub fn matches(&self, key: &[u8]) -> bool {
         match self {
             Pattern::Exact(p) => key == &p[..],

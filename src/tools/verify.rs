@@ -1,0 +1,403 @@
+//! `cutover verify`: compares a route's keys on old and new.
+//!
+//! Both caches are scanned (keys only on old, keys only on new). For each
+//! key: existence, type, and TTL (both persistent, or both expiring within
+//! the tolerance); in full mode the value too: equal `DUMP` payloads are
+//! equal, otherwise the values are read by type and compared (hash fields
+//! and set members as unordered, sorted sets with their scores). A key that
+//! differs is re-checked (twice, 100 ms apart) before it is reported, so a
+//! key that expired or was written while it was being compared is not a
+//! difference when the caches really are in sync.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::{text, Caches, KeyScan, ToolError};
+use crate::protocol::{Command, Value};
+use crate::routing::Side;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub route: Option<String>,
+    /// Existence, type and TTL class only.
+    pub quick: bool,
+    pub ttl_tolerance_ms: i64,
+    /// Copy the authoritative side's value over each difference.
+    pub repair: bool,
+    /// Keys shown per kind of difference.
+    pub sample: usize,
+    pub batch: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            route: None,
+            quick: false,
+            ttl_tolerance_ms: 1000,
+            repair: false,
+            sample: 10,
+            batch: 500,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// On old, not on new.
+    Missing,
+    /// On new, not on old.
+    Extra,
+    Type,
+    Value,
+    Ttl,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Missing,
+        Kind::Extra,
+        Kind::Type,
+        Kind::Value,
+        Kind::Ttl,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Missing => "missing",
+            Kind::Extra => "extra",
+            Kind::Type => "type",
+            Kind::Value => "value",
+            Kind::Ttl => "ttl",
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub routes: Vec<String>,
+    pub mode: &'static str,
+    /// Keys compared (found on either side).
+    pub keys: u64,
+    pub differences: BTreeMap<&'static str, u64>,
+    /// A few keys per kind (lossy UTF-8).
+    pub samples: BTreeMap<&'static str, Vec<String>>,
+    /// Differences found on the first look that were gone on a re-check.
+    pub settled_on_recheck: u64,
+    pub repaired: u64,
+    pub equal: bool,
+}
+
+impl Report {
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "verify ({}) of route(s) {}: {} keys compared\n",
+            self.mode,
+            self.routes.join(", "),
+            self.keys
+        );
+        for k in Kind::ALL {
+            let n = self.differences.get(k.name()).copied().unwrap_or(0);
+            out.push_str(&format!("  {:<8} {n}\n", k.name()));
+            for key in self.samples.get(k.name()).into_iter().flatten() {
+                out.push_str(&format!("           {key}\n"));
+            }
+        }
+        if self.settled_on_recheck > 0 {
+            out.push_str(&format!(
+                "  ({} keys differed at first and agreed on a re-check: written or expired meanwhile)\n",
+                self.settled_on_recheck
+            ));
+        }
+        if self.repaired > 0 {
+            out.push_str(&format!("  repaired {} keys\n", self.repaired));
+        }
+        out.push_str(if self.equal {
+            "old and new are equal\n"
+        } else {
+            "old and new DIFFER\n"
+        });
+        out
+    }
+}
+
+/// Per key: (type, pttl, dump) on one side.
+#[derive(Debug, Clone, PartialEq)]
+struct Look {
+    kind: Bytes,
+    pttl: i64,
+    dump: Option<Bytes>,
+}
+
+impl Look {
+    fn exists(&self) -> bool {
+        &self.kind[..] != b"none"
+    }
+}
+
+async fn look(
+    caches: &mut Caches,
+    side: Side,
+    keys: &[Bytes],
+    dump: bool,
+) -> Result<Vec<Look>, ToolError> {
+    let mut cmds = Vec::with_capacity(keys.len() * 3);
+    for k in keys {
+        cmds.push(Command::from_args(&[&b"TYPE"[..], k]));
+        cmds.push(Command::from_args(&[&b"PTTL"[..], k]));
+        if dump {
+            cmds.push(Command::from_args(&[&b"DUMP"[..], k]));
+        }
+    }
+    let replies = caches.call(side, &cmds).await?;
+    let per = if dump { 3 } else { 2 };
+    replies
+        .chunks(per)
+        .map(|r| {
+            let kind = match &r[0] {
+                Value::Str(s) => s.clone(),
+                other => return Err(ToolError::Refused("TYPE", format!("{other:?}"))),
+            };
+            let pttl = match &r[1] {
+                Value::Int(n) => *n,
+                other => return Err(ToolError::Refused("PTTL", format!("{other:?}"))),
+            };
+            let dump = if dump {
+                match &r[2] {
+                    Value::Str(s) => Some(s.clone()),
+                    Value::Nil => None,
+                    Value::Error(e) => return Err(ToolError::Refused("DUMP", text(e))),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            Ok(Look { kind, pttl, dump })
+        })
+        .collect()
+}
+
+/// The value of `key` read by type, normalised for comparison.
+async fn value_of(
+    caches: &mut Caches,
+    side: Side,
+    key: &[u8],
+    kind: &[u8],
+) -> Result<Option<Vec<Value>>, ToolError> {
+    let cmd: Vec<&[u8]> = match kind {
+        b"string" => vec![b"GET", key],
+        b"list" => vec![b"LRANGE", key, b"0", b"-1"],
+        b"hash" => vec![b"HGETALL", key],
+        b"set" => vec![b"SMEMBERS", key],
+        b"zset" => vec![b"ZRANGE", key, b"0", b"-1", b"WITHSCORES"],
+        b"stream" => vec![b"XRANGE", key, b"-", b"+"],
+        _ => return Ok(None),
+    };
+    let r = caches.call(side, &[Command::from_args(&cmd)]).await?;
+    let mut items = match r.into_iter().next() {
+        Some(Value::Array(a)) => a,
+        Some(Value::Map(m)) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        Some(v) => vec![v],
+        None => Vec::new(),
+    };
+    let key_of = |v: &Value| format!("{v:?}");
+    match kind {
+        b"set" => items.sort_by_key(key_of),
+        b"hash" => {
+            let mut pairs: Vec<Vec<Value>> = items.chunks(2).map(<[Value]>::to_vec).collect();
+            pairs.sort_by_key(|p| p.iter().map(key_of).collect::<Vec<_>>());
+            items = pairs.into_iter().flatten().collect();
+        }
+        _ => {}
+    }
+    Ok(Some(items))
+}
+
+/// How `key` differs, if it does.
+async fn compare(
+    caches: &mut Caches,
+    key: &Bytes,
+    old: &Look,
+    new: &Look,
+    opts: &Options,
+) -> Result<Option<Kind>, ToolError> {
+    match (old.exists(), new.exists()) {
+        (false, false) => return Ok(None),
+        (true, false) => return Ok(Some(Kind::Missing)),
+        (false, true) => return Ok(Some(Kind::Extra)),
+        (true, true) => {}
+    }
+    if old.kind != new.kind {
+        return Ok(Some(Kind::Type));
+    }
+    let ttl_differs = match (old.pttl, new.pttl) {
+        (a, b) if a < 0 || b < 0 => (a < 0) != (b < 0),
+        (a, b) => !opts.quick && (a - b).abs() > opts.ttl_tolerance_ms,
+    };
+    if ttl_differs {
+        return Ok(Some(Kind::Ttl));
+    }
+    if opts.quick || (old.dump.is_some() && old.dump == new.dump) {
+        return Ok(None);
+    }
+    let a = value_of(caches, Side::Old, key, &old.kind).await?;
+    let b = value_of(caches, Side::New, key, &new.kind).await?;
+    Ok(match (a, b) {
+        (Some(a), Some(b)) if a == b => None,
+        (Some(_), Some(_)) => Some(Kind::Value),
+        // A type the tool cannot read: the payloads differ.
+        _ => Some(Kind::Value),
+    })
+}
+
+/// Compares `keys`; returns the differing ones.
+async fn check(
+    caches: &mut Caches,
+    keys: &[Bytes],
+    opts: &Options,
+) -> Result<Vec<(Bytes, Kind)>, ToolError> {
+    let dump = !opts.quick;
+    let old = look(caches, Side::Old, keys, dump).await?;
+    let new = look(caches, Side::New, keys, dump).await?;
+    let mut out = Vec::new();
+    for ((key, o), n) in keys.iter().zip(&old).zip(&new) {
+        if let Some(kind) = compare(caches, key, o, n, opts).await? {
+            out.push((key.clone(), kind));
+        }
+    }
+    Ok(out)
+}
+
+/// Copies `key` from `from` to the other side (value and remaining TTL,
+/// or a delete when `from` does not have it).
+pub(crate) async fn copy_key(
+    caches: &mut Caches,
+    from: Side,
+    key: &[u8],
+    replace: bool,
+) -> Result<CopyOutcome, ToolError> {
+    let read = [
+        Command::from_args(&[&b"MULTI"[..]]),
+        Command::from_args(&[&b"DUMP"[..], key]),
+        Command::from_args(&[&b"PTTL"[..], key]),
+        Command::from_args(&[&b"EXEC"[..]]),
+    ];
+    let r = caches.call(from, &read).await?;
+    let (dump, pttl) = match r[3].as_array() {
+        Some([d, Value::Int(p)]) => (d.clone(), *p),
+        _ => {
+            return Err(ToolError::Refused(
+                "MULTI DUMP PTTL EXEC",
+                format!("{:?}", r[3]),
+            ))
+        }
+    };
+    let write = match dump {
+        Value::Str(payload) if pttl != -2 => {
+            let ttl = if pttl > 0 {
+                pttl.to_string()
+            } else {
+                "0".into()
+            };
+            let mut args: Vec<&[u8]> = vec![b"RESTORE", key, ttl.as_bytes(), &payload];
+            if replace {
+                args.push(b"REPLACE");
+            }
+            Command::from_args(&args)
+        }
+        _ if replace => Command::from_args(&[&b"DEL"[..], key]),
+        _ => return Ok(CopyOutcome::Gone),
+    };
+    let r = caches.call(from.other(), &[write]).await?;
+    match &r[0] {
+        Value::Error(e) if e.starts_with(b"BUSYKEY") => Ok(CopyOutcome::Exists),
+        Value::Error(e) => Err(ToolError::Refused("RESTORE", text(e))),
+        _ => Ok(CopyOutcome::Copied),
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum CopyOutcome {
+    Copied,
+    /// The target already had the key (RESTORE without REPLACE).
+    Exists,
+    /// Gone from the source before it was read.
+    Gone,
+}
+
+/// Runs the comparison (and the repair, when asked).
+pub async fn run(caches: &mut Caches, opts: &Options) -> Result<Report, ToolError> {
+    let routes = caches.routes(opts.route.as_deref())?;
+    let mut report = Report {
+        routes: routes
+            .iter()
+            .map(|&r| caches.table.routes[r].name.to_string())
+            .collect(),
+        mode: if opts.quick { "quick" } else { "full" },
+        ..Report::default()
+    };
+    let mut differing: Vec<(Bytes, Kind, usize)> = Vec::new();
+    for &route in &routes {
+        let mut seen_on_old = HashSet::new();
+        for side in [Side::Old, Side::New] {
+            let mut scan = KeyScan::new(route);
+            while let Some(keys) = scan.next(caches, side, opts.batch, None).await? {
+                let keys: Vec<Bytes> = if side == Side::Old {
+                    seen_on_old.extend(keys.iter().cloned());
+                    keys
+                } else {
+                    keys.into_iter()
+                        .filter(|k| !seen_on_old.contains(k))
+                        .collect()
+                };
+                if keys.is_empty() {
+                    continue;
+                }
+                report.keys += keys.len() as u64;
+                for (k, kind) in check(caches, &keys, opts).await? {
+                    differing.push((k, kind, route));
+                }
+            }
+        }
+    }
+    // Re-check before reporting: a key written or expired meanwhile settles.
+    for _ in 0..2 {
+        if differing.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let keys: Vec<Bytes> = differing.iter().map(|(k, _, _)| k.clone()).collect();
+        let still: HashSet<Bytes> = check(caches, &keys, opts)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let before = differing.len();
+        differing.retain(|(k, _, _)| still.contains(k));
+        report.settled_on_recheck += (before - differing.len()) as u64;
+    }
+    for (key, kind, _) in &differing {
+        *report.differences.entry(kind.name()).or_default() += 1;
+        let sample = report.samples.entry(kind.name()).or_default();
+        if sample.len() < opts.sample {
+            sample.push(String::from_utf8_lossy(key).into_owned());
+        }
+    }
+    if opts.repair && !differing.is_empty() {
+        for (key, _, route) in &differing {
+            let from = caches.table.routes[*route].phase.authoritative();
+            copy_key(caches, from, key, true).await?;
+            report.repaired += 1;
+        }
+        let keys: Vec<Bytes> = differing.iter().map(|(k, _, _)| k.clone()).collect();
+        let left = check(caches, &keys, opts).await?;
+        report.equal = left.is_empty();
+        return Ok(report);
+    }
+    report.equal = differing.is_empty();
+    Ok(report)
+}
