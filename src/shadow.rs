@@ -74,7 +74,7 @@ pub fn empty(v: &Value) -> bool {
 
 /// Flattens RESP3 shapes (maps, booleans) so RESP2 and RESP3 replies of
 /// equal data are equal, then orders what `order` says is unordered.
-fn normal(v: Value, order: Order) -> Value {
+pub(crate) fn normal(v: Value, order: Order) -> Value {
     let v = match v {
         Value::Map(pairs) => Value::Array(pairs.into_iter().flat_map(|(k, v)| [k, v]).collect()),
         Value::Bool(b) => Value::Int(i64::from(b)),

@@ -169,20 +169,13 @@ async fn verify_finds_each_planted_difference_and_repairs_them() {
     backfill::run(&mut caches, &backfill::Options::default())
         .await
         .unwrap();
-    let run = |server: &RedisServer, args: &[&str]| {
-        let mut cmd = redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        let _: redis::Value = cmd.query(&mut server.sync()).unwrap();
-    };
-    run(&new, &["DEL", "s6"]); // missing on new
-    run(&new, &["SET", "only-new", "1"]); // extra
-    run(&new, &["DEL", "s7"]);
-    run(&new, &["RPUSH", "s7", "a"]); // type
-    run(&new, &["HSET", "h10", "a", "changed"]); // value (TTL kept)
-    run(&new, &["PERSIST", "s8"]); // ttl: persistent on new only
-    run(&new, &["EXPIRE", "sess:15", "50000"]); // ttl: 50 s vs none
+    new.run(&["DEL", "s6"]); // missing on new
+    new.run(&["SET", "only-new", "1"]); // extra
+    new.run(&["DEL", "s7"]);
+    new.run(&["RPUSH", "s7", "a"]); // type
+    new.run(&["HSET", "h10", "a", "changed"]); // value (TTL kept)
+    new.run(&["PERSIST", "s8"]); // ttl: persistent on new only
+    new.run(&["EXPIRE", "sess:15", "50000"]); // ttl: 50 s vs none
     let report = verify::run(&mut caches, &verify::Options::default())
         .await
         .unwrap();

@@ -7,14 +7,6 @@ mod support;
 use cutover::routing::Phase;
 use support::{config_text, RedisServer, TestProxy};
 
-fn run(server: &RedisServer, args: &[&str]) {
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    let _: redis::Value = cmd.query(&mut server.sync()).unwrap();
-}
-
 fn pttl(server: &RedisServer, key: &str) -> i64 {
     redis::cmd("PTTL")
         .arg(key)
@@ -26,14 +18,11 @@ fn pttl(server: &RedisServer, key: &str) -> i64 {
 async fn misses_on_new_are_answered_from_old_in_order_and_new_is_filled() {
     let (old, new) = support::start_pair();
     for i in 0..5 {
-        run(
-            &old,
-            &["SET", &format!("s{i}"), &format!("old{i}"), "EX", "100"],
-        );
+        old.run(&["SET", &format!("s{i}"), &format!("old{i}"), "EX", "100"]);
     }
-    run(&old, &["HSET", "h", "a", "1", "b", "2"]);
-    run(&old, &["RPUSH", "l", "x", "y"]);
-    run(&old, &["SET", "gone", "old"]);
+    old.run(&["HSET", "h", "a", "1", "b", "2"]);
+    old.run(&["RPUSH", "l", "x", "y"]);
+    old.run(&["SET", "gone", "old"]);
     let text = config_text(
         &old.addr(),
         &new.addr(),
@@ -137,7 +126,7 @@ async fn misses_on_new_are_answered_from_old_in_order_and_new_is_filled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_option_new_answers_alone() {
     let (old, new) = support::start_pair();
-    run(&old, &["SET", "k", "old"]);
+    old.run(&["SET", "k", "old"]);
     let proxy = TestProxy::start(&old, &new, &[("default", None, Phase::ReadNew)]).await;
     let mut c = proxy.conn().await;
     let v: Option<String> = redis::cmd("GET")

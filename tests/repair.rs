@@ -7,15 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use cutover::routing::Phase;
-use support::{assert_same_keyspace, RedisServer, TestProxy};
-
-fn run(server: &RedisServer, args: &[&str]) {
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    let _: redis::Value = cmd.query(&mut server.sync()).unwrap();
-}
+use support::{assert_same_keyspace, TestProxy};
 
 async fn wait_for(proxy: &TestProxy, route: &str, counter: &str, want: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -33,13 +25,13 @@ async fn wait_for(proxy: &TestProxy, route: &str, counter: &str, want: u64) {
 async fn keys_only_old_had_are_copied_to_new_with_their_ttl() {
     let (old, new) = support::start_pair();
     // Written before the proxy was inserted: on old only, with TTLs.
-    run(&old, &["SET", "counter", "5", "EX", "100"]);
-    run(&old, &["RPUSH", "list", "a", "b"]);
-    run(&old, &["EXPIRE", "list", "200"]);
-    run(&old, &["HSET", "hash", "f", "1"]);
-    run(&old, &["EXPIRE", "hash", "300"]);
-    run(&old, &["SET", "plain", "x"]);
-    run(&old, &["SET", "timed", "t"]);
+    old.run(&["SET", "counter", "5", "EX", "100"]);
+    old.run(&["RPUSH", "list", "a", "b"]);
+    old.run(&["EXPIRE", "list", "200"]);
+    old.run(&["HSET", "hash", "f", "1"]);
+    old.run(&["EXPIRE", "hash", "300"]);
+    old.run(&["SET", "plain", "x"]);
+    old.run(&["SET", "timed", "t"]);
     let proxy = TestProxy::start(&old, &new, &[("default", None, Phase::DualWrite)]).await;
     let mut c = proxy.conn().await;
     for args in [
@@ -103,7 +95,7 @@ async fn agreeing_writes_copy_nothing_and_a_deleted_key_is_deleted() {
     assert_eq!(proxy.stat("default", "repaired"), 0);
 
     // A key only new has (left over) is removed when a DEL disagrees.
-    run(&new, &["SET", "stale", "1"]);
+    new.run(&["SET", "stale", "1"]);
     let _: i64 = redis::cmd("DEL")
         .arg("stale")
         .query_async(&mut c)
@@ -123,11 +115,11 @@ async fn agreeing_writes_copy_nothing_and_a_deleted_key_is_deleted() {
 #[tokio::test]
 async fn in_place_writes_to_a_key_new_lacks_copy_it_although_replies_agree() {
     let (old, new) = support::start_pair();
-    run(&old, &["HSET", "hash", "a", "1", "b", "2"]);
-    run(&old, &["EXPIRE", "hash", "300"]);
-    run(&old, &["SADD", "set", "x", "y"]);
-    run(&old, &["EXPIRE", "set", "200"]);
-    run(&old, &["ZADD", "zset", "1", "m"]);
+    old.run(&["HSET", "hash", "a", "1", "b", "2"]);
+    old.run(&["EXPIRE", "hash", "300"]);
+    old.run(&["SADD", "set", "x", "y"]);
+    old.run(&["EXPIRE", "set", "200"]);
+    old.run(&["ZADD", "zset", "1", "m"]);
     let proxy = TestProxy::start(&old, &new, &[("default", None, Phase::DualWrite)]).await;
     let mut c = proxy.conn().await;
     // Each answers 1 on both caches: a new field or member everywhere.

@@ -381,38 +381,22 @@ async fn copy(
     let job = &q.job;
     let (from, to) = (job.from, job.from.other());
     let key = &job.key[..];
-    let read = vec![
-        Command::from_args(&[b"MULTI"]),
-        Command::from_args(&[b"DUMP", key]),
-        Command::from_args(&[b"PTTL", key]),
-        Command::from_args(&[b"EXEC"]),
-    ];
+    let read = snapshot_commands(key).to_vec();
     let replies = call_in(&mut links[from.index()], shared, from, job.db, read).await?;
     let depth = shared.limits.max_reply_depth;
     let exec = value::decode(&replies[3], depth).ok_or(CopyError::Unexpected("EXEC"))?;
-    let (dump, pttl) = match exec.as_array() {
-        Some([dump, Value::Int(pttl)]) => (dump.clone(), *pttl),
-        _ => {
+    if shared.repairer.written_since(job, start) {
+        return Ok(false);
+    }
+    let write = match restore_command(key, &exec, true) {
+        Ok(Some(write)) => write,
+        // (With `replace` a gone key is a DEL, never nothing.)
+        Ok(None) | Err(()) => {
             return Err(CopyError::Refused(
                 "MULTI DUMP PTTL EXEC",
                 text(&replies[3]),
             ))
         }
-    };
-    if shared.repairer.written_since(job, start) {
-        return Ok(false);
-    }
-    let write = match dump {
-        Value::Str(payload) if pttl != -2 => {
-            let ttl = if pttl > 0 {
-                pttl.to_string()
-            } else {
-                "0".into()
-            };
-            Command::from_args(&[b"RESTORE", key, ttl.as_bytes(), &payload, b"REPLACE"])
-        }
-        Value::Nil | Value::Str(_) => Command::from_args(&[b"DEL", key]),
-        _ => return Err(CopyError::Unexpected("DUMP")),
     };
     let r = call_in(&mut links[to.index()], shared, to, job.db, vec![write]).await?;
     if r[0].first() == Some(&b'-') {
@@ -420,6 +404,48 @@ async fn copy(
     }
     debug!(%from, %to, "key copied");
     Ok(true)
+}
+
+/// Reads a key's value and remaining TTL atomically.
+pub(crate) fn snapshot_commands(key: &[u8]) -> [Command; 4] {
+    [
+        Command::from_args(&[&b"MULTI"[..]]),
+        Command::from_args(&[&b"DUMP"[..], key]),
+        Command::from_args(&[&b"PTTL"[..], key]),
+        Command::from_args(&[&b"EXEC"[..]]),
+    ]
+}
+
+/// What writes the snapshot `exec` (the EXEC reply to
+/// [`snapshot_commands`]) on the other cache: `RESTORE key ttl payload`
+/// (with `REPLACE` when `replace`), or, for a key that is gone, `DEL` when
+/// `replace` and nothing (`Ok(None)`) otherwise. `Err` when `exec` is not
+/// a snapshot.
+pub(crate) fn restore_command(
+    key: &[u8],
+    exec: &Value,
+    replace: bool,
+) -> Result<Option<Command>, ()> {
+    let Some([dump, Value::Int(pttl)]) = exec.as_array() else {
+        return Err(());
+    };
+    Ok(match dump {
+        Value::Str(payload) if *pttl != -2 => {
+            let ttl = if *pttl > 0 {
+                pttl.to_string()
+            } else {
+                "0".into()
+            };
+            let mut args: Vec<&[u8]> = vec![b"RESTORE", key, ttl.as_bytes(), payload];
+            if replace {
+                args.push(b"REPLACE");
+            }
+            Some(Command::from_args(&args))
+        }
+        Value::Nil | Value::Str(_) if replace => Some(Command::from_args(&[&b"DEL"[..], key])),
+        Value::Nil | Value::Str(_) => None,
+        _ => return Err(()),
+    })
 }
 
 /// Whether two replies to the same write say the same, across RESP2/RESP3

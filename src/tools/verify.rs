@@ -17,7 +17,9 @@ use serde::Serialize;
 
 use super::{text, Caches, KeyScan, ToolError};
 use crate::protocol::{Command, Value};
+use crate::repair::{restore_command, snapshot_commands};
 use crate::routing::Side;
+use crate::shadow::{self, Order};
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -187,7 +189,7 @@ async fn value_of(
     side: Side,
     key: &[u8],
     kind: &[u8],
-) -> Result<Option<Vec<Value>>, ToolError> {
+) -> Result<Option<Value>, ToolError> {
     let cmd: Vec<&[u8]> = match kind {
         b"string" => vec![b"GET", key],
         b"list" => vec![b"LRANGE", key, b"0", b"-1"],
@@ -197,24 +199,13 @@ async fn value_of(
         b"stream" => vec![b"XRANGE", key, b"-", b"+"],
         _ => return Ok(None),
     };
-    let r = caches.call(side, &[Command::from_args(&cmd)]).await?;
-    let mut items = match r.into_iter().next() {
-        Some(Value::Array(a)) => a,
-        Some(Value::Map(m)) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-        Some(v) => vec![v],
-        None => Vec::new(),
+    let order = match kind {
+        b"hash" => Order::Pairs,
+        b"set" => Order::Unordered,
+        _ => Order::AsIs,
     };
-    let key_of = |v: &Value| format!("{v:?}");
-    match kind {
-        b"set" => items.sort_by_key(key_of),
-        b"hash" => {
-            let mut pairs: Vec<Vec<Value>> = items.chunks(2).map(<[Value]>::to_vec).collect();
-            pairs.sort_by_key(|p| p.iter().map(key_of).collect::<Vec<_>>());
-            items = pairs.into_iter().flatten().collect();
-        }
-        _ => {}
-    }
-    Ok(Some(items))
+    let r = caches.call(side, &[Command::from_args(&cmd)]).await?;
+    Ok(r.into_iter().next().map(|v| shadow::normal(v, order)))
 }
 
 /// How `key` differs, if it does.
@@ -280,37 +271,16 @@ pub(crate) async fn copy_key(
     key: &[u8],
     replace: bool,
 ) -> Result<CopyOutcome, ToolError> {
-    let read = [
-        Command::from_args(&[&b"MULTI"[..]]),
-        Command::from_args(&[&b"DUMP"[..], key]),
-        Command::from_args(&[&b"PTTL"[..], key]),
-        Command::from_args(&[&b"EXEC"[..]]),
-    ];
-    let r = caches.call(from, &read).await?;
-    let (dump, pttl) = match r[3].as_array() {
-        Some([d, Value::Int(p)]) => (d.clone(), *p),
-        _ => {
+    let r = caches.call(from, &snapshot_commands(key)).await?;
+    let write = match restore_command(key, &r[3], replace) {
+        Ok(Some(write)) => write,
+        Ok(None) => return Ok(CopyOutcome::Gone),
+        Err(()) => {
             return Err(ToolError::Refused(
                 "MULTI DUMP PTTL EXEC",
                 format!("{:?}", r[3]),
             ))
         }
-    };
-    let write = match dump {
-        Value::Str(payload) if pttl != -2 => {
-            let ttl = if pttl > 0 {
-                pttl.to_string()
-            } else {
-                "0".into()
-            };
-            let mut args: Vec<&[u8]> = vec![b"RESTORE", key, ttl.as_bytes(), &payload];
-            if replace {
-                args.push(b"REPLACE");
-            }
-            Command::from_args(&args)
-        }
-        _ if replace => Command::from_args(&[&b"DEL"[..], key]),
-        _ => return Ok(CopyOutcome::Gone),
     };
     let r = caches.call(from.other(), &[write]).await?;
     match &r[0] {

@@ -183,6 +183,15 @@ impl RedisServer {
             .get_connection()
             .unwrap()
     }
+
+    /// Runs one command directly on this server (not through a proxy).
+    pub fn run(&self, args: &[&str]) -> redis::Value {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut self.sync()).unwrap()
+    }
 }
 
 impl Drop for RedisServer {
