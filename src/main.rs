@@ -320,10 +320,10 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             } else {
                 let c = &report.counts;
                 println!(
-                    "backfill of route(s) {}{}: {} keys scanned, {} copied, {} already on new (left alone), {} expired or deleted before the read, {} refused, {:.1} MB in {:.1}s",
+                    "backfill of route(s) {}{}: {} keys scanned, {} copied ({} type by type: new refused RESTORE), {} already on new (left alone), {} expired or deleted before the read, {} failed, {:.1} MB in {:.1}s",
                     report.routes.join(", "),
                     if report.resumed { " (resumed)" } else { "" },
-                    c.scanned, c.copied, c.existed, c.gone, c.failed,
+                    c.scanned, c.copied, c.typed, c.existed, c.gone, c.failed,
                     c.bytes as f64 / 1e6,
                     report.seconds
                 );

@@ -94,6 +94,7 @@ impl Proxy {
             scripts: Default::default(),
             repairer,
             shadow_inflight: Default::default(),
+            backfills: Default::default(),
         });
         let journalled = shared.repairer.journal.load(&shared.router)?;
         if journalled > 0 {

@@ -6,7 +6,7 @@ mod support;
 use cutover::config::Settings;
 use cutover::routing::Phase;
 use cutover::tools::{backfill, verify, Caches};
-use support::{config_text, RedisServer};
+use support::{config_text, populate, RedisServer};
 
 fn settings(old: &RedisServer, new: &RedisServer) -> (Settings, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -22,65 +22,6 @@ fn settings(old: &RedisServer, new: &RedisServer) -> (Settings, tempfile::TempDi
     );
     std::fs::write(&path, text).unwrap();
     (Settings::load(&path).unwrap(), dir)
-}
-
-/// `n` keys of every type, half of them with a TTL.
-fn populate(server: &RedisServer, n: usize) {
-    let mut c = server.sync();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(5000) {
-        let mut p = redis::pipe();
-        for &i in chunk {
-            let key = match i % 10 {
-                0 => {
-                    p.cmd("HSET")
-                        .arg(format!("h{i}"))
-                        .arg("a")
-                        .arg(i)
-                        .arg("b")
-                        .arg("x")
-                        .ignore();
-                    format!("h{i}")
-                }
-                1 => {
-                    p.cmd("RPUSH").arg(format!("l{i}")).arg(i).arg("y").ignore();
-                    format!("l{i}")
-                }
-                2 => {
-                    p.cmd("SADD")
-                        .arg(format!("set{i}"))
-                        .arg(i)
-                        .arg("z")
-                        .ignore();
-                    format!("set{i}")
-                }
-                3 => {
-                    p.cmd("ZADD").arg(format!("z{i}")).arg(1.5).arg(i).ignore();
-                    format!("z{i}")
-                }
-                4 => {
-                    p.cmd("XADD")
-                        .arg(format!("x{i}"))
-                        .arg("*")
-                        .arg("f")
-                        .arg(i)
-                        .ignore();
-                    format!("x{i}")
-                }
-                5 => {
-                    p.cmd("SET").arg(format!("sess:{i}")).arg(i).ignore();
-                    format!("sess:{i}")
-                }
-                _ => {
-                    p.cmd("SET").arg(format!("s{i}")).arg(i).ignore();
-                    format!("s{i}")
-                }
-            };
-            if i % 2 == 0 {
-                p.cmd("EXPIRE").arg(&key).arg(1000 + i % 5000).ignore();
-            }
-        }
-        let _: () = p.query(&mut c).unwrap();
-    }
 }
 
 fn dbsize(server: &RedisServer) -> i64 {

@@ -18,7 +18,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, put};
+use axum::routing::{delete, get, post, put};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -41,7 +41,12 @@ pub async fn serve(
         .route("/status", get(status))
         .route("/routes/{name}/phase", put(flip))
         .route("/routes/{name}/needs-verify", delete(clear_needs_verify))
+        .route(
+            "/routes/{name}/backfill",
+            post(start_backfill).delete(stop_backfill),
+        )
         .route("/metrics", get(metrics))
+        .layer(axum::Extension(shutdown.clone()))
         .layer(middleware::from_fn_with_state(token.map(Arc::new), auth))
         .with_state(shared);
     let stop = async move {
@@ -100,6 +105,9 @@ pub struct RouteView {
     /// The journal overflowed: run a verify pass, then clear the mark
     /// (`DELETE /routes/{name}/needs-verify`).
     pub needs_verify: bool,
+    /// The in-proxy backfill running, or the last one.
+    #[serde(default)]
+    pub backfill: Option<crate::tools::live::JobView>,
 }
 
 /// [`RouteStatus`] as JSON (also what the CLI reads back).
@@ -143,6 +151,7 @@ fn view(status: RouteStatus, stats: Option<&RouteStats>) -> RouteView {
     );
     let auto_cutover = stats.and_then(|s| s.auto_status.lock().ok()?.clone());
     RouteView {
+        backfill: None,
         auto_cutover,
         shadow,
         journal_keys,
@@ -191,7 +200,13 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<StatusView> {
             .map(|p| p.display().to_string()),
         routes: routes(&shared)
             .into_iter()
-            .map(|(s, stats)| view(s, Some(&stats)))
+            .map(|(s, stats)| {
+                let job = shared.backfills.get(&s.name).map(|j| j.view());
+                RouteView {
+                    backfill: job,
+                    ..view(s, Some(&stats))
+                }
+            })
             .collect(),
     })
 }
@@ -336,6 +351,69 @@ async fn clear_needs_verify(
         info!(route = %name, "needs-verify mark cleared through the admin API");
     }
     Json(view(status, Some(&stats))).into_response()
+}
+
+/// `POST /routes/{name}/backfill`'s optional body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackfillRequest {
+    batch: Option<usize>,
+    max_keys_per_sec: Option<u64>,
+    max_bytes_per_sec: Option<u64>,
+    #[serde(rename = "type")]
+    type_filter: Option<String>,
+}
+
+/// Starts an exact backfill of the route inside this proxy (202 with its
+/// progress; then in `GET /status`).
+async fn start_backfill(
+    State(shared): State<Arc<Shared>>,
+    axum::Extension(shutdown): axum::Extension<watch::Receiver<bool>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let req: BackfillRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        BackfillRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return error(
+                StatusCode::BAD_REQUEST,
+                format!("body must be empty or {{\"batch\": 500, \"max_keys_per_sec\": null, \"max_bytes_per_sec\": null, \"type\": null}}: {e}"),
+            ),
+        }
+    };
+    if req.batch == Some(0) {
+        return error(StatusCode::BAD_REQUEST, "batch must be at least 1");
+    }
+    let defaults = crate::tools::backfill::Options::default();
+    let opts = crate::tools::backfill::Options {
+        batch: req.batch.unwrap_or(defaults.batch),
+        max_keys_per_sec: req.max_keys_per_sec,
+        max_bytes_per_sec: req.max_bytes_per_sec,
+        type_filter: req.type_filter,
+        ..defaults
+    };
+    use crate::tools::live::StartError;
+    match crate::tools::live::start(&shared, &name, opts, shutdown) {
+        Ok(job) => (StatusCode::ACCEPTED, Json(job.view())).into_response(),
+        Err(e @ StartError::NoSuchRoute(_)) => error(StatusCode::NOT_FOUND, e),
+        Err(e) => error(StatusCode::CONFLICT, e),
+    }
+}
+
+/// Stops the route's running backfill after its current batch.
+async fn stop_backfill(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
+    match shared.backfills.cancel(&name) {
+        Some(job) => {
+            info!(route = %name, "backfill stopped through the admin API");
+            Json(job.view()).into_response()
+        }
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no backfill of route {name:?} is running"),
+        ),
+    }
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {

@@ -11,7 +11,13 @@
 //!
 //! Counters are per hash slot (keys sharing a slot wait for each other,
 //! which is only conservative) and lock-free: a mirrored write costs two
-//! relaxed atomic additions per key.
+//! atomic additions per key per side.
+//!
+//! Sequentially consistent, with the repairer's sequence numbers: a session
+//! holds a write's keys before it reports the write
+//! ([`super::Repairer::note_write`]), so a copy that takes its start number
+//! and then finds the slot idle knows every write reported before its start
+//! was answered on both caches, and sees every later one as written since.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -66,7 +72,7 @@ impl InFlight {
     pub fn hold(self: &Arc<Self>, keys: Keys) -> Entered {
         let slots: SmallVec<[u16; 2]> = keys.iter().map(|k| key_slot(k)).collect();
         for &s in &slots {
-            self.slots[usize::from(s)].fetch_add(1, Ordering::AcqRel);
+            self.slots[usize::from(s)].fetch_add(1, Ordering::SeqCst);
         }
         Entered {
             inflight: self.clone(),
@@ -77,7 +83,7 @@ impl InFlight {
 
     pub fn enter<K: AsRef<[u8]>>(&self, keys: &[K]) {
         for k in keys {
-            self.slots[usize::from(key_slot(k.as_ref()))].fetch_add(1, Ordering::AcqRel);
+            self.slots[usize::from(key_slot(k.as_ref()))].fetch_add(1, Ordering::SeqCst);
         }
     }
 
@@ -90,12 +96,12 @@ impl InFlight {
     fn leave_slot(&self, slot: u16) {
         // Guards pair every leave with an enter; a stray one would only
         // make copies of that slot wait their bounded maximum.
-        self.slots[usize::from(slot)].fetch_sub(1, Ordering::AcqRel);
+        self.slots[usize::from(slot)].fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Whether a mirrored write to `key` (or a key of its slot) is unanswered.
     pub fn busy(&self, key: &[u8]) -> bool {
-        self.slots[usize::from(key_slot(key))].load(Ordering::Acquire) > 0
+        self.slots[usize::from(key_slot(key))].load(Ordering::SeqCst) > 0
     }
 }
 

@@ -70,8 +70,10 @@ pub struct Queued {
 
 #[derive(Debug, Default)]
 struct Pending {
-    /// Copies queued for this key and not finished.
+    /// Repair copies queued for this key and not finished (at most one).
     jobs: usize,
+    /// Other copies under way (backfill batches).
+    watchers: usize,
     /// Sequence number of the last write reported for it.
     last_write: u64,
 }
@@ -114,7 +116,7 @@ impl Repairer {
     }
 
     fn next_seq(&self) -> u64 {
-        self.seq.fetch_add(1, Ordering::Relaxed) + 1
+        self.seq.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     /// Whether copies may try `side` now (it did not just fail them).
@@ -146,7 +148,7 @@ impl Repairer {
 
     /// A write to `key` went through the proxy (called for mirrored writes).
     pub fn note_write(&self, db: DbKey, key: &[u8]) {
-        if self.pending_keys.load(Ordering::Relaxed) == 0 {
+        if self.pending_keys.load(Ordering::SeqCst) == 0 {
             return;
         }
         let seq = self.next_seq();
@@ -161,20 +163,12 @@ impl Repairer {
     /// and one under way is redone because the write behind this mismatch
     /// was noted.
     pub fn submit(&self, job: RepairJob) -> bool {
-        {
-            let mut map = self.lock();
-            let p = map
-                .entry(job.db)
-                .or_default()
-                .entry(job.key.clone())
-                .or_insert_with(|| {
-                    self.pending_keys.fetch_add(1, Ordering::Relaxed);
-                    Pending::default()
-                });
-            if p.jobs > 0 {
-                return true;
-            }
-            p.jobs += 1;
+        if !self.add(job.db, &job.key, |p| {
+            let first = p.jobs == 0;
+            p.jobs = 1;
+            first
+        }) {
+            return true;
         }
         let stats = job.stats.clone();
         let queued = Queued { job, attempt: 0 };
@@ -190,33 +184,76 @@ impl Repairer {
         }
     }
 
-    fn written_since(&self, job: &RepairJob, seq: u64) -> bool {
-        self.lock()
-            .get(&job.db)
-            .and_then(|m| m.get(&job.key))
-            .is_some_and(|p| p.last_write > seq)
+    /// Starts watching writes to `key` for a copy outside the repair
+    /// queue (a backfill batch): from now on [`Repairer::note_write`]
+    /// records them. Pair with [`Repairer::release`].
+    pub fn register(&self, db: DbKey, key: &Bytes) {
+        self.add(db, key, |p| {
+            p.watchers += 1;
+            true
+        });
     }
 
-    fn finish(&self, job: &RepairJob) {
+    fn add(&self, db: DbKey, key: &Bytes, f: impl FnOnce(&mut Pending) -> bool) -> bool {
         let mut map = self.lock();
-        let Some(keys) = map.get_mut(&job.db) else {
+        let p = map
+            .entry(db)
+            .or_default()
+            .entry(key.clone())
+            .or_insert_with(|| {
+                self.pending_keys.fetch_add(1, Ordering::SeqCst);
+                Pending::default()
+            });
+        f(p)
+    }
+
+    /// A copy's start: a write to a registered key reported after this
+    /// makes [`Repairer::written_after`] true.
+    pub fn start(&self) -> u64 {
+        self.next_seq()
+    }
+
+    /// Whether a write to `key` (registered) was reported after `start`.
+    pub fn written_after(&self, db: DbKey, key: &[u8], start: u64) -> bool {
+        self.lock()
+            .get(&db)
+            .and_then(|m| m.get(key))
+            .is_some_and(|p| p.last_write > start)
+    }
+
+    fn written_since(&self, job: &RepairJob, seq: u64) -> bool {
+        self.written_after(job.db, &job.key, seq)
+    }
+
+    /// Ends one copy of `key` begun with [`Repairer::register`].
+    pub fn release(&self, db: DbKey, key: &[u8]) {
+        self.remove(db, key, |p| p.watchers = p.watchers.saturating_sub(1));
+    }
+
+    fn remove(&self, db: DbKey, key: &[u8], f: impl FnOnce(&mut Pending)) {
+        let mut map = self.lock();
+        let Some(keys) = map.get_mut(&db) else {
             return;
         };
-        if let Some(p) = keys.get_mut(&job.key) {
-            p.jobs -= 1;
-            if p.jobs == 0 {
-                keys.remove(&job.key);
+        if let Some(p) = keys.get_mut(key) {
+            f(p);
+            if p.jobs == 0 && p.watchers == 0 {
+                keys.remove(key);
                 self.pending_keys.fetch_sub(1, Ordering::Relaxed);
             }
         }
         if keys.is_empty() {
-            map.remove(&job.db);
+            map.remove(&db);
         }
+    }
+
+    fn finish(&self, job: &RepairJob) {
+        self.remove(job.db, &job.key, |p| p.jobs = p.jobs.saturating_sub(1));
     }
 
     /// Copies waiting or in flight.
     pub fn pending(&self) -> usize {
-        self.pending_keys.load(Ordering::Relaxed)
+        self.pending_keys.load(Ordering::SeqCst)
     }
 }
 
@@ -277,8 +314,10 @@ pub async fn run(
             repairer.lost(&stats, job.from, job.db, std::slice::from_ref(&job.key));
             continue;
         }
-        settle(repairer, &q.job.key).await;
-        let start = repairer.next_seq();
+        // Start first: a write reported after it is seen by the checks,
+        // one reported before was held, so settling waits for it.
+        let start = repairer.start();
+        settle(repairer, &q.job.key, Instant::now() + SETTLE_MAX).await;
         match copy(&shared, &mut links, &q, start).await {
             Ok(true) if !repairer.written_since(&q.job, start) => {
                 repairer.side_ok(from);
@@ -359,12 +398,18 @@ async fn save_journal(shared: &Arc<Shared>) {
     let _ = tokio::task::spawn_blocking(move || s.repairer.journal.save()).await;
 }
 
-/// Waits, up to [`SETTLE_MAX`], until no mirrored write to the key (or its
-/// slot) is unanswered: one still on its way to the mirror would otherwise
-/// land after the copy and apply twice.
-async fn settle(repairer: &Repairer, key: &[u8]) {
-    let until = Instant::now() + SETTLE_MAX;
-    while repairer.inflight.busy(key) && Instant::now() < until {
+/// Waits, up to `until`, until no mirrored write to the key (or its slot)
+/// is unanswered by either cache: one still on its way would otherwise
+/// land after the copy and apply twice, or be missed by its read. False
+/// when it was still busy at `until`.
+pub(crate) async fn settle(repairer: &Repairer, key: &[u8], until: Instant) -> bool {
+    loop {
+        if !repairer.inflight.busy(key) {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
@@ -429,23 +474,32 @@ pub(crate) fn restore_command(
     let Some([dump, Value::Int(pttl)]) = exec.as_array() else {
         return Err(());
     };
-    Ok(match dump {
-        Value::Str(payload) if *pttl != -2 => {
-            let ttl = if *pttl > 0 {
-                pttl.to_string()
-            } else {
-                "0".into()
-            };
-            let mut args: Vec<&[u8]> = vec![b"RESTORE", key, ttl.as_bytes(), payload];
-            if replace {
-                args.push(b"REPLACE");
-            }
-            Some(Command::from_args(&args))
-        }
-        Value::Nil | Value::Str(_) if replace => Some(Command::from_args(&[&b"DEL"[..], key])),
-        Value::Nil | Value::Str(_) => None,
-        _ => return Err(()),
-    })
+    match dump {
+        Value::Str(payload) if *pttl != -2 => Ok(Some(restore(key, payload, *pttl, replace))),
+        Value::Nil | Value::Str(_) if replace => Ok(Some(Command::from_args(&[&b"DEL"[..], key]))),
+        Value::Nil | Value::Str(_) => Ok(None),
+        _ => Err(()),
+    }
+}
+
+/// `RESTORE key ttl payload [REPLACE]` for a key read with `DUMP` and
+/// `PTTL` (`pttl` in ms, -1 for none, 0 for a key about to expire): the
+/// remaining TTL, relative, so
+/// the two caches' clocks need not agree (the key lives on new longer by
+/// the time between the read and the write).
+pub(crate) fn restore(key: &[u8], payload: &[u8], pttl: i64, replace: bool) -> Command {
+    // `PTTL` answers 0 for a key in its last millisecond: RESTORE's 0
+    // would make it persistent, so it gets 1 ms.
+    let ttl = match pttl {
+        0 => "1".to_string(),
+        p if p > 0 => p.to_string(),
+        _ => "0".into(),
+    };
+    let mut args: Vec<&[u8]> = vec![b"RESTORE", key, ttl.as_bytes(), payload];
+    if replace {
+        args.push(b"REPLACE");
+    }
+    Command::from_args(&args)
 }
 
 /// Whether two replies to the same write say the same, across RESP2/RESP3
@@ -511,6 +565,18 @@ mod tests {
             "-WRONGTYPE other text\r\n"
         ));
         assert!(!agree("-ERR x\r\n", "+OK\r\n"));
+    }
+
+    #[test]
+    fn a_key_in_its_last_millisecond_is_not_restored_persistent() {
+        let ttl = |pttl| {
+            restore(b"k", b"payload", pttl, true)
+                .arg(2)
+                .map(<[u8]>::to_vec)
+        };
+        assert_eq!(ttl(0), Some(b"1".to_vec()));
+        assert_eq!(ttl(-1), Some(b"0".to_vec()));
+        assert_eq!(ttl(1500), Some(b"1500".to_vec()));
     }
 
     #[test]

@@ -269,8 +269,17 @@ where
     }
 
     /// The database the client's commands run in, if it selected one (the
-    /// last SELECT sent counts, answered or not).
+    /// last SELECT sent counts, answered or not) other than the one both
+    /// upstreams are configured with (`None` stands for that one, so a copy
+    /// of key `k` finds writes to it whether or not the client sent
+    /// `SELECT`).
     pub(super) fn current_db(&self) -> Option<u32> {
+        let [old, new] = &self.shared.upstreams;
+        self.selected_db()
+            .filter(|&d| !(d == old.config.db && d == new.config.db))
+    }
+
+    fn selected_db(&self) -> Option<u32> {
         let pending = self
             .pending_state
             .iter()

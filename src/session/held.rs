@@ -117,7 +117,7 @@ where
     pub(super) fn mirror(
         &mut self,
         side: Side,
-        cmd: Command,
+        cmd: &Command,
         stats: Arc<RouteStats>,
         keys: Keys,
         evalsha: bool,
@@ -136,7 +136,7 @@ where
         };
         if self.held.is_empty() {
             RouteStats::bump(&stats.mirrored);
-            self.send(side, &cmd, target, false);
+            self.send(side, cmd, target, false);
         } else {
             let ticket = self.next_ticket();
             self.held.push_back(Held {
@@ -144,7 +144,7 @@ where
                 side,
                 db: None,
                 _keys: None,
-                work: Work::Ready(vec![(cmd, target)]),
+                work: Work::Ready(vec![(cmd.clone(), target)]),
             });
         }
     }

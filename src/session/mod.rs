@@ -59,6 +59,8 @@ pub struct Shared {
     pub repairer: crate::repair::Repairer,
     /// Shadow reads in flight, over all sessions.
     pub shadow_inflight: Arc<AtomicUsize>,
+    /// In-proxy backfills, by route.
+    pub backfills: crate::tools::live::Backfills,
 }
 
 /// One shadow read in flight, released when its reply came or was lost.
@@ -153,6 +155,9 @@ struct Expect {
     timing: Option<Timing>,
     /// The comparison this reply settles, with the other side's.
     compare: Option<u64>,
+    /// For the authoritative half of a mirrored write: its keys, counted in
+    /// flight until this reply (a copy of one of them waits for both).
+    _hold: Option<Entered>,
 }
 
 #[derive(Debug)]
@@ -170,6 +175,7 @@ impl Expect {
             deadline: None,
             timing: None,
             compare: None,
+            _hold: None,
         }
     }
 
@@ -582,6 +588,7 @@ where
             deadline,
             timing,
             compare: None,
+            _hold: None,
         });
     }
 
@@ -601,6 +608,15 @@ where
         }) = self.sides[side.index()].inflight.back_mut()
         {
             t.route = Some((route.0.clone(), route.1));
+        }
+    }
+
+    /// Counts `keys` in flight until the reply to the command just sent to
+    /// `side` arrives.
+    fn hold_last(&mut self, side: Side, keys: Keys) {
+        let hold = self.shared.repairer.inflight.hold(keys);
+        if let Some(e) = self.sides[side.index()].inflight.back_mut() {
+            e._hold = Some(hold);
         }
     }
 

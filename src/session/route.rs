@@ -188,9 +188,6 @@ where
                     (Some(s), Some(_)) => mirror::effect_of(s.name, &cmd),
                     _ => None,
                 };
-                if mirror.is_some() {
-                    self.note_write(&cmd, &positions);
-                }
                 if self.tx.is_some() {
                     let route_desc = format!("route '{}' ({})", route.name, phase);
                     let stats = route.stats.clone();
@@ -239,6 +236,8 @@ where
                             },
                             (!blocking).then(|| super::keys_at(&cmd, &positions)),
                         );
+                        // Reported once its keys are held (see InFlight).
+                        self.note_write(&cmd, &positions);
                         let target = Target::Effect(ticket);
                         self.send_routed(authoritative, &cmd, target, blocking, (&stats, phase));
                     }
@@ -256,7 +255,11 @@ where
                             .map(|s| self.compare_open(s, &cmd, &stats, authoritative));
                         let before = self.sides[authoritative.index()].inflight.len();
                         let target = Target::Client { state: false };
+                        let keys = super::keys_at(&cmd, &positions);
                         self.send_routed(authoritative, &cmd, target, blocking, (&stats, phase));
+                        // In flight until both caches answered; reported
+                        // once held (see InFlight).
+                        self.hold_last(authoritative, keys.clone());
                         if let Some(id) = compare {
                             self.compare_tag(authoritative, id, before);
                             // A key changed in place: ask the mirror first
@@ -275,8 +278,8 @@ where
                             }
                         }
                         let before_mirror = self.sides[m.index()].inflight.len();
-                        let keys = super::keys_at(&cmd, &positions);
-                        self.mirror(m, cmd, stats, keys, evalsha);
+                        self.mirror(m, &cmd, stats, keys, evalsha);
+                        self.note_write(&cmd, &positions);
                         if let Some(id) = compare {
                             if !self.compare_tag(m, id, before_mirror) {
                                 self.compare_drop(id);

@@ -2,15 +2,20 @@
 //!
 //! SCAN on old (`MATCH` per route pattern, optional `TYPE`), then per batch
 //! one `MULTI; DUMP k PTTL k ...; EXEC` on old (value and remaining TTL read
-//! atomically) and pipelined `RESTORE k <expiry> <payload> ABSTTL` on new,
-//! without `REPLACE`: a key new already has (written through a proxy, or
+//! atomically) and pipelined `RESTORE k <remaining ttl> <payload>` on new,
+//! without `REPLACE` (a type-aware copy, `super::typed`, when new refuses
+//! `RESTORE`): a key new already has (written through a proxy, or
 //! copied before) is never overwritten. Keys that expired or were deleted
 //! between the scan and the read are skipped.
 //!
-//! What standalone cannot guarantee (printed with every run): a key deleted
-//! from both caches after this copy read it is restored on new (it comes
-//! back until its TTL ends); a write that reaches old but not new after the
-//! read is not copied. Run inside a serving proxy to get both guarantees.
+//! What standalone cannot guarantee (printed with every run): it does not
+//! see the proxy's writes, so a key new already has is left alone even
+//! when it is only partly there (dual-write applying `HSET`, `SADD`,
+//! `RPUSH`, `INCR`... to a key new did not have yet makes one); a key
+//! deleted through the proxy after this copy read it comes back on new
+//! until its TTL ends; and a write reaching old alone after the read is
+//! not copied. `cutover verify --repair` afterwards (writes quiet), or the
+//! in-proxy backfill (`tools::live`), closes all three.
 //!
 //! Rate-limited (keys/s, bytes/s); resumable: after each batch the scan
 //! position is saved (temp file, fsync, rename) to the cursor file, which a
@@ -23,11 +28,12 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use super::{text, Caches, KeyScan, ToolError};
+use super::{text, typed, Caches, KeyScan, ToolError};
 use crate::protocol::{Command, Value};
+use crate::repair::{restore, Repairer};
 use crate::routing::Side;
 
-pub const STANDALONE_CAVEAT: &str = "standalone backfill: RESTORE without REPLACE never overwrites a key new already has, but a key deleted from both caches after it was read here is restored on new, and a write reaching old alone after the read is not copied; run it through a serving proxy for both guarantees";
+pub const STANDALONE_CAVEAT: &str = "standalone backfill: it cannot see writes made through a proxy, so (1) a key new already has is left alone even if only partly there (dual-write applying HSET/SADD/RPUSH/INCR to a key new lacked makes one), (2) a key deleted through the proxy after this copy read it comes back on new until its TTL ends, (3) a write reaching old alone after the read is not copied; run `cutover verify --repair` afterwards, or backfill inside the serving proxy (POST /routes/{name}/backfill), which guarantees all three";
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -71,8 +77,20 @@ pub struct Counts {
     pub existed: u64,
     /// Expired or deleted before they were read.
     pub gone: u64,
-    /// RESTORE refused (e.g. a payload from a newer Redis).
+    /// Could not be copied, by `RESTORE` or type by type.
     pub failed: u64,
+    /// Copied type by type because new refused `RESTORE` (or old `DUMP`);
+    /// included in `copied`.
+    #[serde(default)]
+    pub typed: u64,
+    /// Live only: written through the proxy during their copy, so read
+    /// and copied again.
+    #[serde(default)]
+    pub redone: u64,
+    /// Live only: still busy or written after every attempt, handed to
+    /// the repair queue (which copies them the same careful way).
+    #[serde(default)]
+    pub handed_to_repair: u64,
     pub bytes: u64,
 }
 
@@ -122,18 +140,24 @@ fn save(path: &Path, saved: &Saved) -> Result<(), ToolError> {
     })
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// Copies one batch; returns the first refusal seen.
-async fn copy_batch(
+/// Copies `keys` from old to new: one atomic `MULTI; DUMP k PTTL k ...;
+/// EXEC` on old, pipelined `RESTORE` (with `REPLACE` when `live`) on new,
+/// and the type-aware copy for keys whose `RESTORE` (or `DUMP`) was
+/// refused. With `live` (in a serving proxy), a key the proxy reports
+/// written after `start` is not written from a read that may predate the
+/// write, or is found written after its copy landed: it is returned, to be
+/// copied again from a fresh read. Returns those keys and the first
+/// refusal seen.
+pub(crate) async fn copy_keys(
     caches: &mut Caches,
     keys: &[Bytes],
+    live: Option<(&Repairer, u64)>,
     counts: &mut Counts,
-) -> Result<Option<String>, ToolError> {
+) -> Result<(Vec<Bytes>, Option<String>), ToolError> {
+    let replace = live.is_some();
+    let written = |key: &[u8]| live.is_some_and(|(r, start)| r.written_after(None, key, start));
+    let mut redo = Vec::new();
+    let mut first_error = None;
     let mut read = Vec::with_capacity(keys.len() * 2 + 2);
     read.push(Command::from_args(&[&b"MULTI"[..]]));
     for k in keys {
@@ -141,47 +165,133 @@ async fn copy_batch(
         read.push(Command::from_args(&[&b"PTTL"[..], k]));
     }
     read.push(Command::from_args(&[&b"EXEC"[..]]));
-    let read_at = now_ms();
     let replies = caches.call(Side::Old, &read).await?;
     let Some(Value::Array(results)) = replies.last() else {
         return Err(ToolError::Refused("EXEC", format!("{:?}", replies.last())));
     };
     let mut writes = Vec::with_capacity(keys.len());
+    let mut restoring = Vec::with_capacity(keys.len());
+    let mut typed = Vec::new();
     for (key, pair) in keys.iter().zip(results.chunks(2)) {
+        if written(key) {
+            redo.push(key.clone());
+            continue;
+        }
         match pair {
             [Value::Str(payload), Value::Int(pttl)] if *pttl != -2 => {
                 counts.bytes += payload.len() as u64;
-                let cmd = if *pttl > 0 {
-                    let at = (read_at + pttl).to_string();
-                    Command::from_args(&[&b"RESTORE"[..], key, at.as_bytes(), payload, b"ABSTTL"])
-                } else {
-                    Command::from_args(&[&b"RESTORE"[..], key, b"0", payload])
-                };
-                writes.push(cmd);
+                writes.push(restore(key, payload, *pttl, replace));
+                restoring.push(key.clone());
             }
-            [Value::Error(e), _] => return Err(ToolError::Refused("DUMP", text(e))),
+            // DUMP refused (renamed, or forbidden to this user).
+            [Value::Error(e), _] => {
+                first_error.get_or_insert_with(|| format!("DUMP: {}", text(e)));
+                typed.push(key.clone());
+            }
             _ => counts.gone += 1,
         }
     }
-    if writes.is_empty() {
-        return Ok(None);
-    }
-    let mut first_error = None;
-    for r in caches.call(Side::New, &writes).await? {
-        match r {
-            Value::Error(e) if e.starts_with(b"BUSYKEY") => counts.existed += 1,
-            Value::Error(e) => {
-                counts.failed += 1;
-                first_error.get_or_insert_with(|| text(&e));
+    let mut landed = Vec::with_capacity(restoring.len());
+    if !writes.is_empty() {
+        let replies = caches.call(Side::New, &writes).await?;
+        for (key, r) in restoring.into_iter().zip(replies) {
+            match r {
+                Value::Error(e) if e.starts_with(b"BUSYKEY") => counts.existed += 1,
+                Value::Error(e) => {
+                    first_error.get_or_insert_with(|| format!("RESTORE: {}", text(&e)));
+                    typed.push(key);
+                }
+                _ => landed.push(key),
             }
-            _ => counts.copied += 1,
         }
     }
-    Ok(first_error)
+    if !typed.is_empty() {
+        copy_typed(
+            caches,
+            &typed,
+            live,
+            counts,
+            &mut landed,
+            &mut redo,
+            &mut first_error,
+        )
+        .await?;
+    }
+    for key in landed {
+        if written(&key) {
+            redo.push(key);
+        } else {
+            counts.copied += 1;
+        }
+    }
+    Ok((redo, first_error))
+}
+
+/// The type-aware copy of `keys` (their `RESTORE` was refused): keys
+/// written go to `landed`, keys to read again to `redo`.
+async fn copy_typed(
+    caches: &mut Caches,
+    keys: &[Bytes],
+    live: Option<(&Repairer, u64)>,
+    counts: &mut Counts,
+    landed: &mut Vec<Bytes>,
+    redo: &mut Vec<Bytes>,
+    first_error: &mut Option<String>,
+) -> Result<(), ToolError> {
+    let replace = live.is_some();
+    let reads: Vec<Command> = keys.iter().flat_map(|k| typed::read_commands(k)).collect();
+    let per = typed::read_commands(b"").len();
+    let replies = caches.call(Side::Old, &reads).await?;
+    let mut writes = Vec::new();
+    let mut writing = Vec::new();
+    for (key, replies) in keys.iter().zip(replies.chunks(per)) {
+        if live.is_some_and(|(r, start)| r.written_after(None, key, start)) {
+            redo.push(key.clone());
+            continue;
+        }
+        match replies.last().and_then(typed::parse) {
+            Some(typed::Read::Gone) => counts.gone += 1,
+            Some(typed::Read::Unsupported(kind)) => {
+                counts.failed += 1;
+                first_error
+                    .get_or_insert_with(|| format!("type {kind} cannot be copied without RESTORE"));
+            }
+            Some(typed::Read::Value(t)) => {
+                counts.bytes += t.bytes;
+                let cmds = typed::write_commands(key, &t, replace);
+                writing.push((key.clone(), cmds.len()));
+                writes.extend(cmds);
+            }
+            None => {
+                counts.failed += 1;
+                first_error.get_or_insert_with(|| format!("type-aware read: {:?}", replies.last()));
+            }
+        }
+    }
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let replies = caches.call(Side::New, &writes).await?;
+    let mut at = 0;
+    for (key, n) in writing {
+        at += n;
+        match typed::written(&replies[at - 1]) {
+            Ok(true) => {
+                counts.typed += 1;
+                landed.push(key);
+            }
+            Ok(false) => counts.existed += 1,
+            Err(e) => {
+                counts.failed += 1;
+                first_error.get_or_insert_with(|| format!("type-aware write: {e}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Sleeps as long as the rate limits ask.
-async fn pace(started: Instant, counts: &Counts, opts: &Options) {
+pub(crate) async fn pace(started: Instant, counts: &Counts, opts: &Options) {
     let mut wait = Duration::ZERO;
     let ahead = |done: u64, per_sec: u64| {
         Duration::from_secs_f64(done as f64 / per_sec.max(1) as f64)
@@ -254,7 +364,7 @@ pub async fn run(caches: &mut Caches, opts: &Options) -> Result<Report, ToolErro
         };
         counts.scanned += keys.len() as u64;
         if !keys.is_empty() {
-            let err = copy_batch(caches, &keys, &mut counts).await?;
+            let (_, err) = copy_keys(caches, &keys, None, &mut counts).await?;
             if first_error.is_none() {
                 first_error = err;
             }

@@ -3,6 +3,8 @@
 //! `cutover backfill` (copy a route's keys from old to new).
 
 pub mod backfill;
+pub mod live;
+pub mod typed;
 pub mod verify;
 
 use bytes::Bytes;
@@ -51,6 +53,21 @@ impl Caches {
             clients: [Client::new(), Client::new()],
             depth: settings.limits.max_reply_depth,
             table: router.current(),
+        }
+    }
+
+    /// The caches a serving proxy fronts, with its route table (for the
+    /// in-proxy backfill; its own connections).
+    pub fn from_shared(shared: &crate::session::Shared) -> Caches {
+        let [old, new] = &shared.upstreams;
+        Caches {
+            upstreams: [
+                Upstream::new(Side::Old, old.config.clone()),
+                Upstream::new(Side::New, new.config.clone()),
+            ],
+            clients: [Client::new(), Client::new()],
+            depth: shared.limits.max_reply_depth,
+            table: shared.router.current(),
         }
     }
 

@@ -625,3 +625,64 @@ pub fn assert_same_keyspace(old: &RedisServer, new: &RedisServer, ttl_tolerance_
         assert!(ttl_ok, "TTL of {k}: old {} ms, new {} ms", x.pttl, y.pttl);
     }
 }
+
+/// `n` keys of every type, half of them with a TTL: `h{i}` hashes, `l{i}`
+/// lists, `set{i}` sets, `z{i}` sorted sets, `x{i}` streams, `sess:{i}` and
+/// `s{i}` strings (`i` by `i % 10`: 0 to 4, 5, the rest).
+pub fn populate(server: &RedisServer, n: usize) {
+    let mut c = server.sync();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(5000) {
+        let mut p = redis::pipe();
+        for &i in chunk {
+            let key = match i % 10 {
+                0 => {
+                    p.cmd("HSET")
+                        .arg(format!("h{i}"))
+                        .arg("a")
+                        .arg(i)
+                        .arg("b")
+                        .arg("x")
+                        .ignore();
+                    format!("h{i}")
+                }
+                1 => {
+                    p.cmd("RPUSH").arg(format!("l{i}")).arg(i).arg("y").ignore();
+                    format!("l{i}")
+                }
+                2 => {
+                    p.cmd("SADD")
+                        .arg(format!("set{i}"))
+                        .arg(i)
+                        .arg("z")
+                        .ignore();
+                    format!("set{i}")
+                }
+                3 => {
+                    p.cmd("ZADD").arg(format!("z{i}")).arg(1.5).arg(i).ignore();
+                    format!("z{i}")
+                }
+                4 => {
+                    p.cmd("XADD")
+                        .arg(format!("x{i}"))
+                        .arg("*")
+                        .arg("f")
+                        .arg(i)
+                        .ignore();
+                    format!("x{i}")
+                }
+                5 => {
+                    p.cmd("SET").arg(format!("sess:{i}")).arg(i).ignore();
+                    format!("sess:{i}")
+                }
+                _ => {
+                    p.cmd("SET").arg(format!("s{i}")).arg(i).ignore();
+                    format!("s{i}")
+                }
+            };
+            if i % 2 == 0 {
+                p.cmd("EXPIRE").arg(&key).arg(1000 + i % 5000).ignore();
+            }
+        }
+        let _: () = p.query(&mut c).unwrap();
+    }
+}
