@@ -4,7 +4,9 @@
 //! key: existence, type, and TTL (both persistent, or both expiring within
 //! the tolerance); in full mode the value too: equal `DUMP` payloads are
 //! equal, otherwise the values are read by type and compared (hash fields
-//! and set members as unordered, sorted sets with their scores). A key that
+//! and set members as unordered, sorted sets with their scores). Keys over
+//! 1 MiB (`MEMORY USAGE`) are never read whole: they are compared chunk by
+//! chunk ([`streamed_equal`]). A key that
 //! differs is re-checked (twice, 100 ms apart) before it is reported, so a
 //! key that expired or was written while it was being compared is not a
 //! difference when the caches really are in sync.
@@ -90,6 +92,8 @@ pub struct Report {
     pub samples: BTreeMap<&'static str, Vec<String>>,
     /// Differences found on the first look that were gone on a re-check.
     pub settled_on_recheck: u64,
+    /// Compares of big keys (over 1 MiB) done in chunks rather than whole.
+    pub streamed: u64,
     pub repaired: u64,
     pub equal: bool,
 }
@@ -113,6 +117,12 @@ impl Report {
             out.push_str(&format!(
                 "  ({} keys differed at first and agreed on a re-check: written or expired meanwhile)\n",
                 self.settled_on_recheck
+            ));
+        }
+        if self.streamed > 0 {
+            out.push_str(&format!(
+                "  ({} big keys compared in chunks)\n",
+                self.streamed
             ));
         }
         if self.repaired > 0 {
@@ -152,35 +162,185 @@ async fn look(
         cmds.push(Command::from_args(&[&b"TYPE"[..], k]));
         cmds.push(Command::from_args(&[&b"PTTL"[..], k]));
         if dump {
-            cmds.push(Command::from_args(&[&b"DUMP"[..], k]));
+            // An estimate (5 samples): cheap even for a big key.
+            cmds.push(Command::from_args(&[&b"MEMORY"[..], b"USAGE", k]));
         }
     }
     let replies = caches.call(side, &cmds).await?;
     let per = if dump { 3 } else { 2 };
-    replies
-        .chunks(per)
-        .map(|r| {
-            let kind = match &r[0] {
-                Value::Str(s) => s.clone(),
-                other => return Err(ToolError::Refused("TYPE", format!("{other:?}"))),
-            };
-            let pttl = match &r[1] {
-                Value::Int(n) => *n,
-                other => return Err(ToolError::Refused("PTTL", format!("{other:?}"))),
-            };
-            let dump = if dump {
-                match &r[2] {
-                    Value::Str(s) => Some(s.clone()),
-                    Value::Nil => None,
-                    Value::Error(e) => return Err(ToolError::Refused("DUMP", text(e))),
-                    _ => None,
-                }
+    let mut looks = Vec::with_capacity(keys.len());
+    let mut small = Vec::new();
+    for (i, r) in replies.chunks(per).enumerate() {
+        let kind = match &r[0] {
+            Value::Str(s) => s.clone(),
+            other => return Err(ToolError::Refused("TYPE", format!("{other:?}"))),
+        };
+        let pttl = match &r[1] {
+            Value::Int(n) => *n,
+            other => return Err(ToolError::Refused("PTTL", format!("{other:?}"))),
+        };
+        // (MEMORY USAGE refused, e.g. by an ACL: every key is dumped.)
+        if dump && !matches!(r[2], Value::Int(n) if n > BIG_KEY_BYTES) {
+            small.push(i);
+        }
+        looks.push(Look {
+            kind,
+            pttl,
+            dump: None,
+        });
+    }
+    if small.is_empty() {
+        return Ok(looks);
+    }
+    let dumps: Vec<Command> = small
+        .iter()
+        .map(|&i| Command::from_args(&[&b"DUMP"[..], &keys[i]]))
+        .collect();
+    for (&i, r) in small.iter().zip(caches.call(side, &dumps).await?) {
+        looks[i].dump = match r {
+            Value::Str(s) => Some(s),
+            Value::Error(e) => return Err(ToolError::Refused("DUMP", text(&e))),
+            _ => None,
+        };
+    }
+    Ok(looks)
+}
+
+/// Keys above this (`MEMORY USAGE`, bytes) are compared in chunks, never
+/// read whole.
+const BIG_KEY_BYTES: i64 = 1 << 20;
+/// Elements (or string bytes / 1024) per chunk of a big key.
+const CHUNK: usize = 1000;
+
+/// Runs `cmd` on both caches: whether they answered alike, and old's answer.
+async fn same_on_both(caches: &mut Caches, cmd: &Command) -> Result<(bool, Vec<Value>), ToolError> {
+    let x = caches.call(Side::Old, std::slice::from_ref(cmd)).await?;
+    let y = caches.call(Side::New, std::slice::from_ref(cmd)).await?;
+    Ok((x == y, x))
+}
+
+/// Compares a big key chunk by chunk (memory bounded by one chunk per
+/// side): lengths first, then strings by `GETRANGE`, lists by `LRANGE`,
+/// sorted sets by `ZRANGE .. WITHSCORES` (ordered), streams by `XRANGE ..
+/// COUNT`, and hashes and sets by scanning old (`HSCAN`, `SSCAN`) and
+/// asking new for the same fields or members (`HMGET`, `SMISMEMBER`): with
+/// equal lengths, old's contents all on new means equal. `None` for a type
+/// it cannot read.
+async fn streamed_equal(
+    caches: &mut Caches,
+    key: &[u8],
+    kind: &[u8],
+) -> Result<Option<bool>, ToolError> {
+    let len_cmd: &[u8] = match kind {
+        b"string" => b"STRLEN",
+        b"list" => b"LLEN",
+        b"hash" => b"HLEN",
+        b"set" => b"SCARD",
+        b"zset" => b"ZCARD",
+        b"stream" => b"XLEN",
+        _ => return Ok(None),
+    };
+    let (same, a) = same_on_both(caches, &Command::from_args(&[len_cmd, key])).await?;
+    let Some(Value::Int(n)) = a.first() else {
+        return Err(ToolError::Unexpected("a length"));
+    };
+    if !same {
+        return Ok(Some(false));
+    }
+    let n = usize::try_from(*n).unwrap_or(0);
+    let k = key.to_vec();
+    match kind {
+        b"string" | b"list" | b"zset" => {
+            let step = if kind == b"string" {
+                CHUNK * 1024
             } else {
-                None
+                CHUNK
             };
-            Ok(Look { kind, pttl, dump })
-        })
-        .collect()
+            for start in (0..n).step_by(step) {
+                let (from, to) = (start.to_string(), (start + step - 1).to_string());
+                let mut args = match kind {
+                    b"string" => vec![b"GETRANGE".to_vec(), k.clone()],
+                    b"list" => vec![b"LRANGE".to_vec(), k.clone()],
+                    _ => vec![b"ZRANGE".to_vec(), k.clone()],
+                };
+                args.extend([from.into_bytes(), to.into_bytes()]);
+                if kind == b"zset" {
+                    args.push(b"WITHSCORES".to_vec());
+                }
+                if !same_on_both(caches, &Command::from_args(&args)).await?.0 {
+                    return Ok(Some(false));
+                }
+            }
+            Ok(Some(true))
+        }
+        b"stream" => {
+            let mut from = b"-".to_vec();
+            loop {
+                let args = vec![
+                    b"XRANGE".to_vec(),
+                    k.clone(),
+                    from.clone(),
+                    b"+".to_vec(),
+                    b"COUNT".to_vec(),
+                    CHUNK.to_string().into_bytes(),
+                ];
+                let (same, x) = same_on_both(caches, &Command::from_args(&args)).await?;
+                if !same {
+                    return Ok(Some(false));
+                }
+                let last = x
+                    .first()
+                    .and_then(Value::as_array)
+                    .and_then(|e| e.last())
+                    .and_then(Value::as_array)
+                    .and_then(|e| e.first())
+                    .and_then(Value::as_bytes);
+                match last {
+                    Some(id) => from = [&b"("[..], id].concat(),
+                    None => return Ok(Some(true)),
+                }
+            }
+        }
+        _ => {
+            // hash or set: old's contents, chunk by chunk, looked up on new.
+            let hash = kind == b"hash";
+            let mut cursor = b"0".to_vec();
+            loop {
+                let scan: &[u8] = if hash { b"HSCAN" } else { b"SSCAN" };
+                let cmd = Command::from_args(&[scan, key, &cursor, b"COUNT", b"1000"]);
+                let r = caches.call(Side::Old, &[cmd]).await?;
+                let Some([next, items]) = r[0].as_array() else {
+                    return Err(ToolError::Unexpected("HSCAN/SSCAN"));
+                };
+                let items = items.as_array().unwrap_or_default();
+                if !items.is_empty() {
+                    let step = if hash { 2 } else { 1 };
+                    let mut ask: Vec<&[u8]> =
+                        vec![if hash { b"HMGET" } else { b"SMISMEMBER" }, key];
+                    ask.extend(
+                        items
+                            .iter()
+                            .step_by(step)
+                            .filter_map(|v| v.as_bytes().map(|b| &b[..])),
+                    );
+                    let got = caches.call(Side::New, &[Command::from_args(&ask)]).await?;
+                    let got = got[0].as_array().unwrap_or_default();
+                    let want: Vec<Value> = if hash {
+                        items.iter().skip(1).step_by(2).cloned().collect()
+                    } else {
+                        vec![Value::Int(1); items.len()]
+                    };
+                    if got != want.as_slice() {
+                        return Ok(Some(false));
+                    }
+                }
+                cursor = next.as_bytes().map(|b| b.to_vec()).unwrap_or_default();
+                if cursor == b"0" || cursor.is_empty() {
+                    return Ok(Some(true));
+                }
+            }
+        }
+    }
 }
 
 /// The value of `key` read by type, normalised for comparison.
@@ -215,6 +375,7 @@ async fn compare(
     old: &Look,
     new: &Look,
     opts: &Options,
+    streamed: &mut u64,
 ) -> Result<Option<Kind>, ToolError> {
     match (old.exists(), new.exists()) {
         (false, false) => return Ok(None),
@@ -235,6 +396,14 @@ async fn compare(
     if opts.quick || (old.dump.is_some() && old.dump == new.dump) {
         return Ok(None);
     }
+    if old.dump.is_none() || new.dump.is_none() {
+        // Big on one side at least: compared in chunks.
+        *streamed += 1;
+        return Ok(match streamed_equal(caches, key, &old.kind).await? {
+            Some(true) => None,
+            _ => Some(Kind::Value),
+        });
+    }
     let a = value_of(caches, Side::Old, key, &old.kind).await?;
     let b = value_of(caches, Side::New, key, &new.kind).await?;
     Ok(match (a, b) {
@@ -250,13 +419,14 @@ async fn check(
     caches: &mut Caches,
     keys: &[Bytes],
     opts: &Options,
+    streamed: &mut u64,
 ) -> Result<Vec<(Bytes, Kind)>, ToolError> {
     let dump = !opts.quick;
     let old = look(caches, Side::Old, keys, dump).await?;
     let new = look(caches, Side::New, keys, dump).await?;
     let mut out = Vec::new();
     for ((key, o), n) in keys.iter().zip(&old).zip(&new) {
-        if let Some(kind) = compare(caches, key, o, n, opts).await? {
+        if let Some(kind) = compare(caches, key, o, n, opts, streamed).await? {
             out.push((key.clone(), kind));
         }
     }
@@ -328,7 +498,7 @@ pub async fn run(caches: &mut Caches, opts: &Options) -> Result<Report, ToolErro
                     continue;
                 }
                 report.keys += keys.len() as u64;
-                for (k, kind) in check(caches, &keys, opts).await? {
+                for (k, kind) in check(caches, &keys, opts, &mut report.streamed).await? {
                     differing.push((k, kind, route));
                 }
             }
@@ -341,7 +511,7 @@ pub async fn run(caches: &mut Caches, opts: &Options) -> Result<Report, ToolErro
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         let keys: Vec<Bytes> = differing.iter().map(|(k, _, _)| k.clone()).collect();
-        let still: HashSet<Bytes> = check(caches, &keys, opts)
+        let still: HashSet<Bytes> = check(caches, &keys, opts, &mut report.streamed)
             .await?
             .into_iter()
             .map(|(k, _)| k)
@@ -364,7 +534,7 @@ pub async fn run(caches: &mut Caches, opts: &Options) -> Result<Report, ToolErro
             report.repaired += 1;
         }
         let keys: Vec<Bytes> = differing.iter().map(|(k, _, _)| k.clone()).collect();
-        let left = check(caches, &keys, opts).await?;
+        let left = check(caches, &keys, opts, &mut report.streamed).await?;
         report.equal = left.is_empty();
         return Ok(report);
     }
