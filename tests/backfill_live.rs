@@ -346,6 +346,16 @@ async fn in_proxy_backfill_is_refused_outside_dual_write_and_can_be_stopped() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(job["state"], "cancelled", "{job}");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["status", "--admin", &proxy.admin_url()])
+        .output()
+        .await
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("route default backfill cancelled:"),
+        "{table}"
+    );
     let copied = job["copied"].as_u64().unwrap();
     assert!(copied > 0 && copied < 4000, "{job}");
 }

@@ -266,6 +266,24 @@ pub fn render_status(s: &StatusView) -> String {
             out.push_str(&format!("route {} auto-cutover: {a}\n", r.status.name));
         }
     }
+    for r in &s.routes {
+        if let Some(b) = &r.backfill {
+            let c = &b.counts;
+            out.push_str(&format!(
+                "route {} backfill {}: {} scanned, {} copied ({} type by type), {} redone, {} to repair, {} failed, {} keys/s{}\n",
+                r.status.name,
+                b.state,
+                c.scanned,
+                c.copied,
+                c.typed,
+                c.redone,
+                c.handed_to_repair,
+                c.failed,
+                b.keys_per_sec,
+                b.error.as_deref().map_or_else(String::new, |e| format!(" ({e})"))
+            ));
+        }
+    }
     for r in s.routes.iter().filter(|r| r.needs_verify) {
         out.push_str(&format!(
             "route {} NEEDS VERIFY: the mirror-failure journal overflowed; verify the route, then clear the mark\n",
