@@ -12,26 +12,10 @@ use std::time::{Duration, Instant};
 use cutover::config::Settings;
 use cutover::routing::Phase;
 use cutover::tools::{backfill, verify, Caches};
-use support::{populate, RedisServer, TestProxy};
+use support::{populate, RedisServer, Rng, TestProxy};
 
 const KEYS: usize = 20_000;
 const WRITERS: u64 = 3;
-
-/// A small deterministic generator (xorshift64*), seeded per writer.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// One random write to one of `populate`'s keys, of the key's type:
 /// overwrites, in-place changes (INCR, HINCRBY, RPUSH, LPOP, SADD, ZINCRBY,

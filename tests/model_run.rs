@@ -21,25 +21,9 @@ mod support;
 use std::time::Duration;
 
 use cutover::routing::Phase;
-use support::{assert_same_keyspace, TestProxy};
+use support::{assert_same_keyspace, Rng, TestProxy};
 
 const CLIENTS: usize = 3;
-
-/// xorshift64*: small, seedable, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 const SCRIPT: &str =
     "redis.call('HINCRBY', KEYS[1], 'n', 1); return redis.call('RPUSH', KEYS[2], ARGV[1])";
