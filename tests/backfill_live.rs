@@ -354,15 +354,11 @@ async fn backfill_falls_back_to_a_type_aware_copy_when_restore_is_refused() {
     let proxy = start_dual_write_proxy(&old, &new).await;
     let settings = Settings::load(&proxy.config_path).unwrap();
     let mut caches = Caches::new(&settings);
-    let report = backfill::run(
-        &mut caches,
-        &backfill::Options {
-            route: Some("default".into()),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let default_route = backfill::Options {
+        route: Some("default".into()),
+        ..Default::default()
+    };
+    let report = backfill::run(&mut caches, &default_route).await.unwrap();
     let c = &report.counts;
     assert_eq!((c.copied, c.typed, c.failed), (2700, 2700, 0), "{report:?}");
     assert!(
@@ -376,15 +372,7 @@ async fn backfill_falls_back_to_a_type_aware_copy_when_restore_is_refused() {
     // Without REPLACE, the fallback leaves keys new has alone too.
     new.run(&["SET", "s7", "written-on-new"]);
     new.run(&["DEL", "s9"]);
-    let again = backfill::run(
-        &mut caches,
-        &backfill::Options {
-            route: Some("default".into()),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let again = backfill::run(&mut caches, &default_route).await.unwrap();
     assert_eq!(
         (again.counts.copied, again.counts.existed),
         (1, 2699),

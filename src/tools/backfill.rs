@@ -155,7 +155,7 @@ pub(crate) async fn copy_keys(
     counts: &mut Counts,
 ) -> Result<(Vec<Bytes>, Option<String>), ToolError> {
     let replace = live.is_some();
-    let written = |key: &[u8]| live.is_some_and(|(r, start)| r.written_after(None, key, start));
+    let written = |key: &[u8]| written_since(live, key);
     let mut redo = Vec::new();
     let mut first_error = None;
     let mut read = Vec::with_capacity(keys.len() * 2 + 2);
@@ -227,6 +227,11 @@ pub(crate) async fn copy_keys(
     Ok((redo, first_error))
 }
 
+/// Whether the proxy reported a write to `key` after the live copy's start.
+fn written_since(live: Option<(&Repairer, u64)>, key: &[u8]) -> bool {
+    live.is_some_and(|(r, start)| r.written_after(None, key, start))
+}
+
 /// The type-aware copy of `keys` (their `RESTORE` was refused): keys
 /// written go to `landed`, keys to read again to `redo`.
 async fn copy_typed(
@@ -245,7 +250,7 @@ async fn copy_typed(
     let mut writes = Vec::new();
     let mut writing = Vec::new();
     for (key, replies) in keys.iter().zip(replies.chunks(per)) {
-        if live.is_some_and(|(r, start)| r.written_after(None, key, start)) {
+        if written_since(live, key) {
             redo.push(key.clone());
             continue;
         }

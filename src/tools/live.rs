@@ -69,8 +69,7 @@ struct Progress {
     seconds: f64,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum State {
     #[default]
     Running,
@@ -105,6 +104,17 @@ pub enum StartError {
     Running(String),
 }
 
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Done => "done",
+            State::Cancelled => "cancelled",
+            State::Failed => "failed",
+        }
+    }
+}
+
 impl Job {
     fn lock(&self) -> std::sync::MutexGuard<'_, Progress> {
         self.progress.lock().unwrap_or_else(|e| e.into_inner())
@@ -122,10 +132,7 @@ impl Job {
         };
         let fmt = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
         JobView {
-            state: serde_json::to_value(p.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            state: p.state.name().to_string(),
             started: fmt(self.started),
             finished: p.finished.map(fmt),
             seconds,

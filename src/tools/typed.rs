@@ -71,11 +71,6 @@ pub fn parse(exec: &Value) -> Option<Read> {
     let Value::Int(pttl) = results[PTTL] else {
         return None;
     };
-    let mut bytes = 0u64;
-    let mut add = |b: &Bytes| {
-        bytes += b.len() as u64;
-        b.clone()
-    };
     let strings = |v: &Value| -> Option<Vec<Bytes>> {
         match v {
             Value::Array(items) => items.iter().map(|i| i.as_bytes().cloned()).collect(),
@@ -97,29 +92,16 @@ pub fn parse(exec: &Value) -> Option<Read> {
     match &kind[..] {
         b"none" => return Some(Read::Gone),
         b"string" => {
-            let v = add(results[2].as_bytes()?);
-            chunked(b"SET", vec![v], 1);
+            chunked(b"SET", vec![results[2].as_bytes()?.clone()], 1);
         }
         b"hash" => {
-            let items = strings(&results[3])?;
-            items.iter().for_each(|b| {
-                add(b);
-            });
-            chunked(b"HSET", items, 2);
+            chunked(b"HSET", strings(&results[3])?, 2);
         }
         b"list" => {
-            let items = strings(&results[4])?;
-            items.iter().for_each(|b| {
-                add(b);
-            });
-            chunked(b"RPUSH", items, 1);
+            chunked(b"RPUSH", strings(&results[4])?, 1);
         }
         b"set" => {
-            let items = strings(&results[5])?;
-            items.iter().for_each(|b| {
-                add(b);
-            });
-            chunked(b"SADD", items, 1);
+            chunked(b"SADD", strings(&results[5])?, 1);
         }
         b"zset" => {
             // Member, score pairs; ZADD wants score, member.
@@ -127,8 +109,7 @@ pub fn parse(exec: &Value) -> Option<Read> {
             let mut swapped = Vec::with_capacity(items.len());
             for pair in items.chunks(2) {
                 let [m, s] = pair else { return None };
-                swapped.push(add(s));
-                swapped.push(add(m));
+                swapped.extend([s.clone(), m.clone()]);
             }
             chunked(b"ZADD", swapped, 2);
         }
@@ -156,11 +137,9 @@ pub fn parse(exec: &Value) -> Option<Read> {
                 let mut args = vec![
                     Bytes::from_static(b"XADD"),
                     Bytes::new(),
-                    add(id.as_bytes()?),
+                    id.as_bytes()?.clone(),
                 ];
-                for f in strings(fields)? {
-                    args.push(add(&f));
-                }
+                args.extend(strings(fields)?);
                 build.push(args);
             }
         }
@@ -170,6 +149,12 @@ pub fn parse(exec: &Value) -> Option<Read> {
             ))
         }
     }
+    // What follows each command name and placeholder key is the value.
+    let bytes = build
+        .iter()
+        .flat_map(|args| &args[2..])
+        .map(|b| b.len() as u64)
+        .sum();
     Some(Read::Value(Typed { pttl, build, bytes }))
 }
 
