@@ -29,6 +29,28 @@ pub struct Settings {
     pub admin: AdminConfig,
     #[serde(default)]
     pub journal: JournalConfig,
+    /// Clients must authenticate to the proxy (AUTH / HELLO AUTH) when set.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+}
+
+/// Users clients authenticate to the proxy as. Their AUTH is answered by
+/// the proxy and never forwarded: upstreams use their own credentials.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub users: Vec<AuthUser>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthUser {
+    /// The user name clients send (`AUTH name password`); `AUTH password`
+    /// alone authenticates as `default`.
+    pub name: String,
+    /// Hex SHA-256 of the password, as Redis ACL stores it
+    /// (`echo -n "$PASSWORD" | sha256sum`).
+    pub sha256: String,
 }
 
 /// The mirror-failure journal (keys whose mirrored write was lost, copied
@@ -132,11 +154,42 @@ fn default_admin_address() -> String {
     "127.0.0.1:6401".into()
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Listen {
     /// `host:port` the proxy accepts clients on.
     pub address: String,
+    /// Serve TLS on `address` with this certificate chain (PEM), and the
+    /// key below. Both files are read again on every config reload.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+    /// Mutual TLS: clients must present a certificate issued by a CA in
+    /// this PEM file.
+    #[serde(default)]
+    pub tls_client_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_min_version: Option<TlsVersion>,
+    /// With TLS on `address`: plain TCP on this second `host:port` too.
+    #[serde(default)]
+    pub plain_address: Option<String>,
+}
+
+impl Listen {
+    pub fn tls(&self) -> bool {
+        self.tls_cert_file.is_some()
+    }
+}
+
+/// The oldest TLS version accepted.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -165,6 +218,29 @@ pub struct UpstreamConfig {
     /// blocking commands are exempt. 0 disables.
     #[serde(default = "default_command_timeout_ms")]
     pub command_timeout_ms: u64,
+    /// Connect with TLS (managed caches: Azure ports 6380 and 10000,
+    /// ElastiCache with in-transit encryption).
+    #[serde(default)]
+    pub tls: bool,
+    /// CA bundle (PEM) the cache's certificate must chain to; the system
+    /// roots when absent.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Name sent as SNI and checked against the certificate; the host of
+    /// `address` when absent.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Mutual TLS: the certificate chain (PEM) and key presented to the cache.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_min_version: Option<TlsVersion>,
+    /// Accept any certificate. For tests only: logged as a warning at
+    /// every start.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -424,6 +500,8 @@ impl Settings {
                 file: file.clone(),
                 message: e.to_string(),
             })?;
+        let mut settings = settings;
+        settings.resolve_paths(path.parent().unwrap_or(Path::new(".")));
         settings
             .validate()
             .map_err(|(field, message)| ConfigError::Invalid {
@@ -434,10 +512,39 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Makes the TLS file paths that are relative absolute from `dir`, the
+    /// config file's directory (as the journal and state files are).
+    fn resolve_paths(&mut self, dir: &Path) {
+        let l = &mut self.listen;
+        let up = [&mut self.upstreams.old, &mut self.upstreams.new];
+        let files = [
+            &mut l.tls_cert_file,
+            &mut l.tls_key_file,
+            &mut l.tls_client_ca_file,
+        ]
+        .into_iter()
+        .chain(up.into_iter().flat_map(|u| {
+            [
+                &mut u.ca_file,
+                &mut u.client_cert_file,
+                &mut u.client_key_file,
+            ]
+        }));
+        for f in files.flatten() {
+            if f.is_relative() {
+                *f = dir.join(&*f);
+            }
+        }
+    }
+
     /// Checks what serde cannot: the route list's shape and the addresses.
     /// Errors are `(field, message)`.
     pub fn validate(&self) -> Result<(), (String, String)> {
         check_address("listen.address", &self.listen.address)?;
+        self.validate_tls()?;
+        if let Some(auth) = &self.auth {
+            validate_auth(auth)?;
+        }
         check_address("upstreams.old.address", &self.upstreams.old.address)?;
         check_address("upstreams.new.address", &self.upstreams.new.address)?;
         for (side, up) in [("old", &self.upstreams.old), ("new", &self.upstreams.new)] {
@@ -586,6 +693,105 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+impl Settings {
+    fn validate_tls(&self) -> Result<(), (String, String)> {
+        let l = &self.listen;
+        let err = |field: &str, message: &str| Err((field.to_string(), message.to_string()));
+        match (&l.tls_cert_file, &l.tls_key_file) {
+            (Some(_), None) => return err("listen.tls_key_file", "tls_cert_file needs its key"),
+            (None, Some(_)) => {
+                return err("listen.tls_cert_file", "tls_key_file needs its certificate")
+            }
+            _ => {}
+        }
+        if !l.tls() {
+            for (field, set) in [
+                ("plain_address", l.plain_address.is_some()),
+                ("tls_client_ca_file", l.tls_client_ca_file.is_some()),
+                ("tls_min_version", l.tls_min_version.is_some()),
+            ] {
+                if set {
+                    return err(
+                        &format!("listen.{field}"),
+                        "needs TLS on the listener: set tls_cert_file and tls_key_file",
+                    );
+                }
+            }
+        }
+        if let Some(a) = &l.plain_address {
+            check_address("listen.plain_address", a)?;
+        }
+        for (side, up) in [("old", &self.upstreams.old), ("new", &self.upstreams.new)] {
+            let field = |name: &str| format!("upstreams.{side}.{name}");
+            if !up.tls {
+                for (name, set) in [
+                    ("ca_file", up.ca_file.is_some()),
+                    ("server_name", up.server_name.is_some()),
+                    ("client_cert_file", up.client_cert_file.is_some()),
+                    ("client_key_file", up.client_key_file.is_some()),
+                    ("tls_min_version", up.tls_min_version.is_some()),
+                    ("insecure_skip_verify", up.insecure_skip_verify),
+                ] {
+                    if set {
+                        return err(&field(name), "needs tls = true on this upstream");
+                    }
+                }
+            }
+            match (&up.client_cert_file, &up.client_key_file) {
+                (Some(_), None) => {
+                    return err(&field("client_key_file"), "client_cert_file needs its key")
+                }
+                (None, Some(_)) => {
+                    return err(
+                        &field("client_cert_file"),
+                        "client_key_file needs its certificate",
+                    )
+                }
+                _ => {}
+            }
+            if up
+                .server_name
+                .as_deref()
+                .is_some_and(|n| rustls::pki_types::ServerName::try_from(n.to_string()).is_err())
+            {
+                return err(&field("server_name"), "not a valid DNS name or IP address");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn validate_auth(auth: &AuthConfig) -> Result<(), (String, String)> {
+    if auth.users.is_empty() {
+        return Err((
+            "auth.users".into(),
+            "at least one user is needed (or remove [auth])".into(),
+        ));
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, u) in auth.users.iter().enumerate() {
+        if u.name.is_empty() || u.name.bytes().any(|b| b.is_ascii_whitespace()) {
+            return Err((
+                format!("auth.users[{i}].name"),
+                "must be a non-empty name without spaces".into(),
+            ));
+        }
+        if !names.insert(u.name.as_str()) {
+            return Err((
+                format!("auth.users[{i}].name"),
+                format!("duplicate user {:?}", u.name),
+            ));
+        }
+        if u.sha256.len() != 64 || !u.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err((
+                format!("auth.users[{i}].sha256"),
+                "must be the 64 hex digits of the password's SHA-256 (echo -n \"$PASSWORD\" | sha256sum)".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_address(field: &str, addr: &str) -> Result<(), (String, String)> {

@@ -17,6 +17,12 @@ pub enum UpstreamError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("upstream {side} ({addr}): TLS: {reason}")]
+    Tls {
+        side: Side,
+        addr: String,
+        reason: String,
+    },
     #[error("upstream {side} ({addr}): connect timed out after {after:?}")]
     ConnectTimeout {
         side: Side,
@@ -60,6 +66,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Connect { side, .. }
             | UpstreamError::ConnectTimeout { side, .. }
+            | UpstreamError::Tls { side, .. }
             | UpstreamError::Handshake { side, .. }
             | UpstreamError::Io { side, .. }
             | UpstreamError::Closed { side, .. }

@@ -43,6 +43,7 @@ pub mod control;
 pub mod error;
 pub mod metrics;
 pub mod mirror;
+pub mod net;
 pub mod persist;
 pub mod protocol;
 pub mod reload;
@@ -51,6 +52,7 @@ pub mod routing;
 pub mod server;
 pub mod session;
 pub mod shadow;
+pub mod tls;
 pub mod tools;
 pub mod upstream;
 

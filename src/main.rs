@@ -312,7 +312,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             eprintln!("{}", cutover::tools::backfill::STANDALONE_CAVEAT);
             let rt = tokio::runtime::Runtime::new()?;
             let report = rt.block_on(async {
-                let mut c = cutover::tools::Caches::new(&settings);
+                let mut c = cutover::tools::Caches::new(&settings)?;
                 cutover::tools::backfill::run(&mut c, &opts).await
             })?;
             if caches.json {
@@ -355,7 +355,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let result = caches.settings().and_then(|settings| {
                 let rt = tokio::runtime::Runtime::new()?;
                 Ok(rt.block_on(async {
-                    let mut c = cutover::tools::Caches::new(&settings);
+                    let mut c = cutover::tools::Caches::new(&settings)?;
                     cutover::tools::verify::run(&mut c, &opts).await
                 })?)
             });

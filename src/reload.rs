@@ -2,7 +2,9 @@
 //! changes, load and validate the file, then swap the table in one store.
 //! An invalid file is logged and the running table stays. Changes that need
 //! a restart (upstream addresses, listener, limits) are applied only to
-//! routes and the unknown-command policy, and said so in the log.
+//! routes and the unknown-command policy, and said so in the log. The
+//! listener's certificate files are read again and `[auth]` users replaced
+//! (turning TLS or `[auth]` on or off needs a restart).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -94,6 +96,25 @@ fn file_watcher(
     Some(watcher)
 }
 
+/// Reads the listener's certificate files again (a renewed certificate
+/// under the same names, or new names), for connections accepted from now
+/// on. A file that fails to load keeps the running certificate.
+fn reload_tls(next: &Settings, shared: &Shared, trigger: Trigger) {
+    if shared.listen_tls.load().is_none() || !next.listen.tls() {
+        return;
+    }
+    match crate::tls::server_config(&next.listen) {
+        Ok(Some(config)) => {
+            shared.listen_tls.store(Some(config));
+            info!(?trigger, "listener certificate reloaded");
+        }
+        Ok(None) => {}
+        Err(e) => {
+            error!(?trigger, error = %e, "listener certificate reload failed; the running certificate stays")
+        }
+    }
+}
+
 fn reload_once(path: &std::path::Path, running: &Settings, shared: &Shared, trigger: Trigger) {
     let next = match Settings::load(path) {
         Ok(s) => s,
@@ -102,11 +123,23 @@ fn reload_once(path: &std::path::Path, running: &Settings, shared: &Shared, trig
             return;
         }
     };
+    let (l, r) = (&next.listen, &running.listen);
     if next.upstreams != running.upstreams
-        || next.listen.address != running.listen.address
+        || l.address != r.address
+        || l.plain_address != r.plain_address
+        || l.tls() != r.tls()
         || next.admin != running.admin
+        || next.auth.is_some() != running.auth.is_some()
     {
-        warn!(?trigger, "config reload: listener or upstream settings changed; they take effect only after a restart");
+        warn!(?trigger, "config reload: listener, upstream, admin settings or turning [auth] on or off changed; they take effect only after a restart");
+    }
+    reload_tls(&next, shared, trigger);
+    if running.auth.is_some() {
+        if let Some(auth) = &next.auth {
+            shared
+                .auth
+                .store(Some(Arc::new(crate::session::auth::Users::new(auth))));
+        }
     }
     let before = describe(&shared.router);
     let version = shared

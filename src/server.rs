@@ -1,5 +1,8 @@
-//! The client listener: accept, enforce `maxclients`, spawn a session per
-//! connection, and shut down by dropping into drain mode.
+//! The client listeners: accept (TLS on the main address when configured,
+//! plain TCP on a second one if asked), enforce `maxclients` over both,
+//! spawn a session per connection, and shut down by dropping into drain mode.
+//! A TLS handshake runs in the connection's own task, under a deadline, so a
+//! slow or hostile client never holds up the accept loop.
 //!
 //! Shutdown: a `watch` flag flips; the accept loop stops, each session stops
 //! reading, finishes the commands it has in flight (their mirrored writes
@@ -14,11 +17,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, error, info, warn};
 
 use crate::admin;
 use crate::config::Settings;
 use crate::control::{Control, StateError};
+use crate::net::Stream;
 use crate::reload;
 use crate::repair::{self, Repairer};
 use crate::routing::{Router, Side};
@@ -29,6 +34,8 @@ use crate::upstream::Upstream;
 pub enum StartError {
     #[error("cannot listen on {0}: {1}")]
     Listen(String, std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error(
         "cannot start the admin listener on {0}: {1} (set [admin] address, or enabled = false)"
     )]
@@ -44,9 +51,13 @@ pub enum StartError {
 /// How long shutdown waits for sessions to drain.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
 
+/// How long a client has to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A running proxy.
 pub struct Proxy {
     addr: SocketAddr,
+    plain_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
@@ -61,12 +72,17 @@ impl Proxy {
         settings: Settings,
         config_path: Option<PathBuf>,
     ) -> Result<Proxy, StartError> {
-        let listener = TcpListener::bind(&settings.listen.address)
-            .await
-            .map_err(|e| StartError::Listen(settings.listen.address.clone(), e))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| StartError::Listen(settings.listen.address.clone(), e))?;
+        let listen_tls = crate::tls::server_config(&settings.listen)?;
+        let upstreams = [
+            Upstream::new(Side::Old, settings.upstreams.old.clone())?,
+            Upstream::new(Side::New, settings.upstreams.new.clone())?,
+        ];
+        let (listener, addr) = bind(&settings.listen.address).await?;
+        let plain = match &settings.listen.plain_address {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        let plain_addr = plain.as_ref().map(|(_, a)| *a);
         let admin_listener = if settings.admin.enabled {
             Some(
                 TcpListener::bind(&settings.admin.address)
@@ -86,10 +102,14 @@ impl Proxy {
         let shared = Arc::new(Shared {
             router: Router::new(&routes, &settings.commands),
             control,
-            upstreams: [
-                Upstream::new(Side::Old, settings.upstreams.old.clone()),
-                Upstream::new(Side::New, settings.upstreams.new.clone()),
-            ],
+            upstreams,
+            listen_tls: arc_swap::ArcSwapOption::new(listen_tls),
+            auth: arc_swap::ArcSwapOption::new(
+                settings
+                    .auth
+                    .as_ref()
+                    .map(|a| Arc::new(crate::session::auth::Users::new(a))),
+            ),
             limits: settings.limits.clone(),
             scripts: Default::default(),
             repairer,
@@ -102,7 +122,15 @@ impl Proxy {
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = vec![
-            tokio::spawn(accept_loop(listener, shared.clone(), shutdown_rx.clone())),
+            tokio::spawn(accept_loop(
+                Listeners {
+                    main: listener,
+                    main_tls: settings.listen.tls(),
+                    plain: plain.map(|(l, _)| l),
+                },
+                shared.clone(),
+                shutdown_rx.clone(),
+            )),
             tokio::spawn(repair::run(shared.clone(), repairs, shutdown_rx.clone())),
         ];
         tasks.push(tokio::spawn(repair::drain_journal(
@@ -127,15 +155,26 @@ impl Proxy {
             }
             None => None,
         };
+        let (listen_is_tls, auth_on) = (settings.listen.tls(), settings.auth.is_some());
         if let Some(path) = config_path {
             tasks.push(tokio::spawn(
                 reload::watch(path, settings, shared.clone(), shutdown_rx)
                     .map_err(StartError::Reload)?,
             ));
         }
-        info!(%addr, admin = ?admin_addr, routes = %describe(&shared.router), "cutover listening");
+        check_upstreams(&shared).await;
+        info!(
+            %addr,
+            tls = listen_is_tls,
+            plain = ?plain_addr,
+            admin = ?admin_addr,
+            auth = auth_on,
+            routes = %describe(&shared.router),
+            "cutover listening"
+        );
         Ok(Proxy {
             addr,
+            plain_addr,
             admin_addr,
             shared,
             shutdown,
@@ -145,6 +184,11 @@ impl Proxy {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The plain-TCP address beside a TLS one (`listen.plain_address`).
+    pub fn plain_addr(&self) -> Option<SocketAddr> {
+        self.plain_addr
     }
 
     /// Where the admin API listens, when enabled.
@@ -194,16 +238,67 @@ pub fn describe(router: &Router) -> String {
         .join(", ")
 }
 
+async fn bind(address: &str) -> Result<(TcpListener, SocketAddr), StartError> {
+    let failed = |e| StartError::Listen(address.to_string(), e);
+    let l = TcpListener::bind(address).await.map_err(failed)?;
+    let a = l.local_addr().map_err(failed)?;
+    Ok((l, a))
+}
+
+/// Connects to each upstream once (credentials, TLS) so a wrong password
+/// or certificate is reported at start, not at the first client's command.
+/// The proxy serves either way: a cache may come up later.
+async fn check_upstreams(shared: &Shared) {
+    let depth = shared.limits.max_reply_depth;
+    let [old, new] = &shared.upstreams;
+    tokio::join!(check_upstream(old, depth), check_upstream(new, depth));
+}
+
+async fn check_upstream(up: &Upstream, depth: usize) {
+    let mut setup = up.base_setup();
+    setup.push(("PING", crate::protocol::Command::from_args(&[b"PING"])));
+    match up.connect(setup, depth).await {
+        Ok(_) => info!(
+            side = %up.side,
+            addr = %up.addr(),
+            tls = up.is_tls(),
+            authenticated = up.config.password.is_some(),
+            "upstream ready"
+        ),
+        Err(e) => error!(
+            side = %up.side,
+            error = %e,
+            "upstream check at start failed; serving anyway, commands that need it fail until it works"
+        ),
+    }
+}
+
+/// The sockets clients connect to.
+struct Listeners {
+    main: TcpListener,
+    /// TLS on `main` (the acceptor's config is `Shared::listen_tls`).
+    main_tls: bool,
+    plain: Option<TcpListener>,
+}
+
+async fn accept_on(l: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn accept_loop(
-    listener: TcpListener,
+    listeners: Listeners,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let maxclients = shared.limits.maxclients;
     let slots = Arc::new(Semaphore::new(maxclients));
     loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
+        let (accepted, tls) = tokio::select! {
+            r = listeners.main.accept() => (r, listeners.main_tls),
+            r = accept_on(listeners.plain.as_ref()) => (r, false),
             _ = shutdown.changed() => break,
         };
         let (sock, peer) = match accepted {
@@ -216,15 +311,18 @@ async fn accept_loop(
             }
         };
         let _ = sock.set_nodelay(true);
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tokio::spawn(refuse(sock, peer));
-            continue;
-        };
+        let permit = slots.clone().try_acquire_owned().ok();
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            debug!(%peer, "client connected");
-            let (rd, wr) = sock.into_split();
+            let Some(stream) = establish(&shared, sock, peer, tls).await else {
+                return;
+            };
+            let Some(permit) = permit else {
+                return refuse(stream, peer).await;
+            };
+            debug!(%peer, tls, "client connected");
+            let (rd, wr) = stream.split();
             Session::new(shared, rd, wr).run(shutdown).await;
             debug!(%peer, "client disconnected");
             drop(permit);
@@ -240,10 +338,41 @@ async fn accept_loop(
     }
 }
 
-async fn refuse(mut sock: TcpStream, peer: SocketAddr) {
+/// The client's stream: TLS after a handshake under a deadline, or plain.
+/// A failed handshake is the client's problem and only logged at debug.
+async fn establish(
+    shared: &Shared,
+    sock: TcpStream,
+    peer: SocketAddr,
+    tls: bool,
+) -> Option<Stream> {
+    if !tls {
+        return Some(Stream::Tcp(sock));
+    }
+    let config = shared.listen_tls.load_full()?;
+    match tokio::time::timeout(
+        TLS_HANDSHAKE_TIMEOUT,
+        TlsAcceptor::from(config).accept(sock),
+    )
+    .await
+    {
+        Ok(Ok(s)) => Some(Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(s)))),
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "client TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            debug!(%peer, "client TLS handshake timed out");
+            None
+        }
+    }
+}
+
+async fn refuse(stream: Stream, peer: SocketAddr) {
     warn!(%peer, "max number of clients reached");
-    let _ = sock
+    let (_, mut wr) = stream.split();
+    let _ = wr
         .write_all(b"-ERR max number of clients reached\r\n")
         .await;
-    let _ = sock.shutdown().await;
+    let _ = wr.shutdown().await;
 }

@@ -200,9 +200,12 @@ async fn backfill_through_admin(proxy: &TestProxy, route: &str, body: &str) -> s
 
 async fn verify_all(proxy: &TestProxy) -> verify::Report {
     let settings = Settings::load(&proxy.config_path).unwrap();
-    verify::run(&mut Caches::new(&settings), &verify::Options::default())
-        .await
-        .unwrap()
+    verify::run(
+        &mut Caches::new(&settings).unwrap(),
+        &verify::Options::default(),
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,7 +276,7 @@ async fn standalone_backfill_racing_live_writes_says_what_it_cannot_guarantee() 
         repair: true,
         ..Default::default()
     };
-    let repaired = verify::run(&mut Caches::new(&settings), &repair)
+    let repaired = verify::run(&mut Caches::new(&settings).unwrap(), &repair)
         .await
         .unwrap();
     eprintln!("verify --repair: {} keys repaired", repaired.repaired);
@@ -353,7 +356,7 @@ async fn backfill_falls_back_to_a_type_aware_copy_when_restore_is_refused() {
     new.run(&["ACL", "SETUSER", "default", "-restore"]);
     let proxy = start_dual_write_proxy(&old, &new).await;
     let settings = Settings::load(&proxy.config_path).unwrap();
-    let mut caches = Caches::new(&settings);
+    let mut caches = Caches::new(&settings).unwrap();
     let default_route = backfill::Options {
         route: Some("default".into()),
         ..Default::default()
@@ -413,9 +416,12 @@ async fn equal_caches_stay_equal_under_the_race_tests_writers() {
     populate(&old, KEYS);
     let proxy = start_dual_write_proxy(&old, &new).await;
     let settings = Settings::load(&proxy.config_path).unwrap();
-    backfill::run(&mut Caches::new(&settings), &backfill::Options::default())
-        .await
-        .unwrap();
+    backfill::run(
+        &mut Caches::new(&settings).unwrap(),
+        &backfill::Options::default(),
+    )
+    .await
+    .unwrap();
     let v = verify_all(&proxy).await;
     assert!(v.equal, "{}", v.render());
     let mut writers = Writers::start(proxy.url());

@@ -33,7 +33,7 @@ async fn a_hundred_thousand_keys_backfill_and_verify_equal() {
     let (old, new) = support::start_pair();
     populate(&old, 100_000);
     let (settings, _dir) = settings(&old, &new);
-    let mut caches = Caches::new(&settings);
+    let mut caches = Caches::new(&settings).unwrap();
     let before = verify::run(&mut caches, &verify::Options::default())
         .await
         .unwrap();
@@ -64,7 +64,7 @@ async fn a_backfill_stopped_halfway_resumes_from_its_cursor() {
     let (old, new) = support::start_pair();
     populate(&old, 20_000);
     let (settings, dir) = settings(&old, &new);
-    let mut caches = Caches::new(&settings);
+    let mut caches = Caches::new(&settings).unwrap();
     let opts = backfill::Options {
         batch: 1000,
         cursor_file: Some(dir.path().join("cursor.json")),
@@ -77,7 +77,7 @@ async fn a_backfill_stopped_halfway_resumes_from_its_cursor() {
     let copied_first = first.counts.copied;
     assert!(copied_first > 0 && copied_first < 20_000, "{copied_first}");
     // A new process (new connections) picks up where it stopped.
-    let mut caches = Caches::new(&settings);
+    let mut caches = Caches::new(&settings).unwrap();
     let rest = backfill::run(
         &mut caches,
         &backfill::Options {
@@ -106,7 +106,7 @@ async fn verify_finds_each_planted_difference_and_repairs_them() {
     let (old, new) = support::start_pair();
     populate(&old, 1000);
     let (settings, _dir) = settings(&old, &new);
-    let mut caches = Caches::new(&settings);
+    let mut caches = Caches::new(&settings).unwrap();
     backfill::run(&mut caches, &backfill::Options::default())
         .await
         .unwrap();
@@ -210,7 +210,7 @@ async fn big_keys_are_compared_in_chunks() {
         .query(&mut c)
         .unwrap();
     let (settings, _dir) = settings(&old, &new);
-    let mut caches = Caches::new(&settings);
+    let mut caches = Caches::new(&settings).unwrap();
     backfill::run(&mut caches, &backfill::Options::default())
         .await
         .unwrap();

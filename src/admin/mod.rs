@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 use crate::config::Secret;
 use crate::control::{FlipError, RouteStatus, Source};
-use crate::routing::{Phase, RouteStats};
+use crate::routing::{Phase, RouteStats, Side};
 use crate::session::Shared;
 
 /// Serves until `shutdown` fires.
@@ -129,6 +129,35 @@ pub struct StatusView {
     pub state_file: Option<String>,
     pub journal_file: Option<String>,
     pub routes: Vec<RouteView>,
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamView>,
+}
+
+/// One cache in `GET /status`: how it is reached, and why connecting to it
+/// fails while it does (never its credentials).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UpstreamView {
+    pub side: Side,
+    pub address: String,
+    pub tls: bool,
+    /// The proxy authenticates with credentials of its own.
+    pub credentials: bool,
+    /// The last connect error, while connecting fails.
+    pub error: Option<String>,
+}
+
+fn upstream_views(shared: &Shared) -> Vec<UpstreamView> {
+    shared
+        .upstreams
+        .iter()
+        .map(|u| UpstreamView {
+            side: u.side,
+            address: u.addr().to_string(),
+            tls: u.is_tls(),
+            credentials: u.config.password.is_some(),
+            error: u.last_error(),
+        })
+        .collect()
 }
 
 fn view(status: RouteStatus, stats: Option<&RouteStats>) -> RouteView {
@@ -208,6 +237,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<StatusView> {
                 }
             })
             .collect(),
+        upstreams: upstream_views(&shared),
     })
 }
 
@@ -288,6 +318,18 @@ pub fn render_status(s: &StatusView) -> String {
         out.push_str(&format!(
             "route {} NEEDS VERIFY: the mirror-failure journal overflowed; verify the route, then clear the mark\n",
             r.status.name
+        ));
+    }
+    for u in &s.upstreams {
+        out.push_str(&format!(
+            "upstream {} {}{}{}: {}\n",
+            u.side,
+            u.address,
+            if u.tls { " tls" } else { "" },
+            if u.credentials { " auth" } else { "" },
+            u.error
+                .as_deref()
+                .map_or_else(|| "ok".to_string(), |e| format!("FAILING: {e}"))
         ));
     }
     if let Some(f) = &s.state_file {

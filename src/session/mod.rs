@@ -14,6 +14,7 @@
 //! What a session must not do: wait on a mirror. A mirror's replies, errors,
 //! slowness or death only change counters.
 
+pub mod auth;
 mod compare;
 mod fallback;
 mod held;
@@ -61,6 +62,11 @@ pub struct Shared {
     pub shadow_inflight: Arc<AtomicUsize>,
     /// In-proxy backfills, by route.
     pub backfills: crate::tools::live::Backfills,
+    /// The client listener's TLS configuration; swapped when a config
+    /// reload reads new certificate files.
+    pub listen_tls: arc_swap::ArcSwapOption<rustls::ServerConfig>,
+    /// `[auth]`: the users clients must authenticate as; swapped on reload.
+    pub auth: arc_swap::ArcSwapOption<auth::Users>,
 }
 
 /// One shadow read in flight, released when its reply came or was lost.
@@ -354,6 +360,10 @@ pub struct Session<R, W> {
     /// A `CLIENT CACHING` sent to this side, which must follow the next
     /// command to whichever cache serves it.
     caching: Option<(Side, Command)>,
+    /// Whether commands pass `[auth]`: true from the start without it.
+    authenticated: bool,
+    /// The session started with `[auth]`: every command goes through the gate.
+    auth_on: bool,
     /// Still reading commands from the client.
     reading: bool,
     /// Client output failed: replies are dropped, mirrors still drained.
@@ -372,6 +382,7 @@ where
         let depth = shared.limits.max_reply_depth;
         let parser = RequestParser::new(shared.limits.max_bulk_len);
         let table_changes = shared.router.changes();
+        let auth_on = shared.auth.load().is_some();
         Session {
             shared,
             client_rd,
@@ -399,6 +410,8 @@ where
             tracking_table: None,
             table_changes,
             caching: None,
+            authenticated: !auth_on,
+            auth_on,
             reading: true,
             client_gone: false,
             drain_deadline: None,
@@ -417,24 +430,8 @@ where
         };
         tokio::pin!(stop);
         let mut stopping = false;
-        // With a route in a dual phase, open both connections now: a write
-        // whose mirror connection is still being set up would reach the
-        // mirror later than it reaches the authoritative side, and another
-        // client acting on its effect (a blocked pop it feeds) could get
-        // there first.
-        let dual = self
-            .shared
-            .router
-            .load()
-            .routes
-            .iter()
-            .any(|r| r.phase.mirror().is_some());
-        if dual {
-            for side in Side::BOTH {
-                if self.shared.upstream(side).may_try() {
-                    self.open(side);
-                }
-            }
+        if self.authenticated {
+            self.open_early();
         }
         loop {
             self.drain_ready();
@@ -491,6 +488,28 @@ where
         let _ = self.client_wr.shutdown().await;
     }
 
+    /// With a route in a dual phase, opens both connections now: a write
+    /// whose mirror connection is still being set up would reach the mirror
+    /// later than it reaches the authoritative side, and another client
+    /// acting on its effect (a blocked pop it feeds) could get there first.
+    /// Called at start, or once the client authenticated to the proxy.
+    fn open_early(&mut self) {
+        let dual = self
+            .shared
+            .router
+            .load()
+            .routes
+            .iter()
+            .any(|r| r.phase.mirror().is_some());
+        if dual {
+            for side in Side::BOTH {
+                if self.sides[side.index()].is_idle() && self.shared.upstream(side).may_try() {
+                    self.open(side);
+                }
+            }
+        }
+    }
+
     fn done(&self) -> bool {
         let client_done = self.client_gone || (self.order.is_empty() && self.out.is_empty());
         client_done && self.held.is_empty() && self.sides.iter().all(SideConn::settled)
@@ -520,6 +539,13 @@ where
         loop {
             match self.parser.parse(&mut self.cbuf) {
                 Ok(Some(cmd)) => {
+                    let cmd = match self.auth_on {
+                        true => match self.auth_gate(cmd) {
+                            Some(cmd) => cmd,
+                            None => continue,
+                        },
+                        false => cmd,
+                    };
                     self.dispatch(cmd);
                     if !self.reading {
                         return;
@@ -654,11 +680,20 @@ where
             SideEvent::Wrote(Ok(n)) if n > 0 => sc.wbuf.advance(n),
             SideEvent::Read(Ok(n)) if n > 0 => self.on_upstream_bytes(side),
             SideEvent::Wrote(r) | SideEvent::Read(r) => {
-                let addr = self.shared.upstream(side).addr().into();
+                let upstream = self.shared.upstream(side);
                 let err = match r {
-                    Err(source) => UpstreamError::Io { side, addr, source },
-                    Ok(_) => UpstreamError::Closed { side, addr },
+                    Err(source) => upstream.io_error(source),
+                    Ok(_) => UpstreamError::Closed {
+                        side,
+                        addr: upstream.addr().into(),
+                    },
                 };
+                if let UpstreamError::Tls { .. } = err {
+                    // With TLS 1.3 a cache refuses a client certificate
+                    // after our side of the handshake is done: a connect
+                    // failure all the same, for the backoff and status.
+                    upstream.record_failure(&err);
+                }
                 self.fail_side(side, err);
             }
         }

@@ -404,6 +404,24 @@ where
                 self.send(other, &cmd, Target::Quiet("connection state"), false);
             }
         }
+        if kind == StateCmd::Reset {
+            // RESET logs the upstream connection out and selects db 0:
+            // give it back the proxy's own credentials and database.
+            for side in Side::BOTH {
+                if self.sides[side.index()].is_idle() {
+                    continue;
+                }
+                let upstream = self.shared.upstream(side);
+                let mut steps = upstream.base_setup();
+                if upstream.config.db != 0 {
+                    let db = upstream.config.db.to_string();
+                    steps.push(("SELECT", Command::from_args(&[b"SELECT", db.as_bytes()])));
+                }
+                for (_, step) in steps {
+                    self.send(side, &step, Target::Quiet("connection state"), false);
+                }
+            }
+        }
     }
 
     /// A command inside MULTI. It is sent to the transaction's side (which

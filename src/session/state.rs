@@ -81,14 +81,9 @@ impl ConnState {
             StateCmd::Tracking => return self.apply_tracking(cmd),
             StateCmd::ReadOnly => self.readonly = true,
             StateCmd::ReadWrite => self.readonly = false,
-            StateCmd::Reset => {
-                // RESET keeps the authenticated user: Redis does not log out.
-                let auth = self.auth.take();
-                *self = ConnState {
-                    auth,
-                    ..ConnState::default()
-                };
-            }
+            // RESET logs out (back to the default user, authenticated
+            // only if it has no password) and forgets everything else.
+            StateCmd::Reset => *self = ConnState::default(),
         }
         true
     }
@@ -306,12 +301,12 @@ mod tests {
     }
 
     #[test]
-    fn reset_keeps_auth_and_default_db_is_selected() {
+    fn reset_logs_out_and_default_db_is_selected() {
         let mut s = ConnState::default();
         s.apply(StateCmd::Auth, &c(&["AUTH", "pw"]));
         s.apply(StateCmd::Select, &c(&["SELECT", "2"]));
         s.apply(StateCmd::Reset, &c(&["RESET"]));
-        assert_eq!(names(&s), vec![vec!["AUTH", "pw"]]);
+        assert!(names(&s).is_empty(), "Redis logs a connection out on RESET");
         let fresh = ConnState::default();
         let steps = fresh.replay(4, false);
         assert_eq!(steps[0].1.arg(1), Some(&b"4"[..]));

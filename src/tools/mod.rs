@@ -28,6 +28,8 @@ pub struct Caches {
 pub enum ToolError {
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("no route named {0:?} in the config")]
     NoSuchRoute(String),
     #[error("{0} answered {1}")]
@@ -43,17 +45,18 @@ pub(crate) fn text(b: &[u8]) -> String {
 }
 
 impl Caches {
-    pub fn new(settings: &Settings) -> Caches {
+    /// Fails when an upstream's TLS material cannot be loaded.
+    pub fn new(settings: &Settings) -> Result<Caches, crate::tls::TlsError> {
         let router = Router::new(&settings.routes, &settings.commands);
-        Caches {
+        Ok(Caches {
             upstreams: [
-                Upstream::new(Side::Old, settings.upstreams.old.clone()),
-                Upstream::new(Side::New, settings.upstreams.new.clone()),
+                Upstream::new(Side::Old, settings.upstreams.old.clone())?,
+                Upstream::new(Side::New, settings.upstreams.new.clone())?,
             ],
             clients: [Client::new(), Client::new()],
             depth: settings.limits.max_reply_depth,
             table: router.current(),
-        }
+        })
     }
 
     /// The caches a serving proxy fronts, with its route table (for the
@@ -61,10 +64,7 @@ impl Caches {
     pub fn from_shared(shared: &crate::session::Shared) -> Caches {
         let [old, new] = &shared.upstreams;
         Caches {
-            upstreams: [
-                Upstream::new(Side::Old, old.config.clone()),
-                Upstream::new(Side::New, new.config.clone()),
-            ],
+            upstreams: [old.fresh(), new.fresh()],
             clients: [Client::new(), Client::new()],
             depth: shared.limits.max_reply_depth,
             table: shared.router.current(),

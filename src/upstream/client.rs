@@ -37,11 +37,7 @@ impl Client {
         let side = upstream.side;
         let (conn, scanner, buf) = self.conn.as_mut().expect("connected above");
         let addr = || upstream.addr().to_string();
-        let io = |source| UpstreamError::Io {
-            side,
-            addr: addr(),
-            source,
-        };
+        let io = |source| upstream.io_error(source);
         let mut out = BytesMut::new();
         for c in cmds {
             out.extend_from_slice(c.raw());

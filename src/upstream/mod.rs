@@ -11,15 +11,16 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use tracing::{debug, info, warn};
 
 use crate::config::UpstreamConfig;
 use crate::error::UpstreamError;
+use crate::net::{ReadHalf, Stream, WriteHalf};
 use crate::protocol::{Command, ReplyScanner};
 use crate::routing::Side;
+use crate::tls::{self, TlsError};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -29,6 +30,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub struct Upstream {
     pub side: Side,
     pub config: UpstreamConfig,
+    tls: Option<tls::Connector>,
     backoff: Mutex<Backoff>,
 }
 
@@ -36,13 +38,15 @@ pub struct Upstream {
 struct Backoff {
     failures: u32,
     retry_at: Option<Instant>,
+    /// Why the last connect failed, while it is failing (for status).
+    last_error: Option<String>,
 }
 
 /// An open, set-up connection.
 #[derive(Debug)]
 pub struct Conn {
-    pub rd: OwnedReadHalf,
-    pub wr: OwnedWriteHalf,
+    pub rd: ReadHalf,
+    pub wr: WriteHalf,
 }
 
 /// A command run while a connection is set up, named for error messages
@@ -57,11 +61,43 @@ fn backoff_delay(failed_rounds: u32) -> Duration {
 }
 
 impl Upstream {
-    pub fn new(side: Side, config: UpstreamConfig) -> Upstream {
-        Upstream {
+    /// Fails when the TLS material in `config` cannot be loaded.
+    pub fn new(side: Side, config: UpstreamConfig) -> Result<Upstream, TlsError> {
+        Ok(Upstream {
             side,
+            tls: tls::connector(side.name(), &config)?,
             config,
             backoff: Mutex::new(Backoff::default()),
+        })
+    }
+
+    /// The same cache with a backoff of its own (for the proxy's tools).
+    pub fn fresh(&self) -> Upstream {
+        Upstream {
+            side: self.side,
+            config: self.config.clone(),
+            tls: self.tls.clone(),
+            backoff: Mutex::new(Backoff::default()),
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Why connecting fails, while it does.
+    pub fn last_error(&self) -> Option<String> {
+        let b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        b.last_error.clone()
+    }
+
+    /// An I/O error on a connection to this upstream; a TLS one (an alert,
+    /// a certificate the cache refused) says why.
+    pub fn io_error(&self, source: std::io::Error) -> UpstreamError {
+        let (side, addr) = (self.side, self.addr().to_string());
+        match self.tls.as_ref().and_then(|_| tls::explain(&source)) {
+            Some(reason) => UpstreamError::Tls { side, addr, reason },
+            None => UpstreamError::Io { side, addr, source },
         }
     }
 
@@ -86,6 +122,7 @@ impl Upstream {
         } else {
             debug!(error = %err, failures = b.failures, "upstream still unreachable");
         }
+        b.last_error = Some(err.to_string());
         let now = Instant::now();
         // Many sessions may fail in the same round (they all connected before
         // the first failure was known): the delay grows once per round, not
@@ -149,20 +186,31 @@ impl Upstream {
         max_depth: usize,
     ) -> Result<Conn, UpstreamError> {
         let (side, addr) = (self.side, self.addr());
-        let io_err = |source| UpstreamError::Io {
-            side,
-            addr: addr.into(),
-            source,
-        };
-        let stream = TcpStream::connect(addr)
+        let io_err = |source| self.io_error(source);
+        let tcp = TcpStream::connect(addr)
             .await
             .map_err(|source| UpstreamError::Connect {
                 side,
                 addr: addr.into(),
                 source,
             })?;
-        stream.set_nodelay(true).map_err(io_err)?;
-        let (mut rd, mut wr) = stream.into_split();
+        tcp.set_nodelay(true).map_err(io_err)?;
+        let stream = match &self.tls {
+            None => Stream::Tcp(tcp),
+            Some(tls) => Stream::Tls(Box::new(tls.connect(tcp).await.map_err(|e| {
+                UpstreamError::Tls {
+                    side,
+                    addr: addr.into(),
+                    reason: tls::explain(&e).unwrap_or_else(|| match e.kind() {
+                        std::io::ErrorKind::UnexpectedEof => {
+                            "the cache closed the connection during the handshake".into()
+                        }
+                        _ => e.to_string(),
+                    }),
+                }
+            })?)),
+        };
+        let (mut rd, mut wr) = stream.split();
         if !setup.is_empty() {
             let mut out = BytesMut::new();
             for (_, cmd) in &setup {
@@ -217,7 +265,7 @@ mod tests {
     fn upstream() -> Upstream {
         let config: crate::config::UpstreamConfig =
             toml::from_str("address = \"127.0.0.1:1\"").expect("minimal upstream config");
-        Upstream::new(Side::New, config)
+        Upstream::new(Side::New, config).expect("no TLS")
     }
 
     fn refused() -> UpstreamError {

@@ -5,6 +5,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod pki;
+
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -74,6 +76,8 @@ fn spawn_redis(port: u16, dir: &Path, log: &Path, extra: &[String]) -> Child {
 /// A throwaway redis-server, killed and reaped on drop.
 pub struct RedisServer {
     pub port: u16,
+    /// The TLS port of a server from [`RedisServer::start_tls`].
+    pub tls_port: Option<u16>,
     child: Option<Child>,
     dir: tempfile::TempDir,
     extra: Vec<String>,
@@ -103,6 +107,7 @@ impl RedisServer {
             let child = spawn_redis(port, dir.path(), &log, &extra);
             let mut server = RedisServer {
                 port,
+                tls_port: None,
                 child: Some(child),
                 dir,
                 extra,
@@ -154,6 +159,38 @@ impl RedisServer {
 
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A server that also serves TLS with `leaf` (issued by `pki`), on a
+    /// port of its own; the plain port stays for checks from outside.
+    /// Clients need no certificate unless `extra` says
+    /// `--tls-auth-clients yes`.
+    pub fn start_tls(pki: &pki::Pki, leaf: &pki::Leaf, extra: &[&str]) -> RedisServer {
+        let tls_port = free_port().to_string();
+        let mut args = vec![
+            "--tls-port",
+            &tls_port,
+            "--tls-cert-file",
+            leaf.cert.to_str().unwrap(),
+            "--tls-key-file",
+            leaf.key.to_str().unwrap(),
+            "--tls-ca-cert-file",
+        ];
+        let ca = pki.ca_file();
+        args.push(ca.to_str().unwrap());
+        args.extend(["--tls-auth-clients", "no"]);
+        args.extend(extra);
+        let mut s = RedisServer::start_with(&args);
+        s.tls_port = Some(tls_port.parse().unwrap());
+        s
+    }
+
+    /// `127.0.0.1:port` of the TLS port.
+    pub fn tls_addr(&self) -> String {
+        format!(
+            "127.0.0.1:{}",
+            self.tls_port.expect("started with start_tls")
+        )
     }
 
     pub fn url(&self) -> String {

@@ -1,0 +1,216 @@
+//! Client authentication at the proxy (`[auth]`). With it, the proxy
+//! answers AUTH and the AUTH part of HELLO itself, with Redis's own replies
+//! (NOAUTH, WRONGPASS), and never forwards a client's credentials: the
+//! upstreams use their own. Without it nothing here runs and AUTH passes
+//! through as before.
+//!
+//! Passwords are kept as SHA-256 digests (as Redis ACL keeps them) and
+//! compared without an early exit. A failed AUTH leaves an authenticated
+//! connection authenticated (Redis does the same); RESET logs it out.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::debug;
+
+use super::Session;
+use crate::config::AuthConfig;
+use crate::protocol::request::string2ll;
+use crate::protocol::Command;
+
+const NOAUTH: &[u8] = b"-NOAUTH Authentication required.\r\n";
+const NOAUTH_HELLO: &[u8] = b"-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n";
+const WRONGPASS: &[u8] = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+
+/// The users of `[auth]`, by name.
+#[derive(Debug)]
+pub struct Users {
+    digests: HashMap<Vec<u8>, [u8; 32]>,
+}
+
+impl Users {
+    /// From a validated config (64 hex digits per user).
+    pub fn new(config: &AuthConfig) -> Users {
+        let digests = config
+            .users
+            .iter()
+            .map(|u| {
+                let mut d = [0u8; 32];
+                for (i, b) in d.iter_mut().enumerate() {
+                    *b = u8::from_str_radix(&u.sha256[2 * i..2 * i + 2], 16).unwrap_or(0);
+                }
+                (u.name.as_bytes().to_vec(), d)
+            })
+            .collect();
+        Users { digests }
+    }
+
+    /// Whether `pass` is `user`'s password.
+    pub fn check(&self, user: &[u8], pass: &[u8]) -> bool {
+        let got: [u8; 32] = Sha256::digest(pass).into();
+        let want = self.digests.get(user);
+        // The digest is compared in full even for an unknown user.
+        let want = want.copied().unwrap_or([0u8; 32]);
+        let diff = got.iter().zip(&want).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        diff == 0 && self.digests.contains_key(user)
+    }
+}
+
+/// What the gate does with one client command.
+enum Gate {
+    /// On to routing, unchanged.
+    Pass(Command),
+    /// Answered by the proxy.
+    Answer(&'static [u8]),
+    AnswerOwned(Bytes),
+}
+
+fn is(cmd: &Command, name: &[u8]) -> bool {
+    cmd.name().eq_ignore_ascii_case(name)
+}
+
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    /// Runs every client command through `[auth]` when the session started
+    /// with it; returns what is left to dispatch.
+    pub(super) fn auth_gate(&mut self, cmd: Command) -> Option<Command> {
+        // Inside MULTI the client is authenticated; AUTH and HELLO there
+        // meet the state-command refusal of the transaction code.
+        if self.tx.is_some() {
+            return Some(cmd);
+        }
+        let Some(users) = self.shared.auth.load_full() else {
+            // `[auth]` was removed by a reload.
+            return Some(cmd);
+        };
+        let gate = if is(&cmd, b"auth") {
+            self.auth(&users, &cmd)
+        } else if is(&cmd, b"hello") {
+            self.hello(&users, cmd)
+        } else if is(&cmd, b"reset") && self.authenticated {
+            // Redis logs a connection out on RESET.
+            self.authenticated = false;
+            Gate::Pass(cmd)
+        } else if self.authenticated || is(&cmd, b"quit") {
+            Gate::Pass(cmd)
+        } else {
+            Gate::Answer(NOAUTH)
+        };
+        match gate {
+            Gate::Pass(cmd) => Some(cmd),
+            Gate::Answer(reply) => {
+                self.local(Bytes::from_static(reply));
+                None
+            }
+            Gate::AnswerOwned(reply) => {
+                self.local(reply);
+                None
+            }
+        }
+    }
+
+    fn login(&mut self, users: &Users, user: &[u8], pass: &[u8]) -> bool {
+        let ok = users.check(user, pass);
+        if ok {
+            if !self.authenticated {
+                self.authenticated = true;
+                self.open_early();
+            }
+        } else {
+            debug!(user = %String::from_utf8_lossy(user), "client AUTH refused");
+        }
+        ok
+    }
+
+    /// `AUTH [user] password`, answered here.
+    fn auth(&mut self, users: &Users, cmd: &Command) -> Gate {
+        let (user, pass) = match (cmd.len(), cmd.arg(1), cmd.arg(2)) {
+            (2, Some(pass), _) => (&b"default"[..], pass),
+            (3, Some(user), Some(pass)) => (user, pass),
+            (1, ..) => {
+                return Gate::Answer(b"-ERR wrong number of arguments for 'auth' command\r\n")
+            }
+            _ => return Gate::Answer(b"-ERR syntax error\r\n"),
+        };
+        if self.login(users, user, pass) {
+            Gate::Answer(b"+OK\r\n")
+        } else {
+            Gate::Answer(WRONGPASS)
+        }
+    }
+
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: the AUTH part is
+    /// checked here and taken out; the rest goes on (the upstreams answer
+    /// HELLO with their server info).
+    fn hello(&mut self, users: &Users, cmd: Command) -> Gate {
+        if let Some(v) = cmd.arg(1) {
+            match string2ll(v) {
+                Some(2 | 3) => {}
+                Some(_) => return Gate::Answer(b"-NOPROTO unsupported protocol version\r\n"),
+                None => {
+                    return Gate::Answer(
+                        b"-ERR Protocol version is not an integer or out of range\r\n",
+                    )
+                }
+            }
+        }
+        let mut credentials = None;
+        let mut rest: Vec<&[u8]> = cmd.args().take(2).collect();
+        let mut i = 2;
+        while let Some(opt) = cmd.arg(i) {
+            let more = cmd.len() - i - 1;
+            if opt.eq_ignore_ascii_case(b"auth") && more >= 2 {
+                credentials = cmd.arg(i + 1).zip(cmd.arg(i + 2));
+                i += 3;
+            } else if opt.eq_ignore_ascii_case(b"setname") && more >= 1 {
+                rest.extend(cmd.arg(i).into_iter().chain(cmd.arg(i + 1)));
+                i += 2;
+            } else {
+                return Gate::AnswerOwned(Bytes::from(format!(
+                    "-ERR Syntax error in HELLO option '{}'\r\n",
+                    String::from_utf8_lossy(opt).replace(['\r', '\n'], " ")
+                )));
+            }
+        }
+        match credentials {
+            Some((user, pass)) => {
+                if !self.login(users, user, pass) {
+                    return Gate::Answer(WRONGPASS);
+                }
+                Gate::Pass(Command::from_args(&rest))
+            }
+            None if self.authenticated => Gate::Pass(cmd),
+            None => Gate::Answer(NOAUTH_HELLO),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AuthUser;
+
+    fn users() -> Users {
+        // `echo -n s3cret | sha256sum`
+        Users::new(&AuthConfig {
+            users: vec![AuthUser {
+                name: "app".into(),
+                sha256: "1ec1c26b50d5d3c58d9583181af8076655fe00756bf7285940ba3670f99fcba0".into(),
+            }],
+        })
+    }
+
+    #[test]
+    fn checks_name_and_password() {
+        let u = users();
+        assert!(u.check(b"app", b"s3cret"));
+        assert!(!u.check(b"app", b"s3cret "));
+        assert!(!u.check(b"default", b"s3cret"));
+        assert!(!u.check(b"other", b""));
+    }
+}
