@@ -927,4 +927,71 @@ phase = "old-only"
             .to_string()
             .contains("upstreams.new.address"));
     }
+
+    #[test]
+    fn tls_and_auth_rules_name_the_field() {
+        let new_tls = |lines: &str| {
+            GOOD.replace(
+                "address = \"127.0.0.1:6380\"\n",
+                &format!("address = \"127.0.0.1:6380\"\n{lines}\n"),
+            )
+        };
+        let listen = |lines: &str| {
+            GOOD.replace(
+                "address = \"127.0.0.1:6400\"\n",
+                &format!("address = \"127.0.0.1:6400\"\n{lines}\n"),
+            )
+        };
+        let auth = |sha: &str| {
+            format!("{GOOD}\n[auth]\nusers = [{{ name = \"app\", sha256 = \"{sha}\" }}]\n")
+        };
+        let hash = "1ec1c26b50d5d3c58d9583181af8076655fe00756bf7285940ba3670f99fcba0";
+        let cases = [
+            (new_tls("ca_file = \"ca.pem\""), "upstreams.new.ca_file", "tls = true"),
+            (new_tls("insecure_skip_verify = true"), "upstreams.new.insecure_skip_verify", "tls = true"),
+            (new_tls("tls = true\nclient_cert_file = \"c.pem\""), "upstreams.new.client_key_file", "needs its key"),
+            (new_tls("tls = true\nserver_name = \"not a name\""), "upstreams.new.server_name", "not a valid"),
+            (new_tls("tls = true\ntls_min_version = \"1.1\""), "tls_min_version", "1.1"),
+            (listen("tls_cert_file = \"c.pem\""), "listen.tls_key_file", "needs its key"),
+            (listen("plain_address = \"127.0.0.1:6402\""), "listen.plain_address", "needs TLS"),
+            (auth("abc"), "auth.users[0].sha256", "64 hex digits"),
+            (format!("{GOOD}\n[auth]\nusers = []\n"), "auth.users", "at least one user"),
+            (format!("{}\n[auth]\nusers = [{{ name = \"app\", sha256 = \"{hash}\" }}, {{ name = \"app\", sha256 = \"{hash}\" }}]\n", GOOD), "auth.users[1].name", "duplicate"),
+            (format!("{GOOD}\n[auth]\nusers = [{{ name = \"app\", password = \"x\" }}]\n"), "password", "unknown field"),
+        ];
+        for (text, field, message) in cases {
+            let err = load(&text, &[]).unwrap_err().to_string();
+            assert!(
+                err.contains(field) && err.contains(message),
+                "{field}: {err}"
+            );
+        }
+        let ok = load(&auth(hash), &[]).unwrap();
+        assert_eq!(ok.auth.unwrap().users[0].name, "app");
+    }
+
+    #[test]
+    fn relative_tls_files_are_beside_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cutover.toml");
+        let text = GOOD.replace(
+            "address = \"127.0.0.1:6380\"\n",
+            "address = \"127.0.0.1:6380\"\ntls = true\nca_file = \"tls/ca.pem\"\nclient_cert_file = \"/abs/c.pem\"\nclient_key_file = \"c.key\"\n",
+        );
+        std::fs::write(&path, text).unwrap();
+        let s = Settings::load_with_env(&path, std::iter::empty()).unwrap();
+        let new = &s.upstreams.new;
+        assert_eq!(
+            new.ca_file.as_deref(),
+            Some(dir.path().join("tls/ca.pem").as_path())
+        );
+        assert_eq!(
+            new.client_cert_file.as_deref(),
+            Some(Path::new("/abs/c.pem"))
+        );
+        assert_eq!(
+            new.client_key_file.as_deref(),
+            Some(dir.path().join("c.key").as_path())
+        );
+    }
 }

@@ -14,9 +14,11 @@
 //! | [`commands`] | the command table generated from Redis 7, key positions, how each command is carried |
 //! | [`routing`] | routes, phases, Redis globs, the `ArcSwap`ped table and per-route counters |
 //! | [`upstream`] | opening and setting up a connection to `old` or `new`, reconnect backoff |
+//! | [`tls`] | rustls configurations (listener, each upstream) and handshake errors in words |
+//! | [`net`] | plain-or-TLS byte streams, split into read and write halves |
 //! | [`mirror`] | effect translation: what the mirror runs for blocking, random and transactional writes |
-//! | [`session`] | one client: route each command, order replies, mirror writes, replay state |
-//! | [`server`] | accept loop, `maxclients`, graceful shutdown |
+//! | [`session`] | one client: `[auth]`, route each command, order replies, mirror writes, replay state |
+//! | [`server`] | accept loops (TLS and plain), `maxclients`, upstream check at start, graceful shutdown |
 //! | [`reload`] | SIGHUP / file-change reload of the routing table |
 //! | [`control`] | phase decisions (config file, admin flips), persisted state file |
 //! | [`admin`] | the admin HTTP API: status, phase flips, metrics |

@@ -227,7 +227,50 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Cmd::Check { config } => {
             let settings = Settings::load(&config)?;
+            // The TLS files are read too: a key that does not parse fails
+            // here, not at the next restart.
+            cutover::tls::server_config(&settings.listen)?;
+            for (side, up) in [
+                ("old", &settings.upstreams.old),
+                ("new", &settings.upstreams.new),
+            ] {
+                cutover::tls::connector(side, up)?;
+            }
             println!("{}: ok", config.display());
+            let l = &settings.listen;
+            println!(
+                "  listen {}{}{}",
+                l.address,
+                if l.tls() { " (TLS)" } else { "" },
+                l.plain_address
+                    .as_deref()
+                    .map_or_else(String::new, |a| format!(", plain TCP on {a}"))
+            );
+            for (side, up) in [
+                ("old", &settings.upstreams.old),
+                ("new", &settings.upstreams.new),
+            ] {
+                println!(
+                    "  upstream {side} {}{}{}",
+                    up.address,
+                    if up.tls { " (TLS)" } else { "" },
+                    if up.password.is_some() {
+                        " with credentials"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            if let Some(auth) = &settings.auth {
+                println!(
+                    "  clients authenticate as: {}",
+                    auth.users
+                        .iter()
+                        .map(|u| u.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
             for r in &settings.routes {
                 let patterns = r
                     .patterns
