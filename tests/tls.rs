@@ -271,3 +271,55 @@ async fn mutual_tls_upstream_that_requires_a_client_certificate() {
     let size: i64 = redis::cmd("DBSIZE").query(&mut new.sync()).unwrap();
     assert_eq!(size, 20, "every write reached new over mutual TLS");
 }
+
+#[tokio::test]
+async fn listener_that_requires_client_certificates() {
+    let (old, new) = support::start_pair();
+    let pki = Pki::new("listener CA");
+    let clients = Pki::new("clients CA");
+    let leaf = pki.server();
+    let listen = format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\ntls_client_ca_file = \"{}\"\ntls_min_version = \"1.3\"\n",
+        leaf.cert.display(),
+        leaf.key.display(),
+        clients.ca_file().display()
+    );
+    let text = config(&old.addr(), &new.addr(), Phase::OldOnly)
+        .replace("[listen]\naddress = \"127.0.0.1:0\"\n", &listen);
+    let proxy = TestProxy::start_text(&text).await;
+    let client = |tls: Option<redis::ClientTlsConfig>| {
+        redis::Client::build_with_tls(
+            format!("rediss://{}/", proxy.addr),
+            redis::TlsCertificates {
+                client_tls: tls,
+                root_cert: Some(pki.ca_pem()),
+            },
+        )
+        .unwrap()
+    };
+    // No certificate, or one from a CA the listener does not trust: no entry.
+    let stranger = pki.leaf(&["app"], false);
+    for tls in [
+        None,
+        Some(redis::ClientTlsConfig {
+            client_cert: std::fs::read(&stranger.cert).unwrap(),
+            client_key: std::fs::read(&stranger.key).unwrap(),
+        }),
+    ] {
+        let refused = async {
+            let mut c = client(tls).get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        };
+        assert!(refused.await.is_err());
+    }
+    let app = clients.leaf(&["app"], false);
+    let mut c = client(Some(redis::ClientTlsConfig {
+        client_cert: std::fs::read(&app.cert).unwrap(),
+        client_key: std::fs::read(&app.key).unwrap(),
+    }))
+    .get_multiplexed_async_connection()
+    .await
+    .unwrap();
+    let _: () = c.set("k", "v").await.unwrap();
+    assert_eq!(support::get(&mut old.sync(), "k").as_deref(), Some("v"));
+}

@@ -79,9 +79,10 @@ where
     /// Runs every client command through `[auth]` when the session started
     /// with it; returns what is left to dispatch.
     pub(super) fn auth_gate(&mut self, cmd: Command) -> Option<Command> {
-        // Inside MULTI the client is authenticated; AUTH and HELLO there
-        // meet the state-command refusal of the transaction code.
-        if self.tx.is_some() {
+        // Inside MULTI, or subscribed in RESP2, the client is authenticated;
+        // AUTH and HELLO there meet the refusals of those states.
+        let subscribed = !self.subs.is_empty() && !self.resp3();
+        if self.tx.is_some() || (subscribed && !is(&cmd, b"reset")) {
             return Some(cmd);
         }
         let Some(users) = self.shared.auth.load_full() else {
