@@ -82,6 +82,14 @@ async fn plain_client_writes_land_on_both_tls_caches_in_dual_write() {
         let len: usize = redis::cmd("STRLEN").arg("big").query(&mut s).unwrap();
         assert_eq!(len, big.len());
     }
+    // The offline tools reach TLS caches with the same settings.
+    let settings = cutover::config::Settings::load(&proxy.config_path).unwrap();
+    let mut caches = cutover::tools::Caches::new(&settings).unwrap();
+    let report = cutover::tools::verify::run(&mut caches, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(report.keys, 53, "{report:?}");
+    assert!(report.equal, "{report:?}");
     // Status shows both upstreams as TLS and healthy.
     let (code, body) = proxy.admin("GET", "/status", None).await;
     assert_eq!(code, 200);
