@@ -407,6 +407,15 @@ pub struct Limits {
     /// are not shadowed.
     #[serde(default = "default_max_shadow_reads")]
     pub max_shadow_reads: usize,
+    /// Bytes of mirrored writes sent or queued but not yet answered, over
+    /// all clients. Past it, mirrored writes are not sent: their keys go
+    /// to the repair journal. Bounds the memory a slow mirror can cost.
+    #[serde(default = "default_mirror_backlog_bytes")]
+    pub mirror_backlog_bytes: usize,
+}
+
+fn default_mirror_backlog_bytes() -> usize {
+    64 << 20
 }
 
 fn default_max_shadow_reads() -> usize {
@@ -420,6 +429,7 @@ impl Default for Limits {
             maxclients: default_maxclients(),
             max_reply_depth: default_max_reply_depth(),
             max_shadow_reads: default_max_shadow_reads(),
+            mirror_backlog_bytes: default_mirror_backlog_bytes(),
         }
     }
 }

@@ -115,6 +115,7 @@ impl Proxy {
             repairer,
             shadow_inflight: Default::default(),
             backfills: Default::default(),
+            backlog: Default::default(),
         });
         let journalled = shared.repairer.journal.load(&shared.router)?;
         if journalled > 0 {

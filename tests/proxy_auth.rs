@@ -6,12 +6,10 @@
 
 mod support;
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cutover::routing::Phase;
 use support::{RedisServer, TestProxy};
-use tokio::io::AsyncReadExt;
 
 const CLIENT_PASSWORD: &str = "app-pass-7Qx";
 const OLD_PASSWORD: &str = "old-pass-3Kd";
@@ -179,68 +177,12 @@ async fn reset_keeps_the_upstream_credentials_and_database() {
     assert_eq!(support::get(&mut s, "b").as_deref(), Some("2"));
 }
 
-/// `cutover serve` as a process, its stderr (debug logs) collected.
-struct Served {
-    child: tokio::process::Child,
-    port: u16,
-    admin: String,
-    config: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-async fn serve(text: &str, env: &[(&str, &str)]) -> Served {
-    let port = support::free_port();
-    let admin_port = support::free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("cutover.toml");
-    let text = text
-        .replacen(
-            "address = \"127.0.0.1:0\"",
-            &format!("address = \"127.0.0.1:{port}\""),
-            1,
-        )
-        .replace(
-            "[admin]\naddress = \"127.0.0.1:0\"",
-            &format!("[admin]\naddress = \"127.0.0.1:{admin_port}\""),
-        );
-    std::fs::write(&path, text).unwrap();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
-        .args([
-            "serve",
-            "--config",
-            path.to_str().unwrap(),
-            "--log",
-            "debug",
-        ])
-        .envs(env.iter().copied())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "proxy never came up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Served {
-        child,
-        port,
-        admin: format!("http://127.0.0.1:{admin_port}"),
-        config: path,
-        _dir: dir,
-    }
-}
-
 #[tokio::test]
 async fn upstream_auth_failure_is_reported_and_no_password_is_ever_logged() {
     let (old, new) = caches();
     // new's password comes from the environment, and is wrong.
     let wrong_new = "wrong-new-pass-5Tz";
-    let mut served = serve(
+    let mut served = support::Served::start(
         &config(&old, &new, None),
         &[("CUTOVER_UPSTREAMS__NEW__PASSWORD", wrong_new)],
     )
@@ -286,17 +228,7 @@ async fn upstream_auth_failure_is_reported_and_no_password_is_ever_logged() {
         "{printed}"
     );
 
-    served.child.start_kill().unwrap();
-    let _ = served.child.wait().await;
-    let mut logs = String::new();
-    served
-        .child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .await
-        .unwrap();
+    let logs = served.stop_and_logs().await;
     // Reported at start, naming the upstream and the reason.
     assert!(
         logs.lines()

@@ -206,8 +206,10 @@ impl Journal {
         } else {
             RouteStats::bump(&stats.journalled);
             stats.journal_keys.fetch_add(1, Ordering::Relaxed);
+            // Its own copy: `key` may be a slice of a client's read buffer,
+            // which it would keep alive for as long as it is journalled.
             inner.keys.insert(
-                (db, key.clone()),
+                (db, Bytes::copy_from_slice(key)),
                 Entry {
                     stats: stats.clone(),
                     from,

@@ -171,6 +171,11 @@ impl Repairer {
             return true;
         }
         let stats = job.stats.clone();
+        // Owned: a queued copy must not keep a client's read buffer alive.
+        let job = RepairJob {
+            key: Bytes::copy_from_slice(&job.key),
+            ..job
+        };
         let queued = Queued { job, attempt: 0 };
         match self.tx.try_send(queued) {
             Ok(()) => true,
@@ -199,7 +204,8 @@ impl Repairer {
         let p = map
             .entry(db)
             .or_default()
-            .entry(key.clone())
+            // Owned: `key` may be a slice of a client's read buffer.
+            .entry(Bytes::copy_from_slice(key))
             .or_insert_with(|| {
                 self.pending_keys.fetch_add(1, Ordering::SeqCst);
                 Pending::default()

@@ -145,6 +145,9 @@ pub struct RouteStats {
     /// Mirrored writes that never got a reply: mirror down, connection lost,
     /// timed out. These keys may differ on the mirror until repaired.
     pub mirror_failed: AtomicU64,
+    /// Mirrored writes not sent because the mirror backlog was full
+    /// (`limits.mirror_backlog_bytes`): journalled for repair instead.
+    pub mirror_shed: AtomicU64,
     /// EVALSHA the mirror did not know, retried there with the body.
     pub script_retries: AtomicU64,
     /// EVALSHA the mirror did not know and whose body never passed through
@@ -208,7 +211,7 @@ impl RouteStats {
         }
     }
 
-    pub fn snapshot(&self) -> [(&'static str, u64); 23] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 24] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("reads", g(&self.reads)),
@@ -217,6 +220,7 @@ impl RouteStats {
             ("mirror_ok", g(&self.mirror_ok)),
             ("mirror_errors", g(&self.mirror_errors)),
             ("mirror_failed", g(&self.mirror_failed)),
+            ("mirror_shed", g(&self.mirror_shed)),
             ("script_retries", g(&self.script_retries)),
             ("script_unknown", g(&self.script_unknown)),
             ("compared", g(&self.compared)),

@@ -69,6 +69,12 @@ impl Compares {
         }
     }
 
+    fn pop_settled_back(&mut self) {
+        while self.open.back().is_some_and(|c| c.settled) {
+            self.open.pop_back();
+        }
+    }
+
     /// A side's connection dropped: nothing open can be compared.
     pub(super) fn abandon(&mut self) {
         for c in &mut self.open {
@@ -128,6 +134,11 @@ where
             c.settled = true;
         }
         self.compares.pop_settled();
+        // Dropped right after it was opened (its mirror write was not
+        // sent): taken off the back too, or writes shed behind a stalled
+        // mirror's oldest open compare would pile up here with their
+        // commands.
+        self.compares.pop_settled_back();
     }
 
     /// Shadows a read (already decided) about to be sent to `from`: returns

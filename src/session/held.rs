@@ -136,6 +136,13 @@ where
         };
         if self.held.is_empty() {
             RouteStats::bump(&stats.mirrored);
+            if self.backlog_full(cmd.raw().len(), 1) {
+                RouteStats::bump(&stats.mirror_shed);
+                if let Target::Mirror(w) | Target::MirrorEvalSha(w, _) = &target {
+                    self.journal_lost(w);
+                }
+                return;
+            }
             self.send(side, cmd, target, false);
         } else {
             let ticket = self.next_ticket();
@@ -263,16 +270,22 @@ where
             // A batch is all or nothing: never half a MULTI block.
             let unreachable = self.sides[side.index()].is_idle()
                 && !self.shared.upstreams[side.index()].may_try();
+            let bytes = batch.iter().map(|(c, _)| c.raw().len()).sum();
+            let shed = !unreachable && self.backlog_full(bytes, batch.len());
             for (cmd, target) in batch {
                 if let Target::Mirror(w) | Target::MirrorEvalSha(w, _) = &target {
                     RouteStats::bump(&w.stats.mirrored);
-                    if unreachable {
-                        RouteStats::bump(&w.stats.mirror_failed);
+                    if unreachable || shed {
+                        let counter = match shed {
+                            true => &w.stats.mirror_shed,
+                            false => &w.stats.mirror_failed,
+                        };
+                        RouteStats::bump(counter);
                         self.journal_lost(w);
                         continue;
                     }
                 }
-                if unreachable {
+                if unreachable || shed {
                     continue;
                 }
                 debug!(%side, "sending a mirrored effect");

@@ -15,6 +15,7 @@
 //! slowness or death only change counters.
 
 pub mod auth;
+mod backlog;
 mod compare;
 mod fallback;
 mod held;
@@ -67,6 +68,8 @@ pub struct Shared {
     pub listen_tls: arc_swap::ArcSwapOption<rustls::ServerConfig>,
     /// `[auth]`: the users clients must authenticate as; swapped on reload.
     pub auth: arc_swap::ArcSwapOption<auth::Users>,
+    /// Bytes of mirrored writes not yet answered, over all sessions.
+    pub backlog: Arc<backlog::Backlog>,
 }
 
 /// One shadow read in flight, released when its reply came or was lost.
@@ -164,6 +167,9 @@ struct Expect {
     /// For the authoritative half of a mirrored write: its keys, counted in
     /// flight until this reply (a copy of one of them waits for both).
     _hold: Option<Entered>,
+    /// A write to the mirror: its share of the mirror backlog until this
+    /// reply (or its loss).
+    _backlog: Option<backlog::Share>,
 }
 
 #[derive(Debug)]
@@ -182,6 +188,7 @@ impl Expect {
             timing: None,
             compare: None,
             _hold: None,
+            _backlog: None,
         }
     }
 
@@ -608,6 +615,11 @@ where
                 }),
             )
         };
+        let backlog = matches!(
+            target,
+            Target::Mirror(_) | Target::MirrorEvalSha(..) | Target::Quiet(_)
+        )
+        .then(|| self.shared.backlog.take(cmd.raw().len()));
         sc.wbuf.extend_from_slice(cmd.raw());
         sc.inflight.push_back(Expect {
             target,
@@ -615,6 +627,7 @@ where
             timing,
             compare: None,
             _hold: None,
+            _backlog: backlog,
         });
     }
 
@@ -960,6 +973,14 @@ where
 
     /// A mirrored write was lost: its keys go to the journal, copied from
     /// the side that answered once the mirror is back.
+    /// Whether mirrored commands of `len` bytes (`count` of them) would
+    /// take the mirror backlog past its bound.
+    fn backlog_full(&self, len: usize, count: usize) -> bool {
+        self.shared
+            .backlog
+            .full(len, count, self.shared.limits.mirror_backlog_bytes)
+    }
+
     fn journal_lost(&self, w: &MirrorWrite) {
         self.shared
             .repairer

@@ -518,22 +518,28 @@ pub fn get(conn: &mut redis::Connection, key: &str) -> Option<String> {
     redis::cmd("GET").arg(key).query(conn).unwrap()
 }
 
-/// A TCP relay in front of a real server that can stall: while stalled it
-/// keeps accepting and reading requests but holds every reply back, like
-/// a cache that stopped answering.
+/// A TCP relay in front of a real server that can misbehave like a sick
+/// cache: `stall` keeps reading requests but holds every reply back;
+/// `delay` holds each reply that long; `freeze` stops reading requests too,
+/// so they back up into the sender's socket and buffers.
 pub struct StallingRelay {
     pub addr: SocketAddr,
     stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl StallingRelay {
     pub async fn start(target: String) -> StallingRelay {
-        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let stalled = std::sync::Arc::new(AtomicBool::new(false));
-        let flag = stalled.clone();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let frozen = Arc::new(AtomicBool::new(false));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (stall_flag, freeze_flag, delay) = (stalled.clone(), frozen.clone(), delay_ms.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(&target).await else {
@@ -541,10 +547,23 @@ impl StallingRelay {
                 };
                 let (mut cr, mut cw) = client.into_split();
                 let (mut sr, mut sw) = server.into_split();
+                let freeze = freeze_flag.clone();
                 tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    let mut buf = vec![0u8; 65536];
+                    loop {
+                        while freeze.load(Ordering::Relaxed) {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
                 });
-                let flag = flag.clone();
+                let (stall, delay) = (stall_flag.clone(), delay.clone());
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 65536];
                     loop {
@@ -552,7 +571,11 @@ impl StallingRelay {
                             Ok(0) | Err(_) => return,
                             Ok(n) => n,
                         };
-                        while flag.load(Ordering::Relaxed) {
+                        let ms = delay.load(Ordering::Relaxed);
+                        if ms > 0 {
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                        }
+                        while stall.load(Ordering::Relaxed) {
                             tokio::time::sleep(Duration::from_millis(10)).await;
                         }
                         if cw.write_all(&buf[..n]).await.is_err() {
@@ -565,12 +588,24 @@ impl StallingRelay {
         StallingRelay {
             addr,
             stalled,
+            frozen,
+            delay_ms,
             task,
         }
     }
 
     pub fn stall(&self, on: bool) {
         self.stalled.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn freeze(&self, on: bool) {
+        self.frozen.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Each reply (each chunk of reply bytes) waits this long.
+    pub fn delay(&self, by: Duration) {
+        self.delay_ms
+            .store(by.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -737,5 +772,121 @@ impl Rng {
 
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
+    }
+}
+
+/// `cutover serve` as a process (the binary operators run), on free ports,
+/// logging at debug to a pipe the test can read after it stops.
+pub struct Served {
+    pub child: tokio::process::Child,
+    /// Its stderr so far, drained as it comes (a full pipe would block it).
+    logs: std::sync::Arc<std::sync::Mutex<String>>,
+    pub port: u16,
+    /// `http://127.0.0.1:port` of its admin API.
+    pub admin: String,
+    pub config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    /// Starts it with `text` (from [`config_text`]: its `127.0.0.1:0`
+    /// listener and admin addresses get free ports) and `env`.
+    pub async fn start(text: &str, env: &[(&str, &str)]) -> Served {
+        let port = free_port();
+        let admin_port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cutover.toml");
+        let text = text
+            .replacen(
+                "address = \"127.0.0.1:0\"",
+                &format!("address = \"127.0.0.1:{port}\""),
+                1,
+            )
+            .replace(
+                "[admin]\naddress = \"127.0.0.1:0\"",
+                &format!("[admin]\naddress = \"127.0.0.1:{admin_port}\""),
+            );
+        std::fs::write(&path, text).unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .args([
+                "serve",
+                "--config",
+                path.to_str().unwrap(),
+                "--log",
+                "debug",
+            ])
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n) = stderr.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(Instant::now() < deadline, "proxy never came up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Served {
+            child,
+            logs,
+            port,
+            admin: format!("http://127.0.0.1:{admin_port}"),
+            config: path,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Its resident memory, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.id().expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
+    pub async fn status(&self) -> cutover::admin::StatusView {
+        let (code, body) =
+            cutover::admin::client::request(&self.admin, "GET", "/status", None, None)
+                .await
+                .unwrap();
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Counter `name` of route `route`, from `/status`.
+    pub async fn stat(&self, route: &str, name: &str) -> u64 {
+        let s = self.status().await;
+        let r = s.routes.iter().find(|r| r.status.name == route).unwrap();
+        r.counts.get(name).copied().unwrap_or(0)
+    }
+
+    /// Stops it (SIGKILL) and returns what it logged.
+    pub async fn stop_and_logs(&mut self) -> String {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        // The drain task reads to the end of the pipe.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.logs.lock().unwrap().clone()
     }
 }
