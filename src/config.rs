@@ -412,6 +412,10 @@ pub struct Limits {
     /// to the repair journal. Bounds the memory a slow mirror can cost.
     #[serde(default = "default_mirror_backlog_bytes")]
     pub mirror_backlog_bytes: usize,
+    /// Close a client idle this many seconds (Redis's `timeout`): nothing
+    /// in flight, not subscribed. 0 (the default, as in Redis): never.
+    #[serde(default)]
+    pub idle_timeout_secs: u64,
 }
 
 fn default_mirror_backlog_bytes() -> usize {
@@ -430,6 +434,7 @@ impl Default for Limits {
             max_reply_depth: default_max_reply_depth(),
             max_shadow_reads: default_max_shadow_reads(),
             mirror_backlog_bytes: default_mirror_backlog_bytes(),
+            idle_timeout_secs: 0,
         }
     }
 }

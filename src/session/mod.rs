@@ -35,7 +35,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Sleep;
-use tracing::{debug, warn};
+use tracing::{debug, trace, warn};
 
 use crate::commands::{self, StateCmd};
 use crate::config::Limits;
@@ -278,7 +278,25 @@ impl SideConn {
         self.inflight.is_empty() && self.wbuf.is_empty()
     }
 
-    async fn event(&mut self) -> SideEvent {
+    /// Whether the reply at the head of this connection's queue goes to
+    /// the client (or, with nothing queued, a push frame would).
+    fn head_feeds_client(&self) -> bool {
+        match self.inflight.front().map(|e| &e.target) {
+            None => true,
+            Some(t) => matches!(
+                t,
+                Target::Client { .. }
+                    | Target::Effect(_)
+                    | Target::SubAck(_)
+                    | Target::FallbackNew(_)
+                    | Target::FallbackOld(_)
+            ),
+        }
+    }
+
+    /// The next thing that happens on this connection. With `read` false
+    /// (the client is not taking its replies) nothing is read from it.
+    async fn event(&mut self, read: bool) -> SideEvent {
         match &mut self.link {
             Link::Idle => pending().await,
             Link::Connecting(task) => SideEvent::Connected(match task.await {
@@ -294,7 +312,8 @@ impl SideConn {
                 tokio::select! {
                     biased;
                     r = conn.wr.write(&self.wbuf), if want_write => SideEvent::Wrote(r),
-                    r = conn.rd.read_buf(&mut self.rbuf) => SideEvent::Read(r),
+                    r = conn.rd.read_buf(&mut self.rbuf), if read => SideEvent::Read(r),
+                    else => pending().await,
                 }
             }
         }
@@ -373,9 +392,14 @@ pub struct Session<R, W> {
     auth_on: bool,
     /// Still reading commands from the client.
     reading: bool,
+    /// Commands are waiting in `cbuf`, unparsed, until the client takes
+    /// some of its replies.
+    parse_paused: bool,
     /// Client output failed: replies are dropped, mirrors still drained.
     client_gone: bool,
     drain_deadline: Option<Instant>,
+    /// When the client last sent bytes (for `limits.idle_timeout_secs`).
+    last_heard: Instant,
     timer: Pin<Box<Sleep>>,
     timer_at: Option<Instant>,
 }
@@ -420,8 +444,10 @@ where
             authenticated: !auth_on,
             auth_on,
             reading: true,
+            parse_paused: false,
             client_gone: false,
             drain_deadline: None,
+            last_heard: Instant::now(),
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             timer_at: None,
         }
@@ -454,18 +480,26 @@ where
                     break;
                 }
             }
+            let room = self.order.len() < MAX_PENDING_REPLIES && !self.backpressured();
+            if self.parse_paused && self.reading && room {
+                // Commands read before the client fell behind come first.
+                self.parse_paused = false;
+                self.on_client_bytes();
+                continue;
+            }
             self.arm_timer();
-            let can_read = self.reading
-                && self.order.len() < MAX_PENDING_REPLIES
-                && self.out.len() < MAX_OUTPUT_BYTES;
+            let can_read = self.reading && room && !self.parse_paused;
             let write_client = !self.out.is_empty() && !self.client_gone;
             let timer_armed = self.timer_at.is_some();
             let tracking = self.tracking_table.is_some();
+            let backpressured = self.backpressured();
             let [old, new] = &mut self.sides;
+            let read_old = !backpressured || !old.head_feeds_client();
+            let read_new = !backpressured || !new.head_feeds_client();
             tokio::select! {
                 biased;
-                ev = old.event() => self.on_side_event(Side::Old, ev),
-                ev = new.event() => self.on_side_event(Side::New, ev),
+                ev = old.event(read_old) => self.on_side_event(Side::Old, ev),
+                ev = new.event(read_new) => self.on_side_event(Side::New, ev),
                 r = self.client_wr.write(&self.out), if write_client => match r {
                     Ok(n) if n > 0 => self.out.advance(n),
                     _ => self.client_left(),
@@ -543,7 +577,21 @@ where
     }
 
     fn on_client_bytes(&mut self) {
+        self.last_heard = Instant::now();
         loop {
+            if self.order.len() >= MAX_PENDING_REPLIES {
+                // The rest waits in the buffer until the client takes
+                // some replies.
+                if !self.parse_paused {
+                    trace!(
+                        pending = self.order.len(),
+                        out = self.out.len(),
+                        "client not taking its replies: not reading from it"
+                    );
+                }
+                self.parse_paused = true;
+                return;
+            }
             match self.parser.parse(&mut self.cbuf) {
                 Ok(Some(cmd)) => {
                     let cmd = match self.auth_on {
@@ -1117,7 +1165,10 @@ where
             .sides
             .iter()
             .filter_map(|s| s.inflight.front().and_then(|e| e.deadline));
-        let next = heads.chain(self.drain_deadline).min();
+        let next = heads
+            .chain(self.drain_deadline)
+            .chain(self.idle_deadline())
+            .min();
         match (next, self.timer_at) {
             (None, _) => {}
             (Some(d), Some(at)) if at <= d => {}
@@ -1128,15 +1179,51 @@ where
         }
     }
 
+    /// The client is not taking its replies: the proxy stops reading from
+    /// it and, for replies bound to it, from its upstream connections (the
+    /// caches hold them, as Redis holds a slow client's output).
+    fn backpressured(&self) -> bool {
+        !self.client_gone && self.out.len() >= MAX_OUTPUT_BYTES
+    }
+
+    /// When an idle client is closed: with `limits.idle_timeout_secs` set,
+    /// while nothing is in flight (a blocked command is not idle) and it is
+    /// not subscribed (Redis exempts both too).
+    fn idle_deadline(&self) -> Option<Instant> {
+        let secs = self.shared.limits.idle_timeout_secs;
+        let idle = secs > 0 && self.reading && self.order.is_empty() && self.subs.is_empty();
+        idle.then(|| self.last_heard + Duration::from_secs(secs))
+    }
+
     fn on_timer(&mut self) {
         self.timer_at = None;
         let now = Instant::now();
+        if self.idle_deadline().is_some_and(|d| d <= now) {
+            debug!(
+                idle_secs = self.shared.limits.idle_timeout_secs,
+                "closing an idle client"
+            );
+            self.close_after_replies();
+            return;
+        }
         for side in Side::BOTH {
             let overdue = self.sides[side.index()]
                 .inflight
                 .front()
                 .and_then(|e| e.deadline)
                 .is_some_and(|d| d <= now);
+            if overdue && self.backpressured() {
+                // Not read because the client does not read: not the
+                // cache's fault. Checked again a timeout later.
+                let up = self.shared.upstream(side);
+                let after = up.config.command_timeout().unwrap_or_default();
+                for e in self.sides[side.index()].inflight.iter_mut() {
+                    if e.deadline.is_some_and(|d| d <= now) {
+                        e.deadline = Some(now + after);
+                    }
+                }
+                continue;
+            }
             if overdue {
                 let up = self.shared.upstream(side);
                 let after = up.config.command_timeout().unwrap_or_default();
