@@ -152,3 +152,92 @@ async fn stalled_mirror_costs_the_client_nothing_and_times_out() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A restarted mirror answers `-LOADING` until it has read its data back.
+/// Copies it refuses that way are kept in the journal and made once it is
+/// loaded (they were dropped before: the soak found it).
+#[tokio::test]
+async fn a_mirror_still_loading_after_a_restart_is_repaired_once_loaded() {
+    let old = RedisServer::start();
+    // 200 us per key loaded: 10,000 keys keep it loading for about 2 s.
+    let mut new = RedisServer::start_with(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--key-load-delay",
+        "200",
+        // Answer (-LOADING) while loading, not only every 2 MB loaded.
+        "--loading-process-events-interval-bytes",
+        "1024",
+    ]);
+    let proxy = TestProxy::start(&old, &new, &[("default", None, Phase::DualWrite)]).await;
+    let mut c = proxy.conn().await;
+    // The same 10,000 keys on both, through the proxy, then in new's AOF.
+    let mut p = redis::pipe();
+    for i in 0..10_000 {
+        p.cmd("HSET").arg(format!("h{i}")).arg("a").arg(i).ignore();
+    }
+    let _: () = p.query_async(&mut c).await.unwrap();
+    proxy.wait_mirrors_settled().await;
+    new.run(&["BGREWRITEAOF"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = match new.run(&["INFO", "persistence"]) {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+            redis::Value::VerbatimString { text, .. } => text,
+            other => panic!("{other:?}"),
+        };
+        if info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "AOF rewrite never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut i = 0u64;
+    let mut write = |c: &mut redis::aio::MultiplexedConnection| {
+        i += 1;
+        let n = i;
+        let mut c = c.clone();
+        async move {
+            let _: () = c.set(format!("w:{n}"), n).await.unwrap();
+            let _: i64 = c.incr(format!("ctr:{}", n % 50), 1).await.unwrap();
+            let _: i64 = c
+                .hset(format!("h{}", (n * 10) % 10_000), "w", n)
+                .await
+                .unwrap();
+        }
+    };
+    for _ in 0..100 {
+        write(&mut c).await;
+    }
+    new.kill();
+    for _ in 0..200 {
+        write(&mut c).await;
+    }
+    new.restart_loading();
+    // Writes go on while new loads: it answers them -LOADING.
+    let loading_until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < loading_until {
+        write(&mut c).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = proxy.admin("GET", "/status", None).await;
+        let status: cutover::admin::StatusView = serde_json::from_str(&body).unwrap();
+        let journal: u64 = status.routes.iter().map(|r| r.journal_keys).sum();
+        if journal == 0 && proxy.stat("default", "repaired") > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "journal never drained: {journal}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    proxy.wait_mirrors_settled().await;
+    support::assert_same_keyspace(&old, &new, 1000);
+}

@@ -271,6 +271,31 @@ enum CopyError {
     Refused(&'static str, String),
     #[error("unexpected reply to {0}")]
     Unexpected(&'static str),
+    /// The cache cannot take commands for now (loading its data after a
+    /// restart, busy with a script): the key waits in the journal.
+    #[error("{0} cache answered {1}")]
+    NotNow(Side, String),
+}
+
+impl CopyError {
+    /// The cache to try again later, when the copy can succeed then.
+    fn retry_side(&self) -> Option<Side> {
+        match self {
+            CopyError::Upstream(e) => Some(e.side()),
+            CopyError::NotNow(side, _) => Some(*side),
+            CopyError::Refused(..) | CopyError::Unexpected(_) => None,
+        }
+    }
+}
+
+/// Error replies that mean "not now" rather than "never": a restarted
+/// cache loading its data, a long script, a replica without its master.
+fn not_now(side: Side, reply: &[u8]) -> Option<CopyError> {
+    const TRANSIENT: [&[u8]; 4] = [b"-LOADING", b"-BUSY", b"-MASTERDOWN", b"-TRYAGAIN"];
+    TRANSIENT
+        .iter()
+        .any(|p| reply.starts_with(p))
+        .then(|| CopyError::NotNow(side, text(reply)))
 }
 
 /// One repair connection per side.
@@ -288,8 +313,14 @@ async fn call_in(
         .call_in(upstream, shared.limits.max_reply_depth, db, &cmds)
         .await?
     {
-        Ok(replies) => Ok(replies),
-        Err(refusal) => Err(CopyError::Refused("SELECT", text(&refusal))),
+        Ok(replies) => match replies.iter().find_map(|r| not_now(side, r)) {
+            Some(e) => Err(e),
+            None => Ok(replies),
+        },
+        Err(refusal) => {
+            Err(not_now(side, &refusal)
+                .unwrap_or_else(|| CopyError::Refused("SELECT", text(&refusal))))
+        }
     }
 }
 
@@ -354,20 +385,23 @@ pub async fn run(
                 let job = &q.job;
                 repairer.lost(&stats, job.from, job.db, std::slice::from_ref(&job.key));
             }
-            Err(CopyError::Upstream(e)) => {
-                // A cache unreachable: the journal retries once it is back.
-                repairer.side_failed(e.side());
-                debug!(from = %q.job.from, error = %e, "repair copy could not reach a cache; journalled");
-                repairer.finish(&q.job);
-                let job = &q.job;
-                repairer.lost(&stats, job.from, job.db, std::slice::from_ref(&job.key));
-            }
-            Err(e) => {
-                RouteStats::bump(&stats.repair_failed);
-                warn!(from = %q.job.from, error = %e, "repair copy failed");
-                repairer.finish(&q.job);
-                repairer.journal.release(q.job.db, &q.job.key);
-            }
+            Err(e) => match e.retry_side() {
+                Some(side) => {
+                    // A cache unreachable or not taking commands yet: the
+                    // journal retries once it is back.
+                    repairer.side_failed(side);
+                    debug!(from = %q.job.from, error = %e, "repair copy could not reach a cache; journalled");
+                    repairer.finish(&q.job);
+                    let job = &q.job;
+                    repairer.lost(&stats, job.from, job.db, std::slice::from_ref(&job.key));
+                }
+                None => {
+                    RouteStats::bump(&stats.repair_failed);
+                    warn!(from = %q.job.from, error = %e, "repair copy failed");
+                    repairer.finish(&q.job);
+                    repairer.journal.release(q.job.db, &q.job.key);
+                }
+            },
         }
     }
 }

@@ -134,6 +134,20 @@ impl RedisServer {
         );
     }
 
+    /// Starts the killed server again and returns as soon as it accepts
+    /// connections, while it may still be loading its data (answering
+    /// `-LOADING` to everything).
+    pub fn restart_loading(&mut self) {
+        self.kill();
+        let log = self.dir.path().join("redis.log");
+        self.child = Some(spawn_redis(self.port, self.dir.path(), &log, &self.extra));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not restart");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn wait_ready(&mut self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
