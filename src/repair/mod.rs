@@ -354,8 +354,14 @@ pub async fn run(
         // Start first: a write reported after it is seen by the checks,
         // one reported before was held, so settling waits for it.
         let start = repairer.start();
-        settle(repairer, &q.job.key, Instant::now() + SETTLE_MAX).await;
-        match copy(&shared, &mut links, &q, start).await {
+        // Still in flight after the wait: treated as a write that raced
+        // the copy (read again later), never copied under it.
+        let settled = settle(repairer, &q.job.key, Instant::now() + SETTLE_MAX).await;
+        let copied = match settled {
+            true => copy(&shared, &mut links, &q, start).await,
+            false => Ok(false),
+        };
+        match copied {
             Ok(true) if !repairer.written_since(&q.job, start) => {
                 repairer.side_ok(from);
                 repairer.side_ok(to);

@@ -69,12 +69,6 @@ impl Compares {
         }
     }
 
-    fn pop_settled_back(&mut self) {
-        while self.open.back().is_some_and(|c| c.settled) {
-            self.open.pop_back();
-        }
-    }
-
     /// A side's connection dropped: nothing open can be compared.
     pub(super) fn abandon(&mut self) {
         for c in &mut self.open {
@@ -132,13 +126,12 @@ where
     pub(super) fn compare_drop(&mut self, id: u64) {
         if let Some(c) = self.compares.get(id) {
             c.settled = true;
+            // It may wait behind an open compare (a stalled mirror's) until
+            // popped: without its command, which can be large. (It stays:
+            // ids are positions, and its authoritative reply still comes.)
+            c.cmd = Command::from_args::<&[u8]>(&[]);
         }
         self.compares.pop_settled();
-        // Dropped right after it was opened (its mirror write was not
-        // sent): taken off the back too, or writes shed behind a stalled
-        // mirror's oldest open compare would pile up here with their
-        // commands.
-        self.compares.pop_settled_back();
     }
 
     /// Shadows a read (already decided) about to be sent to `from`: returns

@@ -895,6 +895,45 @@ impl Served {
         r.counts.get(name).copied().unwrap_or(0)
     }
 
+    /// Sends `signal` (`"TERM"`, `"KILL"`), waits for it to exit (status
+    /// returned), and starts it again from the same config file (same
+    /// ports, journal and state).
+    pub async fn restart(&mut self, signal: &str) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running").to_string();
+        assert!(std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("exits within 30 s of the signal")
+            .unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .args([
+                "serve",
+                "--config",
+                self.config.to_str().unwrap(),
+                "--log",
+                "info",
+            ])
+            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            assert!(Instant::now() < deadline, "proxy never came back");
+            if let Ok(Some(s)) = child.try_wait() {
+                panic!("restarted proxy exited: {s}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.child = child;
+        status
+    }
+
     /// Stops it (SIGKILL) and returns what it logged.
     pub async fn stop_and_logs(&mut self) -> String {
         let _ = self.child.start_kill();
