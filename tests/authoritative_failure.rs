@@ -118,3 +118,50 @@ async fn shutdown_is_not_held_up_by_a_client_blocked_forever() {
         String::from_utf8_lossy(&reply)
     );
 }
+
+#[tokio::test]
+async fn stalled_old_times_out_promptly_but_blocking_commands_wait_their_own_time() {
+    let (old, new) = support::start_pair();
+    let relay = support::StallingRelay::start(old.addr()).await;
+    let text = support::config_text(
+        &relay.addr.to_string(),
+        &new.addr(),
+        &[
+            ("n", Some(&["n:*"]), Phase::NewOnly),
+            ("default", None, Phase::OldOnly),
+        ],
+        "",
+    )
+    .replace(
+        &format!("address = \"{}\"\ncommand_timeout_ms = 2000", relay.addr),
+        &format!("address = \"{}\"\ncommand_timeout_ms = 300", relay.addr),
+    );
+    assert!(text.contains("command_timeout_ms = 300"));
+    let proxy = TestProxy::start_text(&text).await;
+
+    // A block longer than the command timeout is not a timeout.
+    let mut raw = proxy.raw().await;
+    let started = Instant::now();
+    raw.send(b"BLPOP o:list 1\r\n").await;
+    assert_eq!(raw.read_n(5).await, b"*-1\r\n");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // old stops answering: a prompt error naming it, per command.
+    relay.stall(true);
+    let started = Instant::now();
+    raw.send(b"GET o:1\r\n").await;
+    let got = raw.read_until("\r\n").await;
+    assert!(
+        got.starts_with("-ERR cutover: upstream old") && got.contains("no reply within 300ms"),
+        "{got}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    // The route on new is served meanwhile, on the same connection.
+    raw.send(b"SET n:1 v\r\nGET n:1\r\n").await;
+    assert_eq!(raw.read_n(12).await, b"+OK\r\n$1\r\nv\r\n");
+    relay.stall(false);
+}
