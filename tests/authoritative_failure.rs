@@ -123,20 +123,12 @@ async fn shutdown_is_not_held_up_by_a_client_blocked_forever() {
 async fn stalled_old_times_out_promptly_but_blocking_commands_wait_their_own_time() {
     let (old, new) = support::start_pair();
     let relay = support::StallingRelay::start(old.addr()).await;
-    let text = support::config_text(
-        &relay.addr.to_string(),
-        &new.addr(),
-        &[
-            ("n", Some(&["n:*"]), Phase::NewOnly),
-            ("default", None, Phase::OldOnly),
-        ],
-        "",
-    )
-    .replace(
-        &format!("address = \"{}\"\ncommand_timeout_ms = 2000", relay.addr),
-        &format!("address = \"{}\"\ncommand_timeout_ms = 300", relay.addr),
-    );
-    assert!(text.contains("command_timeout_ms = 300"));
+    let routes = [
+        ("n", Some(&["n:*"][..]), Phase::NewOnly),
+        ("default", None, Phase::OldOnly),
+    ];
+    let text = support::config_text(&relay.addr.to_string(), &new.addr(), &routes, "");
+    let text = support::command_timeout(&text, &relay.addr.to_string(), 300);
     let proxy = TestProxy::start_text(&text).await;
 
     // A block longer than the command timeout is not a timeout.

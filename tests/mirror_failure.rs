@@ -102,17 +102,16 @@ async fn mirror_down_from_the_start_and_coming_back() {
 async fn stalled_mirror_costs_the_client_nothing_and_times_out() {
     let (old, new) = support::start_pair();
     let relay = support::StallingRelay::start(new.addr()).await;
-    let text = support::config_text(
-        &old.addr(),
+    let text = support::command_timeout(
+        &support::config_text(
+            &old.addr(),
+            &relay.addr.to_string(),
+            &[("default", None, Phase::DualWrite)],
+            "",
+        ),
         &relay.addr.to_string(),
-        &[("default", None, Phase::DualWrite)],
-        "",
-    )
-    .replace(
-        &format!("address = \"{}\"\ncommand_timeout_ms = 2000", relay.addr),
-        &format!("address = \"{}\"\ncommand_timeout_ms = 300", relay.addr),
+        300,
     );
-    assert!(text.contains("command_timeout_ms = 300"));
     let proxy = TestProxy::start_text(&text).await;
     let mut c = proxy.conn().await;
     let _: () = c.set("warm", 1).await.unwrap();

@@ -36,18 +36,10 @@ fn config(old: &RedisServer, new: &RedisServer, new_password: Option<&str>) -> S
         &[("default", None, Phase::DualWrite)],
         &auth,
     );
-    let text = text.replace(
-        &format!("address = \"{}\"\n", old.addr()),
-        &format!(
-            "address = \"{}\"\npassword = \"{OLD_PASSWORD}\"\n",
-            old.addr()
-        ),
-    );
+    let old_password = format!("password = \"{OLD_PASSWORD}\"");
+    let text = support::upstream_lines(&text, &old.addr(), &old_password);
     match new_password {
-        Some(p) => text.replace(
-            &format!("address = \"{}\"\n", new.addr()),
-            &format!("address = \"{}\"\npassword = \"{p}\"\n", new.addr()),
-        ),
+        Some(p) => support::upstream_lines(&text, &new.addr(), &format!("password = \"{p}\"")),
         None => text,
     }
 }
@@ -156,13 +148,11 @@ async fn reset_keeps_the_upstream_credentials_and_database() {
         &new.addr(),
         &[("default", None, Phase::DualWrite)],
         "",
-    )
-    .replace(
-        &format!("address = \"{}\"\n", new.addr()),
-        &format!(
-            "address = \"{}\"\npassword = \"{NEW_PASSWORD}\"\ndb = 2\n",
-            new.addr()
-        ),
+    );
+    let text = support::upstream_lines(
+        &text,
+        &new.addr(),
+        &format!("password = \"{NEW_PASSWORD}\"\ndb = 2"),
     );
     let proxy = TestProxy::start_text(&text).await;
     let got = exchange(&proxy, "SET a 1\r\nRESET\r\nSET b 2\r\n").await;

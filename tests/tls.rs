@@ -14,12 +14,7 @@ use redis::AsyncCommands;
 use support::pki::{Leaf, Pki};
 use support::{RedisServer, TestProxy};
 
-/// `lines` added under `[upstreams.<side>]` of a config from `config_text`.
-fn upstream_lines(text: &str, addr: &str, lines: &str) -> String {
-    let from = format!("address = \"{addr}\"\n");
-    assert_eq!(text.matches(&from).count(), 1, "{addr} once in the config");
-    text.replace(&from, &format!("{from}{lines}\n"))
-}
+use support::upstream_lines;
 
 fn tls_lines(ca: &Pki) -> String {
     format!("tls = true\nca_file = \"{}\"", ca.ca_file().display())

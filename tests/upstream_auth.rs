@@ -18,11 +18,8 @@ async fn client_auth_for_old_does_not_break_new_with_its_own_password() {
         &new.addr(),
         &[("default", None, Phase::DualWrite)],
         "",
-    )
-    .replace(
-        &format!("address = \"{}\"\n", new.addr()),
-        &format!("address = \"{}\"\npassword = \"new-secret\"\n", new.addr()),
     );
+    let text = support::upstream_lines(&text, &new.addr(), "password = \"new-secret\"");
     let proxy = TestProxy::start_text(&text).await;
 
     // The application keeps its old connection string, password included.

@@ -274,6 +274,25 @@ pub fn config_text(old: &str, new: &str, routes: &[RouteSpec<'_>], extra: &str) 
     s
 }
 
+/// `lines` added under the `[upstreams.*]` block whose address is `addr`,
+/// in a config from [`config_text`].
+pub fn upstream_lines(text: &str, addr: &str, lines: &str) -> String {
+    let from = format!("address = \"{addr}\"\n");
+    assert_eq!(text.matches(&from).count(), 1, "{addr} once in the config");
+    text.replace(&from, &format!("{from}{lines}\n"))
+}
+
+/// The `command_timeout_ms` of the upstream at `addr`, in a config from
+/// [`config_text`] (which sets 2000).
+pub fn command_timeout(text: &str, addr: &str, ms: u64) -> String {
+    let from = format!("address = \"{addr}\"\ncommand_timeout_ms = 2000");
+    assert_eq!(text.matches(&from).count(), 1, "{addr} once in the config");
+    text.replace(
+        &from,
+        &format!("address = \"{addr}\"\ncommand_timeout_ms = {ms}"),
+    )
+}
+
 /// A proxy running in this process, with its config file in a temp dir.
 pub struct TestProxy {
     pub proxy: Option<Proxy>,
