@@ -171,6 +171,8 @@ pub(crate) async fn copy_keys(
     };
     let mut writes = Vec::with_capacity(keys.len());
     let mut restoring = Vec::with_capacity(keys.len());
+    // Gone on old, deleted on new (live only): not counted as copied.
+    let mut deleting = std::collections::HashSet::new();
     let mut typed = Vec::new();
     for (key, pair) in keys.iter().zip(results.chunks(2)) {
         if written(key) {
@@ -187,6 +189,16 @@ pub(crate) async fn copy_keys(
             [Value::Error(e), _] => {
                 first_error.get_or_insert_with(|| format!("DUMP: {}", text(e)));
                 typed.push(key.clone());
+            }
+            // Gone on old. Live, it goes on new too: an earlier attempt
+            // of this batch may have restored it there after the DEL that
+            // made it go reached new (the written-since check sent it
+            // here), and nothing else would remove it again.
+            _ if replace => {
+                counts.gone += 1;
+                writes.push(Command::from_args(&[&b"DEL"[..], key]));
+                restoring.push(key.clone());
+                deleting.insert(key.clone());
             }
             _ => counts.gone += 1,
         }
@@ -220,7 +232,7 @@ pub(crate) async fn copy_keys(
     for key in landed {
         if written(&key) {
             redo.push(key);
-        } else {
+        } else if !deleting.contains(&key) {
             counts.copied += 1;
         }
     }
