@@ -201,16 +201,13 @@ impl Repairer {
 
     fn add(&self, db: DbKey, key: &Bytes, f: impl FnOnce(&mut Pending) -> bool) -> bool {
         let mut map = self.lock();
-        let p = map
-            .entry(db)
-            .or_default()
-            // Owned: `key` may be a slice of a client's read buffer.
-            .entry(Bytes::copy_from_slice(key))
-            .or_insert_with(|| {
-                self.pending_keys.fetch_add(1, Ordering::SeqCst);
-                Pending::default()
-            });
-        f(p)
+        let keys = map.entry(db).or_default();
+        if let Some(p) = keys.get_mut(&key[..]) {
+            return f(p);
+        }
+        self.pending_keys.fetch_add(1, Ordering::SeqCst);
+        // Owned: `key` may be a slice of a client's read buffer.
+        f(keys.entry(Bytes::copy_from_slice(key)).or_default())
     }
 
     /// A copy's start: a write to a registered key reported after this
