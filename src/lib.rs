@@ -39,6 +39,8 @@
 //! ```
 
 pub mod admin;
+pub mod auth;
+pub mod backfill;
 pub mod commands;
 pub mod config;
 pub mod control;
@@ -54,6 +56,7 @@ pub mod routing;
 pub mod server;
 pub mod session;
 pub mod shadow;
+pub mod shared;
 pub mod tls;
 pub mod tools;
 pub mod upstream;

@@ -6,9 +6,9 @@
 //! OpenMetrics text, so nothing on the data path takes a lock or looks a
 //! metric up by labels.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use prometheus_client::encoding::{MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -16,54 +16,6 @@ use prometheus_client::registry::Registry;
 
 use crate::control::RouteStatus;
 use crate::routing::{Phase, RouteStats, Side};
-
-/// Bucket upper bounds, microseconds: 100 µs to 2.5 s.
-const BOUNDS_US: [u64; 14] = [
-    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
-    1_000_000, 2_500_000,
-];
-
-/// A latency histogram with fixed buckets: one relaxed add for the bucket,
-/// one for the sum.
-#[derive(Debug, Default)]
-pub struct Latency {
-    /// Non-cumulative counts; the last is +Inf.
-    buckets: [AtomicU64; BOUNDS_US.len() + 1],
-    sum_us: AtomicU64,
-}
-
-impl Latency {
-    pub fn observe(&self, took: Duration) {
-        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        let i = BOUNDS_US.partition_point(|&b| b < us);
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
-    }
-
-    /// (sum in seconds, count, non-cumulative buckets with upper bounds).
-    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
-        let mut count = 0;
-        let buckets = self
-            .buckets
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let n = b.load(Ordering::Relaxed);
-                count += n;
-                let upper = BOUNDS_US
-                    .get(i)
-                    .map_or(f64::INFINITY, |&us| us as f64 / 1e6);
-                (upper, n)
-            })
-            .collect();
-        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        (sum, count, buckets)
-    }
-
-    pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
-    }
-}
 
 /// Renders every metric as OpenMetrics text.
 pub fn render(routes: Vec<(RouteStatus, Arc<RouteStats>)>) -> String {
@@ -254,25 +206,5 @@ fn counter_help(name: &str) -> &'static str {
             "Keys not recorded because the journal was full (the route needs a verify pass)"
         }
         _ => "cutover route counter",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn buckets_split_at_their_bounds() {
-        let h = Latency::default();
-        h.observe(Duration::from_micros(100));
-        h.observe(Duration::from_micros(101));
-        h.observe(Duration::from_secs(10));
-        let (sum, count, buckets) = h.snapshot();
-        assert_eq!(count, 3);
-        assert_eq!(buckets[0], (0.0001, 1));
-        assert_eq!(buckets[1], (0.00025, 1));
-        assert_eq!(buckets.last().unwrap().1, 1);
-        assert!(buckets.last().unwrap().0.is_infinite());
-        assert!((sum - 10.000201).abs() < 1e-9);
     }
 }

@@ -16,8 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::config::Settings;
-use crate::server::describe;
-use crate::session::Shared;
+use crate::shared::Shared;
 
 /// Editors write a file in several steps; wait for them to settle.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -138,14 +137,14 @@ fn reload_once(path: &std::path::Path, running: &Settings, shared: &Shared, trig
         if let Some(auth) = &next.auth {
             shared
                 .auth
-                .store(Some(Arc::new(crate::session::auth::Users::new(auth))));
+                .store(Some(Arc::new(crate::auth::Users::new(auth))));
         }
     }
-    let before = describe(&shared.router);
+    let before = shared.router.describe();
     let version = shared
         .control
         .reload(&shared.router, &next.routes, &next.commands);
-    let after = describe(&shared.router);
+    let after = shared.router.describe();
     if before == after {
         info!(?trigger, version, routes = %after, "config reloaded, routes unchanged");
     } else {

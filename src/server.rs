@@ -21,13 +21,15 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
 use crate::admin;
+use crate::backfill::Backfills;
 use crate::config::Settings;
 use crate::control::{Control, StateError};
 use crate::net::Stream;
 use crate::reload;
 use crate::repair::{self, Repairer};
-use crate::routing::{Router, Side};
-use crate::session::{Session, Shared};
+use crate::routing::{PerSide, Router, Side};
+use crate::session::Session;
+use crate::shared::Shared;
 use crate::upstream::Upstream;
 
 #[derive(Debug, thiserror::Error)]
@@ -73,10 +75,10 @@ impl Proxy {
         config_path: Option<PathBuf>,
     ) -> Result<Proxy, StartError> {
         let listen_tls = crate::tls::server_config(&settings.listen)?;
-        let upstreams = [
+        let upstreams = PerSide::new(
             Upstream::new(Side::Old, settings.upstreams.old.clone())?,
             Upstream::new(Side::New, settings.upstreams.new.clone())?,
-        ];
+        );
         let (listener, addr) = bind(&settings.listen.address).await?;
         let plain = match &settings.listen.plain_address {
             Some(a) => Some(bind(a).await?),
@@ -99,22 +101,28 @@ impl Proxy {
             settings.journal.max_keys,
         );
         let (repairer, repairs) = Repairer::new(journal);
+        let (router, repairer) = (
+            Arc::new(Router::new(&routes, &settings.commands)),
+            Arc::new(repairer),
+        );
+        let upstreams = Arc::new(upstreams);
+        let depth = settings.limits.max_reply_depth;
         let shared = Arc::new(Shared {
-            router: Router::new(&routes, &settings.commands),
-            control,
-            upstreams,
+            router: router.clone(),
+            control: Arc::new(control),
+            upstreams: upstreams.clone(),
             listen_tls: arc_swap::ArcSwapOption::new(listen_tls),
             auth: arc_swap::ArcSwapOption::new(
                 settings
                     .auth
                     .as_ref()
-                    .map(|a| Arc::new(crate::session::auth::Users::new(a))),
+                    .map(|a| Arc::new(crate::auth::Users::new(a))),
             ),
             limits: settings.limits.clone(),
             scripts: Default::default(),
-            repairer,
+            repairer: repairer.clone(),
             shadow_inflight: Default::default(),
-            backfills: Default::default(),
+            backfills: Backfills::new(router, upstreams.clone(), repairer.clone(), depth),
             backlog: Default::default(),
         });
         let journalled = shared.repairer.journal.load(&shared.router)?;
@@ -122,24 +130,32 @@ impl Proxy {
             info!(keys = journalled, "resuming the mirror-failure journal");
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let mut tasks = vec![
-            tokio::spawn(accept_loop(
-                Listeners {
-                    main: listener,
-                    main_tls: settings.listen.tls(),
-                    plain: plain.map(|(l, _)| l),
-                },
-                shared.clone(),
-                shutdown_rx.clone(),
-            )),
-            tokio::spawn(repair::run(shared.clone(), repairs, shutdown_rx.clone())),
-        ];
-        tasks.push(tokio::spawn(repair::drain_journal(
+        let mut tasks = vec![tokio::spawn(accept_loop(
+            Listeners {
+                main: listener,
+                main_tls: settings.listen.tls(),
+                plain: plain.map(|(l, _)| l),
+            },
             shared.clone(),
+            shutdown_rx.clone(),
+        ))];
+        let copier = repair::Copier {
+            repairer,
+            upstreams,
+            depth,
+        };
+        tasks.push(tokio::spawn(repair::run(
+            copier.clone(),
+            repairs,
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(repair::drain_journal(
+            copier,
             shutdown_rx.clone(),
         )));
         tasks.push(tokio::spawn(crate::control::auto::run(
-            shared.clone(),
+            shared.control.clone(),
+            shared.router.clone(),
             shutdown_rx.clone(),
         )));
         let admin_addr = match admin_listener {
@@ -170,7 +186,7 @@ impl Proxy {
             plain = ?plain_addr,
             admin = ?admin_addr,
             auth = auth_on,
-            routes = %describe(&shared.router),
+            routes = %shared.router.describe(),
             "cutover listening"
         );
         Ok(Proxy {
@@ -228,17 +244,6 @@ impl Proxy {
     }
 }
 
-/// `name=phase, ...` for logs.
-pub fn describe(router: &Router) -> String {
-    let table = router.load();
-    table
-        .routes
-        .iter()
-        .map(|r| format!("{}={}", r.name, r.phase))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 async fn bind(address: &str) -> Result<(TcpListener, SocketAddr), StartError> {
     let failed = |e| StartError::Listen(address.to_string(), e);
     let l = TcpListener::bind(address).await.map_err(failed)?;
@@ -251,8 +256,11 @@ async fn bind(address: &str) -> Result<(TcpListener, SocketAddr), StartError> {
 /// The proxy serves either way: a cache may come up later.
 async fn check_upstreams(shared: &Shared) {
     let depth = shared.limits.max_reply_depth;
-    let [old, new] = &shared.upstreams;
-    tokio::join!(check_upstream(old, depth), check_upstream(new, depth));
+    let up = &shared.upstreams;
+    tokio::join!(
+        check_upstream(&up[Side::Old], depth),
+        check_upstream(&up[Side::New], depth)
+    );
 }
 
 async fn check_upstream(up: &Upstream, depth: usize) {

@@ -28,7 +28,7 @@ use tracing::{info, warn};
 use crate::config::Secret;
 use crate::control::{FlipError, RouteStatus, Source};
 use crate::routing::{Phase, RouteStats, Side};
-use crate::session::Shared;
+use crate::shared::Shared;
 
 /// Serves until `shutdown` fires.
 pub async fn serve(
@@ -107,7 +107,7 @@ pub struct RouteView {
     pub needs_verify: bool,
     /// The in-proxy backfill running, or the last one.
     #[serde(default)]
-    pub backfill: Option<crate::tools::live::JobView>,
+    pub backfill: Option<crate::backfill::JobView>,
 }
 
 /// [`RouteStatus`] as JSON (also what the CLI reads back).
@@ -454,8 +454,8 @@ async fn start_backfill(
         type_filter: req.type_filter,
         ..defaults
     };
-    use crate::tools::live::StartError;
-    match crate::tools::live::start(&shared, &name, opts, shutdown) {
+    use crate::backfill::StartError;
+    match shared.backfills.start(&name, opts, shutdown) {
         Ok(job) => (StatusCode::ACCEPTED, Json(job.view())).into_response(),
         Err(e @ StartError::NoSuchRoute(_)) => error(StatusCode::NOT_FOUND, e),
         Err(e) => error(StatusCode::CONFLICT, e),

@@ -21,10 +21,8 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::Source;
-use crate::config::AutoCutover;
-use crate::routing::{Phase, RouteStats};
-use crate::session::Shared;
+use super::{Control, Source};
+use crate::routing::{AutoCutover, Phase, RouteStats, Router};
 
 /// How often routes are evaluated.
 pub const CHECK_EVERY: Duration = Duration::from_millis(500);
@@ -38,7 +36,7 @@ struct RouteAuto {
 }
 
 /// Evaluates every route with a policy, until shutdown.
-pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(control: Arc<Control>, router: Arc<Router>, mut shutdown: watch::Receiver<bool>) {
     let mut state: HashMap<String, RouteAuto> = HashMap::new();
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -47,7 +45,7 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        evaluate(&shared, &mut state);
+        evaluate(&control, &router, &mut state);
     }
 }
 
@@ -60,9 +58,9 @@ fn show(stats: &RouteStats, now: String, last: &Option<String>) {
     *stats.auto_status.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
 }
 
-fn evaluate(shared: &Shared, state: &mut HashMap<String, RouteAuto>) {
-    let table = shared.router.current();
-    let statuses = shared.control.status();
+fn evaluate(control: &Control, router: &Router, state: &mut HashMap<String, RouteAuto>) {
+    let table = router.current();
+    let statuses = control.status();
     for route in &table.routes {
         let Some(policy) = route.auto_cutover else {
             continue;
@@ -83,10 +81,10 @@ fn evaluate(shared: &Shared, state: &mut HashMap<String, RouteAuto>) {
                     .unwrap_or_default();
                 match waiting_for(&policy, age, stats) {
                     Some(reason) => show(stats, format!("waiting: {reason}"), &st.last),
-                    None => flip_to_read_new(shared, name, &policy, age, stats, st),
+                    None => flip_to_read_new((control, router), name, &policy, age, stats, st),
                 }
             }
-            Phase::ReadNew => judge_errors(shared, name, &policy, stats, st),
+            Phase::ReadNew => judge_errors((control, router), name, &policy, stats, st),
             other => show(stats, format!("inactive in {other}"), &st.last),
         }
     }
@@ -120,7 +118,7 @@ fn waiting_for(policy: &AutoCutover, age: Duration, stats: &RouteStats) -> Optio
 }
 
 fn flip_to_read_new(
-    shared: &Shared,
+    (control, router): (&Control, &Router),
     name: &str,
     policy: &AutoCutover,
     age: Duration,
@@ -129,14 +127,7 @@ fn flip_to_read_new(
 ) {
     let agreement = stats.shadow.agreement();
     let ratio = agreement.ratio.unwrap_or(0.0);
-    match shared.control.flip(
-        &shared.router,
-        name,
-        Phase::ReadNew,
-        None,
-        false,
-        Source::Auto,
-    ) {
+    match control.flip(router, name, Phase::ReadNew, None, false, Source::Auto) {
         Ok(_) => {
             info!(
                 route = name,
@@ -162,7 +153,7 @@ fn flip_to_read_new(
 }
 
 fn judge_errors(
-    shared: &Shared,
+    (control, router): (&Control, &Router),
     name: &str,
     policy: &AutoCutover,
     stats: &RouteStats,
@@ -198,14 +189,7 @@ fn judge_errors(
         );
         return show(stats, now, &st.last);
     }
-    match shared.control.flip(
-        &shared.router,
-        name,
-        Phase::DualWrite,
-        None,
-        false,
-        Source::Auto,
-    ) {
+    match control.flip(router, name, Phase::DualWrite, None, false, Source::Auto) {
         Ok(_) => {
             warn!(
                 route = name,

@@ -29,7 +29,6 @@ use crate::routing::{RouteStats, Router, Side};
 
 /// Longest a change waits to be written to disk.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
-pub const DEFAULT_MAX_KEYS: usize = 100_000;
 
 type DbKey = (Option<u32>, Bytes);
 

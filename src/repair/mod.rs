@@ -37,9 +37,10 @@ use tracing::{debug, warn};
 
 use crate::error::UpstreamError;
 use crate::protocol::{value, Command, Value};
+use crate::routing::PerSide;
 use crate::routing::{RouteStats, Side};
-use crate::session::Shared;
 use crate::upstream::client::Client;
+use crate::upstream::Upstream;
 
 /// Copies queued at once; beyond this a mismatch is counted as dropped.
 pub const QUEUE: usize = 10_000;
@@ -93,7 +94,7 @@ pub struct Repairer {
     /// Per cache, after copies failed to reach it: until when copies
     /// involving it are journalled without trying, and how many times in
     /// a row it failed.
-    down: Mutex<[Option<(Instant, u32)>; 2]>,
+    down: Mutex<PerSide<Option<(Instant, u32)>>>,
 }
 
 impl Repairer {
@@ -106,7 +107,7 @@ impl Repairer {
             pending: Mutex::new(HashMap::new()),
             pending_keys: AtomicUsize::new(0),
             seq: AtomicU64::new(0),
-            down: Mutex::new([None, None]),
+            down: Mutex::default(),
         };
         (r, rx)
     }
@@ -122,20 +123,20 @@ impl Repairer {
     /// Whether copies may try `side` now (it did not just fail them).
     pub fn side_usable(&self, side: Side) -> bool {
         let down = self.down.lock().unwrap_or_else(|e| e.into_inner());
-        down[side.index()].is_none_or(|(until, _)| Instant::now() >= until)
+        down[side].is_none_or(|(until, _)| Instant::now() >= until)
     }
 
     fn side_failed(&self, side: Side) {
         let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
-        let rounds = down[side.index()].map_or(0, |(_, n)| n) + 1;
+        let rounds = down[side].map_or(0, |(_, n)| n) + 1;
         let wait = SIDE_RETRY_MIN
             .saturating_mul(1 << rounds.min(5))
             .min(SIDE_RETRY_MAX);
-        down[side.index()] = Some((Instant::now() + wait, rounds));
+        down[side] = Some((Instant::now() + wait, rounds));
     }
 
     fn side_ok(&self, side: Side) {
-        self.down.lock().unwrap_or_else(|e| e.into_inner())[side.index()] = None;
+        self.down.lock().unwrap_or_else(|e| e.into_inner())[side] = None;
     }
 
     /// Mirrored writes to `keys` were lost: journal them for a copy from
@@ -298,18 +299,24 @@ fn not_now(side: Side, reply: &[u8]) -> Option<CopyError> {
 /// One repair connection per side.
 type Link = Client;
 
+/// What the copier runs on: the serving proxy's upstreams (their backoff
+/// included), the repairer, and the reply depth limit.
+#[derive(Clone, Debug)]
+pub struct Copier {
+    pub repairer: Arc<Repairer>,
+    pub upstreams: Arc<PerSide<Upstream>>,
+    pub depth: usize,
+}
+
 async fn call_in(
     link: &mut Link,
-    shared: &Shared,
+    copier: &Copier,
     side: Side,
     db: Option<u32>,
     cmds: Vec<Command>,
 ) -> Result<Vec<Bytes>, CopyError> {
-    let upstream = &shared.upstreams[side.index()];
-    match link
-        .call_in(upstream, shared.limits.max_reply_depth, db, &cmds)
-        .await?
-    {
+    let upstream = &copier.upstreams[side];
+    match link.call_in(upstream, copier.depth, db, &cmds).await? {
         Ok(replies) => match replies.iter().find_map(|r| not_now(side, r)) {
             Some(e) => Err(e),
             None => Ok(replies),
@@ -327,17 +334,17 @@ fn text(b: &[u8]) -> String {
 
 /// Runs the copies until shutdown.
 pub async fn run(
-    shared: Arc<Shared>,
+    copier: Copier,
     mut rx: mpsc::Receiver<Queued>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut links = [Link::new(), Link::new()];
+    let mut links = PerSide::from_fn(|_| Link::new());
     loop {
         let q = tokio::select! {
             q = rx.recv() => match q { Some(q) => q, None => return },
             _ = shutdown.wait_for(|s| *s) => return,
         };
-        let repairer = &shared.repairer;
+        let repairer = &copier.repairer;
         let stats = q.job.stats.clone();
         let (from, to) = (q.job.from, q.job.from.other());
         if !repairer.side_usable(from) || !repairer.side_usable(to) {
@@ -355,7 +362,7 @@ pub async fn run(
         // the copy (read again later), never copied under it.
         let settled = settle(repairer, &q.job.key, Instant::now() + SETTLE_MAX).await;
         let copied = match settled {
-            true => copy(&shared, &mut links, &q, start).await,
+            true => copy(&copier, &mut links, &q, start).await,
             false => Ok(false),
         };
         match copied {
@@ -411,8 +418,8 @@ pub async fn run(
 
 /// Feeds the journal's keys to the copier while their mirror may be tried,
 /// and saves the journal; until shutdown (which saves it a last time).
-pub async fn drain_journal(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let repairer = &shared.repairer;
+pub async fn drain_journal(copier: Copier, mut shutdown: watch::Receiver<bool>) {
+    let repairer = &copier.repairer;
     let mut tick = tokio::time::interval(journal::FLUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -423,7 +430,7 @@ pub async fn drain_journal(shared: Arc<Shared>, mut shutdown: watch::Receiver<bo
         if !repairer.journal.is_empty() {
             let room = (QUEUE / 2).saturating_sub(repairer.pending());
             let reachable =
-                |side: Side| shared.upstreams[side.index()].may_try() && repairer.side_usable(side);
+                |side: Side| copier.upstreams[side].may_try() && repairer.side_usable(side);
             for job in repairer.journal.take(room.min(1000), reachable) {
                 let (db, key) = (job.db, job.key.clone());
                 if !repairer.submit(job) {
@@ -431,14 +438,14 @@ pub async fn drain_journal(shared: Arc<Shared>, mut shutdown: watch::Receiver<bo
                 }
             }
         }
-        save_journal(&shared).await;
+        save_journal(repairer).await;
     }
-    save_journal(&shared).await;
+    save_journal(repairer).await;
 }
 
-async fn save_journal(shared: &Arc<Shared>) {
-    let s = shared.clone();
-    let _ = tokio::task::spawn_blocking(move || s.repairer.journal.save()).await;
+async fn save_journal(repairer: &Arc<Repairer>) {
+    let r = repairer.clone();
+    let _ = tokio::task::spawn_blocking(move || r.journal.save()).await;
 }
 
 /// Waits, up to `until`, until no mirrored write to the key (or its slot)
@@ -461,8 +468,8 @@ pub(crate) async fn settle(repairer: &Repairer, key: &[u8], until: Instant) -> b
 /// `start` (before the read was answered): nothing was written, to be
 /// redone from a fresh read.
 async fn copy(
-    shared: &Shared,
-    links: &mut [Link; 2],
+    copier: &Copier,
+    links: &mut PerSide<Link>,
     q: &Queued,
     start: u64,
 ) -> Result<bool, CopyError> {
@@ -470,10 +477,9 @@ async fn copy(
     let (from, to) = (job.from, job.from.other());
     let key = &job.key[..];
     let read = snapshot_commands(key).to_vec();
-    let replies = call_in(&mut links[from.index()], shared, from, job.db, read).await?;
-    let depth = shared.limits.max_reply_depth;
-    let exec = value::decode(&replies[3], depth).ok_or(CopyError::Unexpected("EXEC"))?;
-    if shared.repairer.written_since(job, start) {
+    let replies = call_in(&mut links[from], copier, from, job.db, read).await?;
+    let exec = value::decode(&replies[3], copier.depth).ok_or(CopyError::Unexpected("EXEC"))?;
+    if copier.repairer.written_since(job, start) {
         return Ok(false);
     }
     let write = match restore_command(key, &exec, true) {
@@ -486,7 +492,7 @@ async fn copy(
             ))
         }
     };
-    let r = call_in(&mut links[to.index()], shared, to, job.db, vec![write]).await?;
+    let r = call_in(&mut links[to], copier, to, job.db, vec![write]).await?;
     if r[0].first() == Some(&b'-') {
         return Err(CopyError::Refused("RESTORE", text(&r[0])));
     }

@@ -5,242 +5,23 @@
 //! finishes under the table it was routed by. Counters are kept per route
 //! name outside the table, so they survive reloads.
 
+mod config;
 mod glob;
+mod side;
 pub mod slot;
+mod stats;
 
 use std::collections::HashMap;
-use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 pub use glob::{string_match, Pattern};
+pub use side::{PerSide, Phase, Side};
+pub use stats::{Latency, RouteStats};
 
-use crate::config::{CommandsConfig, RouteConfig, UnknownPolicy};
-use crate::metrics::Latency;
-
-/// One of the two caches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Side {
-    Old,
-    New,
-}
-
-impl Side {
-    pub const BOTH: [Side; 2] = [Side::Old, Side::New];
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Side::Old => "old",
-            Side::New => "new",
-        }
-    }
-    pub fn other(self) -> Side {
-        match self {
-            Side::Old => Side::New,
-            Side::New => Side::Old,
-        }
-    }
-}
-
-impl fmt::Display for Side {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// A route's migration phase (see DESIGN.md's table).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Phase {
-    OldOnly,
-    DualWrite,
-    ReadNew,
-    NewOnly,
-}
-
-impl Phase {
-    /// In migration order.
-    pub const ALL: [Phase; 4] = [
-        Phase::OldOnly,
-        Phase::DualWrite,
-        Phase::ReadNew,
-        Phase::NewOnly,
-    ];
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// Steps between two phases in migration order (1 for neighbours).
-    pub fn distance(self, other: Phase) -> usize {
-        self.index().abs_diff(other.index())
-    }
-
-    /// The dual phase whose mirror is `side`.
-    pub fn mirroring_to(side: Side) -> Phase {
-        match side {
-            Side::New => Phase::DualWrite,
-            Side::Old => Phase::ReadNew,
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Phase> {
-        Phase::ALL.into_iter().find(|p| p.name() == s)
-    }
-    /// Where reads go, and whose write reply the client sees.
-    pub fn authoritative(self) -> Side {
-        match self {
-            Phase::OldOnly | Phase::DualWrite => Side::Old,
-            Phase::ReadNew | Phase::NewOnly => Side::New,
-        }
-    }
-
-    /// Where writes are mirrored, in the dual phases.
-    pub fn mirror(self) -> Option<Side> {
-        match self {
-            Phase::DualWrite => Some(Side::New),
-            Phase::ReadNew => Some(Side::Old),
-            Phase::OldOnly | Phase::NewOnly => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Phase::OldOnly => "old-only",
-            Phase::DualWrite => "dual-write",
-            Phase::ReadNew => "read-new",
-            Phase::NewOnly => "new-only",
-        }
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Per-route counters. Relaxed atomics: they are statistics, not sync points.
-#[derive(Debug, Default)]
-pub struct RouteStats {
-    /// The route's name (the journal persists keys by it).
-    pub name: Arc<str>,
-    pub reads: AtomicU64,
-    pub writes: AtomicU64,
-    /// Writes sent to the mirror side.
-    pub mirrored: AtomicU64,
-    /// Mirrored writes whose mirror reply was not an error.
-    pub mirror_ok: AtomicU64,
-    /// Mirrored writes the mirror answered with an error reply.
-    pub mirror_errors: AtomicU64,
-    /// Mirrored writes that never got a reply: mirror down, connection lost,
-    /// timed out. These keys may differ on the mirror until repaired.
-    pub mirror_failed: AtomicU64,
-    /// Mirrored writes not sent because the mirror backlog was full
-    /// (`limits.mirror_backlog_bytes`): journalled for repair instead.
-    pub mirror_shed: AtomicU64,
-    /// EVALSHA the mirror did not know, retried there with the body.
-    pub script_retries: AtomicU64,
-    /// EVALSHA the mirror did not know and whose body never passed through
-    /// the proxy: not applied on the mirror.
-    pub script_unknown: AtomicU64,
-    /// Mirrored writes whose two replies were compared.
-    pub compared: AtomicU64,
-    /// Compared writes whose replies differed: the key is copied.
-    pub mismatches: AtomicU64,
-    /// Compared in-place writes (`HSET`, `SADD`, ...) whose key the mirror
-    /// did not have before: the key is copied.
-    pub mirror_missing: AtomicU64,
-    /// Keys copied from the authoritative side to the mirror.
-    pub repaired: AtomicU64,
-    /// Copies that failed (an upstream error, a refused RESTORE).
-    pub repair_failed: AtomicU64,
-    /// Copies skipped because a newer write to the key went through.
-    pub repair_skipped: AtomicU64,
-    /// Mismatches not copied because the repair queue was full.
-    pub repair_dropped: AtomicU64,
-    /// Keys recorded in the mirror-failure journal.
-    pub journalled: AtomicU64,
-    /// Keys not recorded because the journal was full (the route then
-    /// needs a verify pass).
-    pub journal_overflow: AtomicU64,
-    /// Client commands answered with a proxy error because the cache
-    /// serving them failed (connect error, timeout, dropped connection).
-    pub upstream_failed: AtomicU64,
-    /// Why auto-cutover has not flipped the route (yet), when it is on.
-    pub auto_status: Mutex<Option<String>>,
-    /// Reads new answered with nothing, answered from old instead (read
-    /// fallback).
-    pub fallbacks: AtomicU64,
-    /// Reads also sent to the other cache and compared.
-    pub shadow_reads: AtomicU64,
-    /// Their outcomes, and the sliding agreement window.
-    pub shadow: crate::shadow::ShadowStats,
-    /// Keys of this route in the journal now (a gauge).
-    pub journal_keys: AtomicU64,
-    /// The journal overflowed for this route: the mirror may differ in keys
-    /// nobody recorded. Cleared by the operator after a verify pass.
-    pub needs_verify: AtomicBool,
-    /// Reply latency by the phase the command was routed in and the
-    /// upstream that answered.
-    latency: [[Latency; 2]; 4],
-}
-
-impl RouteStats {
-    pub fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn latency(&self, phase: Phase, side: Side) -> &Latency {
-        &self.latency[phase.index()][side.index()]
-    }
-
-    pub fn named(name: &str) -> RouteStats {
-        RouteStats {
-            name: name.into(),
-            ..RouteStats::default()
-        }
-    }
-
-    pub fn snapshot(&self) -> [(&'static str, u64); 24] {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        [
-            ("reads", g(&self.reads)),
-            ("writes", g(&self.writes)),
-            ("mirrored", g(&self.mirrored)),
-            ("mirror_ok", g(&self.mirror_ok)),
-            ("mirror_errors", g(&self.mirror_errors)),
-            ("mirror_failed", g(&self.mirror_failed)),
-            ("mirror_shed", g(&self.mirror_shed)),
-            ("script_retries", g(&self.script_retries)),
-            ("script_unknown", g(&self.script_unknown)),
-            ("compared", g(&self.compared)),
-            ("mismatches", g(&self.mismatches)),
-            ("mirror_missing", g(&self.mirror_missing)),
-            ("repaired", g(&self.repaired)),
-            ("repair_failed", g(&self.repair_failed)),
-            ("repair_skipped", g(&self.repair_skipped)),
-            ("repair_dropped", g(&self.repair_dropped)),
-            ("upstream_failed", g(&self.upstream_failed)),
-            ("fallbacks", g(&self.fallbacks)),
-            ("shadow_reads", g(&self.shadow_reads)),
-            ("shadow_agree", g(&self.shadow.agree)),
-            ("shadow_missing", g(&self.shadow.missing)),
-            ("shadow_differ", g(&self.shadow.differ)),
-            ("journalled", g(&self.journalled)),
-            ("journal_overflow", g(&self.journal_overflow)),
-        ]
-    }
-}
+pub use config::{AutoCutover, CommandsConfig, RouteConfig, UnknownPolicy};
 
 #[derive(Debug)]
 pub struct Route {
@@ -257,7 +38,7 @@ pub struct Route {
     /// `read-new`: reads new misses are answered from old.
     pub read_fallback: bool,
     /// Automatic cutover policy, when on.
-    pub auto_cutover: Option<crate::config::AutoCutover>,
+    pub auto_cutover: Option<AutoCutover>,
     pub stats: Arc<RouteStats>,
 }
 
@@ -382,6 +163,17 @@ impl Router {
             .clone()
     }
 
+    /// `name=phase, ...` of the current table, for logs.
+    pub fn describe(&self) -> String {
+        let table = self.load();
+        table
+            .routes
+            .iter()
+            .map(|r| format!("{}={}", r.name, r.phase))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Notified after each table change.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.installed.subscribe()
@@ -429,6 +221,7 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     fn cfg(name: &str, patterns: Option<&[&str]>, phase: Phase) -> RouteConfig {
         RouteConfig {

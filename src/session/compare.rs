@@ -21,7 +21,7 @@ use super::{MirrorWrite, Session, ShadowSlot};
 use crate::commands::{self, CommandSpec};
 use crate::protocol::{Command, Value};
 use crate::repair::{effect_agrees, replies_agree, RepairJob};
-use crate::routing::{RouteStats, Side};
+use crate::routing::{PerSide, RouteStats, Side};
 use crate::shadow::{self, Order, Outcome};
 use std::sync::atomic::Ordering as AtomicOrdering;
 
@@ -30,7 +30,7 @@ const MAX_KEYS: usize = 16;
 
 #[derive(Debug)]
 pub(super) struct Compare {
-    replies: [Option<Bytes>; 2],
+    replies: PerSide<Option<Bytes>>,
     settled: bool,
     /// The mirror did not have the (in-place updated) key before the write.
     mirror_lacked: bool,
@@ -98,7 +98,7 @@ where
     ) -> u64 {
         let db = self.current_db();
         self.compares.push(Compare {
-            replies: [None, None],
+            replies: PerSide::default(),
             settled: false,
             mirror_lacked: false,
             shadow: None,
@@ -113,7 +113,7 @@ where
     /// Tags the command just queued on `side` with comparison `id`; false
     /// when nothing was queued (a mirror in backoff).
     pub(super) fn compare_tag(&mut self, side: Side, id: u64, queued_before: usize) -> bool {
-        let sc = &mut self.sides[side.index()];
+        let sc = &mut self.sides[side];
         if sc.inflight.len() == queued_before {
             return false;
         }
@@ -186,8 +186,8 @@ where
         let Some(c) = self.compares.get(id).filter(|c| !c.settled) else {
             return;
         };
-        c.replies[side.index()] = Some(reply.clone());
-        let [Some(old), Some(new)] = &c.replies else {
+        c.replies[side] = Some(reply.clone());
+        let (Some(old), Some(new)) = (&c.replies[Side::Old], &c.replies[Side::New]) else {
             return;
         };
         c.settled = true;
@@ -278,9 +278,9 @@ where
     /// of key `k` finds writes to it whether or not the client sent
     /// `SELECT`).
     pub(super) fn current_db(&self) -> Option<u32> {
-        let [old, new] = &self.shared.upstreams;
+        let up = &self.shared.upstreams;
         self.selected_db()
-            .filter(|&d| !(d == old.config.db && d == new.config.db))
+            .filter(|&d| !Side::BOTH.iter().all(|&s| up[s].config.db == d))
     }
 
     fn selected_db(&self) -> Option<u32> {

@@ -75,8 +75,8 @@ where
         let can = missed
             && self.held.is_empty()
             && !self.shared.repairer.inflight.busy(&read.key)
-            && (!self.sides[old.index()].is_idle() || self.shared.upstream(old).may_try());
-        let sc = &mut self.sides[Side::New.index()];
+            && (!self.sides[old].is_idle() || self.shared.upstream(old).may_try());
+        let sc = &mut self.sides[Side::New];
         if !can {
             sc.ready.push_back(Ready::Done(reply));
             return;
@@ -113,7 +113,7 @@ where
             }
             _ => f.new_reply,
         };
-        let sc = &mut self.sides[Side::New.index()];
+        let sc = &mut self.sides[Side::New];
         let Some(i) = f
             .pos
             .checked_sub(sc.ready_base)

@@ -268,8 +268,7 @@ where
                 return;
             };
             // A batch is all or nothing: never half a MULTI block.
-            let unreachable = self.sides[side.index()].is_idle()
-                && !self.shared.upstreams[side.index()].may_try();
+            let unreachable = self.sides[side].is_idle() && !self.shared.upstreams[side].may_try();
             let bytes = batch.iter().map(|(c, _)| c.raw().len()).sum();
             let shed = !unreachable && self.backlog_full(bytes, batch.len());
             for (cmd, target) in batch {

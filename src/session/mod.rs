@@ -14,8 +14,7 @@
 //! What a session must not do: wait on a mirror. A mirror's replies, errors,
 //! slowness or death only change counters.
 
-pub mod auth;
-mod backlog;
+mod auth;
 mod compare;
 mod fallback;
 mod held;
@@ -38,39 +37,14 @@ use tokio::time::Sleep;
 use tracing::{debug, trace, warn};
 
 use crate::commands::{self, StateCmd};
-use crate::config::Limits;
 use crate::error::UpstreamError;
 use crate::protocol::{Command, ReplyKind, ReplyScanner, RequestParser, Value};
 use crate::repair::{Entered, Keys};
-use crate::routing::{Phase, RouteStats, RouteTable, Router, Side};
-use crate::upstream::{Conn, Upstream};
+use crate::routing::{PerSide, Phase, RouteStats, RouteTable, Side};
+use crate::shared::Shared;
+use crate::upstream::Conn;
 
 pub use state::ConnState;
-
-/// Everything sessions share: the live routing table and the upstreams.
-#[derive(Debug)]
-pub struct Shared {
-    pub router: Router,
-    /// Phase decisions (config, admin flips), persisted.
-    pub control: crate::control::Control,
-    pub upstreams: [Upstream; 2],
-    pub limits: Limits,
-    /// Script bodies by SHA1, for EVALSHA retries on the mirror.
-    pub scripts: crate::mirror::ScriptCache,
-    /// Copies keys whose mirrored write replies differed.
-    pub repairer: crate::repair::Repairer,
-    /// Shadow reads in flight, over all sessions.
-    pub shadow_inflight: Arc<AtomicUsize>,
-    /// In-proxy backfills, by route.
-    pub backfills: crate::tools::live::Backfills,
-    /// The client listener's TLS configuration; swapped when a config
-    /// reload reads new certificate files.
-    pub listen_tls: arc_swap::ArcSwapOption<rustls::ServerConfig>,
-    /// `[auth]`: the users clients must authenticate as; swapped on reload.
-    pub auth: arc_swap::ArcSwapOption<auth::Users>,
-    /// Bytes of mirrored writes not yet answered, over all sessions.
-    pub backlog: Arc<backlog::Backlog>,
-}
 
 /// One shadow read in flight, released when its reply came or was lost.
 #[derive(Debug)]
@@ -79,12 +53,6 @@ struct ShadowSlot(Arc<AtomicUsize>);
 impl Drop for ShadowSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl Shared {
-    fn upstream(&self, side: Side) -> &Upstream {
-        &self.upstreams[side.index()]
     }
 }
 
@@ -169,7 +137,7 @@ struct Expect {
     _hold: Option<Entered>,
     /// A write to the mirror: its share of the mirror backlog until this
     /// reply (or its loss).
-    _backlog: Option<backlog::Share>,
+    _backlog: Option<crate::mirror::backlog::Share>,
 }
 
 #[derive(Debug)]
@@ -352,7 +320,7 @@ pub struct Session<R, W> {
     parser: RequestParser,
     out: BytesMut,
     order: VecDeque<Slot>,
-    sides: [SideConn; 2],
+    sides: PerSide<SideConn>,
     /// State the client set and an upstream accepted: what a new upstream
     /// connection is set up with.
     state: ConnState,
@@ -369,7 +337,7 @@ pub struct Session<R, W> {
     shadow_credit: f64,
     subs: pubsub::Subscriptions,
     /// Subscriptions held on each side's connection.
-    sub_count: [usize; 2],
+    sub_count: PerSide<usize>,
     /// Confirmation frames still expected, per proxy-made (un)subscribe
     /// reply; an upstream error replaces that reply.
     sub_waits: HashMap<u64, (usize, Option<Bytes>)>,
@@ -422,10 +390,7 @@ where
             parser,
             out: BytesMut::with_capacity(16 * 1024),
             order: VecDeque::new(),
-            sides: [
-                SideConn::new(Side::Old, depth),
-                SideConn::new(Side::New, depth),
-            ],
+            sides: PerSide::from_fn(|side| SideConn::new(side, depth)),
             state: ConnState::default(),
             pending_state: VecDeque::new(),
             tx: None,
@@ -433,7 +398,7 @@ where
             ticket: 0,
             shadow_credit: 0.0,
             subs: pubsub::Subscriptions::default(),
-            sub_count: [0; 2],
+            sub_count: PerSide::default(),
             sub_waits: HashMap::new(),
             watch_side: None,
             scan_side: None,
@@ -493,7 +458,7 @@ where
             let timer_armed = self.timer_at.is_some();
             let tracking = self.tracking_table.is_some();
             let backpressured = self.backpressured();
-            let [old, new] = &mut self.sides;
+            let (old, new) = self.sides.both_mut();
             let read_old = !backpressured || !old.head_feeds_client();
             let read_new = !backpressured || !new.head_feeds_client();
             tokio::select! {
@@ -544,7 +509,7 @@ where
             .any(|r| r.phase.mirror().is_some());
         if dual {
             for side in Side::BOTH {
-                if self.sides[side.index()].is_idle() && self.shared.upstream(side).may_try() {
+                if self.sides[side].is_idle() && self.shared.upstream(side).may_try() {
                     self.open(side);
                 }
             }
@@ -570,7 +535,7 @@ where
                 addr: self.shared.upstream(s).addr().into(),
                 after: DRAIN_TIMEOUT,
             };
-            if !self.sides[s.index()].settled() {
+            if !self.sides[s].settled() {
                 self.fail_side(s, err);
             }
         }
@@ -632,7 +597,7 @@ where
     /// write to a mirror in its reconnect backoff is counted as failed).
     fn send(&mut self, side: Side, cmd: &Command, target: Target, blocking: bool) {
         let upstream = self.shared.upstream(side);
-        if self.sides[side.index()].is_idle() {
+        if self.sides[side].is_idle() {
             if let Target::Mirror(w) | Target::MirrorEvalSha(w, _) = &target {
                 if !upstream.may_try() {
                     RouteStats::bump(&w.stats.mirror_failed);
@@ -643,7 +608,7 @@ where
             self.open(side);
         }
         let upstream = self.shared.upstream(side);
-        let sc = &mut self.sides[side.index()];
+        let sc = &mut self.sides[side];
         if matches!(
             target,
             Target::Client { .. } | Target::Effect(_) | Target::FallbackNew(_)
@@ -692,7 +657,7 @@ where
         self.send(side, cmd, target, blocking);
         if let Some(Expect {
             timing: Some(t), ..
-        }) = self.sides[side.index()].inflight.back_mut()
+        }) = self.sides[side].inflight.back_mut()
         {
             t.route = Some((route.0.clone(), route.1));
         }
@@ -702,7 +667,7 @@ where
     /// `side` arrives.
     fn hold_last(&mut self, side: Side, keys: Keys) {
         let hold = self.shared.repairer.inflight.hold(keys);
-        if let Some(e) = self.sides[side.index()].inflight.back_mut() {
+        if let Some(e) = self.sides[side].inflight.back_mut() {
             e._hold = Some(hold);
         }
     }
@@ -710,7 +675,7 @@ where
     /// Starts connecting to `side` with the client's state.
     fn open(&mut self, side: Side) {
         let upstream = self.shared.upstream(side);
-        let sc = &mut self.sides[side.index()];
+        let sc = &mut self.sides[side];
         {
             let shared = self.shared.clone();
             let own_credentials = upstream.config.password.is_some();
@@ -734,7 +699,7 @@ where
     }
 
     fn on_side_event(&mut self, side: Side, ev: SideEvent) {
-        let sc = &mut self.sides[side.index()];
+        let sc = &mut self.sides[side];
         match ev {
             SideEvent::Connected(Ok(conn)) => sc.link = Link::Up(conn),
             SideEvent::Connected(Err(e)) => self.fail_side(side, e),
@@ -762,7 +727,7 @@ where
 
     fn on_upstream_bytes(&mut self, side: Side) {
         loop {
-            let sc = &mut self.sides[side.index()];
+            let sc = &mut self.sides[side];
             let reply = match sc.scanner.next(&mut sc.rbuf) {
                 Ok(Some(r)) => r,
                 Ok(None) => return,
@@ -778,7 +743,7 @@ where
                     ..
                 })
             );
-            let pubsub = self.sub_count[side.index()] > 0 || awaiting_ack;
+            let pubsub = self.sub_count[side] > 0 || awaiting_ack;
             if reply.kind == ReplyKind::Push || pubsub {
                 match pubsub::frame_kind(&reply.bytes) {
                     pubsub::FrameKind::Confirmation if awaiting_ack => {
@@ -812,7 +777,7 @@ where
                         // the reply to an earlier read would leave a client
                         // cache holding the value it invalidates.
                         if !self.client_gone {
-                            match self.sides[side.index()].ready.back_mut() {
+                            match self.sides[side].ready.back_mut() {
                                 Some(Ready::Done(last)) => {
                                     let mut joined =
                                         BytesMut::with_capacity(last.len() + reply.bytes.len());
@@ -829,7 +794,7 @@ where
                     _ => {}
                 }
             }
-            let sc = &mut self.sides[side.index()];
+            let sc = &mut self.sides[side];
             let Some(expect) = sc.inflight.pop_front() else {
                 let addr = self.shared.upstream(side).addr().into();
                 warn!(%side, "reply with no command waiting for it; dropping the connection");
@@ -844,16 +809,12 @@ where
                     if state {
                         self.confirm_state(side, !reply.is_error());
                     }
-                    self.sides[side.index()]
-                        .ready
-                        .push_back(Ready::Done(reply.bytes));
+                    self.sides[side].ready.push_back(Ready::Done(reply.bytes));
                 }
                 Target::Effect(ticket) => {
                     let value = (!reply.is_error()).then_some(&reply.bytes);
                     self.resolve_effect(ticket, value);
-                    self.sides[side.index()]
-                        .ready
-                        .push_back(Ready::Done(reply.bytes));
+                    self.sides[side].ready.push_back(Ready::Done(reply.bytes));
                 }
                 Target::MirrorEvalSha(w, cmd) if reply.bytes.starts_with(b"-NOSCRIPT") => {
                     self.retry_script(side, w, &cmd);
@@ -879,9 +840,7 @@ where
                     self.fallback_reply(*read, reply.bytes);
                 }
                 Target::FallbackNew(_) => {
-                    self.sides[side.index()]
-                        .ready
-                        .push_back(Ready::Done(reply.bytes));
+                    self.sides[side].ready.push_back(Ready::Done(reply.bytes));
                 }
                 Target::FallbackOld(f) => self.fallback_filled(*f, Some(reply.bytes)),
                 Target::Shadow(_) => {}
@@ -893,7 +852,7 @@ where
                 Target::SubAck(id) => {
                     // An error instead of a confirmation (an ACL refusal):
                     // it answers the whole command.
-                    let sc = &mut self.sides[side.index()];
+                    let sc = &mut self.sides[side];
                     while matches!(sc.inflight.front(), Some(Expect { target: Target::SubAck(i), .. }) if *i == id)
                     {
                         sc.inflight.pop_front();
@@ -912,7 +871,7 @@ where
     /// Drops the connection to `side`: the client gets an error for each
     /// reply it was waiting for from it, mirrored writes count as failed.
     fn fail_side(&mut self, side: Side, err: UpstreamError) {
-        let sc = &mut self.sides[side.index()];
+        let sc = &mut self.sides[side];
         let was_connecting = matches!(sc.link, Link::Connecting(_));
         if let Link::Connecting(task) = &sc.link {
             task.abort();
@@ -970,7 +929,7 @@ where
         for f in lost_fallbacks {
             self.fallback_filled(f, None);
         }
-        let sc = &mut self.sides[side.index()];
+        let sc = &mut self.sides[side];
         self.compares.abandon();
         // Their replies will never come: they were not applied.
         self.pending_state.retain(|(s, _, _)| *s != side);
@@ -992,9 +951,9 @@ where
         }
         // Subscriptions held there are gone and the client cannot be told
         // in-band: close it, as a dead Redis would, so it resubscribes.
-        if self.sub_count[side.index()] > 0 {
+        if self.sub_count[side] > 0 {
             warn!(%side, "upstream holding this client's subscriptions dropped; closing the client");
-            self.sub_count[side.index()] = 0;
+            self.sub_count[side] = 0;
             self.close_after_replies();
         }
     }
@@ -1116,7 +1075,7 @@ where
         while let Some(slot) = self.order.front() {
             match slot {
                 Slot::Upstream(side) => {
-                    let sc = &mut self.sides[side.index()];
+                    let sc = &mut self.sides[*side];
                     // A pending fallback holds its place (and those after).
                     if !matches!(sc.ready.front(), Some(Ready::Done(_))) {
                         return;
@@ -1207,7 +1166,7 @@ where
             return;
         }
         for side in Side::BOTH {
-            let overdue = self.sides[side.index()]
+            let overdue = self.sides[side]
                 .inflight
                 .front()
                 .and_then(|e| e.deadline)
@@ -1217,7 +1176,7 @@ where
                 // cache's fault. Checked again a timeout later.
                 let up = self.shared.upstream(side);
                 let after = up.config.command_timeout().unwrap_or_default();
-                for e in self.sides[side.index()].inflight.iter_mut() {
+                for e in self.sides[side].inflight.iter_mut() {
                     if e.deadline.is_some_and(|d| d <= now) {
                         e.deadline = Some(now + after);
                     }

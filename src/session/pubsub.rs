@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::{Session, Slot, Target};
 use crate::commands::PubSubCmd;
 use crate::protocol::Command;
-use crate::routing::Side;
+use crate::routing::{PerSide, Side};
 
 /// The client's subscriptions and the side each one lives on.
 #[derive(Debug, Default)]
@@ -177,7 +177,7 @@ where
         } else {
             set.keys().cloned().collect()
         };
-        let mut per_side: [Vec<&[u8]>; 2] = [Vec::new(), Vec::new()];
+        let mut per_side: PerSide<Vec<&[u8]>> = PerSide::default();
         let mut out = Vec::new();
         for name in &names {
             if what.subscribes() {
@@ -188,16 +188,16 @@ where
                             .phase_for(name)
                             .authoritative();
                         set.insert(name.clone(), side);
-                        self.sub_count[side.index()] += 1;
+                        self.sub_count[side] += 1;
                         count += 1;
                         side
                     }
                 };
-                per_side[side.index()].push(name);
+                per_side[side].push(name);
             } else if let Some(side) = set.remove(name) {
-                self.sub_count[side.index()] -= 1;
+                self.sub_count[side] -= 1;
                 count -= 1;
-                per_side[side.index()].push(name);
+                per_side[side].push(name);
             }
             confirmation(&mut out, resp3, what.name(), Some(name), count);
         }
@@ -208,7 +208,7 @@ where
         let id = self.next_ticket();
         let mut frames_expected = 0;
         for side in Side::BOTH {
-            let names = &per_side[side.index()];
+            let names = &per_side[side];
             if names.is_empty() {
                 continue;
             }
@@ -231,7 +231,7 @@ where
     fn send_subscription(&mut self, side: Side, cmd: &Command, id: u64, frames: usize) {
         self.send(side, cmd, Target::SubAck(id), false);
         for _ in 1..frames {
-            self.sides[side.index()]
+            self.sides[side]
                 .inflight
                 .push_back(super::Expect::untimed(Target::SubAck(id)));
         }

@@ -12,7 +12,7 @@ use crate::commands::{self, Kind, StateCmd, TxCmd};
 use crate::config::UnknownPolicy;
 use crate::mirror;
 use crate::protocol::Command;
-use crate::routing::{Phase, RouteStats, RouteTable, Side};
+use crate::routing::{PerSide, Phase, RouteStats, RouteTable, Side};
 
 /// The route a command's keys fall in and the phase they are served in, or
 /// why they cannot be carried.
@@ -253,7 +253,7 @@ where
                                     && compare::key_count_ok(positions.len())
                             })
                             .map(|s| self.compare_open(s, &cmd, &stats, authoritative));
-                        let before = self.sides[authoritative.index()].inflight.len();
+                        let before = self.sides[authoritative].inflight.len();
                         let target = Target::Client { state: false };
                         let keys = super::keys_at(&cmd, &positions);
                         self.send_routed(authoritative, &cmd, target, blocking, (&stats, phase));
@@ -268,8 +268,8 @@ where
                             // make the mirror send invalidations too.)
                             let in_place = spec.is_some_and(commands::updates_in_place)
                                 && !self.state.is_tracking();
-                            let reachable = !self.sides[m.index()].is_idle()
-                                || self.shared.upstream(m).may_try();
+                            let reachable =
+                                !self.sides[m].is_idle() || self.shared.upstream(m).may_try();
                             if let Some(key) = positions.first().and_then(|&i| cmd.arg(i)) {
                                 if in_place && reachable {
                                     let probe = Command::from_args(&[&b"EXISTS"[..], key]);
@@ -277,7 +277,7 @@ where
                                 }
                             }
                         }
-                        let before_mirror = self.sides[m.index()].inflight.len();
+                        let before_mirror = self.sides[m].inflight.len();
                         self.mirror(m, &cmd, stats, keys, evalsha);
                         self.note_write(&cmd, &positions);
                         if let Some(id) = compare {
@@ -323,7 +323,7 @@ where
                                     // Tracking there would push another
                                     // cache's invalidations to the client.
                                     && !self.state.is_tracking()
-                                    && (!self.sides[other.index()].is_idle()
+                                    && (!self.sides[other].is_idle()
                                         || self.shared.upstream(other).may_try())
                             })
                             .and_then(|s| Some((s, crate::shadow::order_for(s.name)?)))
@@ -349,10 +349,10 @@ where
                             authoritative,
                             (order, shadow_repair),
                         );
-                        let before = self.sides[authoritative.index()].inflight.len();
+                        let before = self.sides[authoritative].inflight.len();
                         self.send_routed(authoritative, &cmd, target, blocking, (&stats, phase));
                         self.compare_tag(authoritative, id, before);
-                        let before = self.sides[other.index()].inflight.len();
+                        let before = self.sides[other].inflight.len();
                         self.send(other, &cmd, Target::Shadow(slot), false);
                         if !self.compare_tag(other, id, before) {
                             self.compare_drop(id);
@@ -387,7 +387,7 @@ where
             self.tx = None;
             self.watch_side = None;
             self.subs.clear();
-            self.sub_count = [0; 2];
+            self.sub_count = PerSide::default();
         }
         // Sent before it is recorded as pending, so a connection this opens
         // is not set up with the very command it is about to carry.
@@ -395,11 +395,8 @@ where
         self.pending_state
             .push_back((reply_side, kind, cmd.clone()));
         let other = reply_side.other();
-        let own_credentials = self.shared.upstreams[other.index()]
-            .config
-            .password
-            .is_some();
-        if !self.sides[other.index()].is_idle() {
+        let own_credentials = self.shared.upstreams[other].config.password.is_some();
+        if !self.sides[other].is_idle() {
             if let Some(cmd) = state::for_other_side(kind, cmd, own_credentials) {
                 self.send(other, &cmd, Target::Quiet("connection state"), false);
             }
@@ -408,7 +405,7 @@ where
             // RESET logs the upstream connection out and selects db 0:
             // give it back the proxy's own credentials and database.
             for side in Side::BOTH {
-                if self.sides[side.index()].is_idle() {
+                if self.sides[side].is_idle() {
                     continue;
                 }
                 let upstream = self.shared.upstream(side);

@@ -15,7 +15,7 @@
 //! deleted through the proxy after this copy read it comes back on new
 //! until its TTL ends; and a write reaching old alone after the read is
 //! not copied. `cutover verify --repair` afterwards (writes quiet), or the
-//! in-proxy backfill (`tools::live`), closes all three.
+//! in-proxy backfill (`crate::backfill`), closes all three.
 //!
 //! Rate-limited (keys/s, bytes/s); resumable: after each batch the scan
 //! position is saved (temp file, fsync, rename) to the cursor file, which a

@@ -3,7 +3,6 @@
 //! `cutover backfill` (copy a route's keys from old to new).
 
 pub mod backfill;
-pub mod live;
 pub mod typed;
 pub mod verify;
 
@@ -12,14 +11,14 @@ use bytes::Bytes;
 use crate::config::Settings;
 use crate::error::UpstreamError;
 use crate::protocol::{value, Command, Value};
-use crate::routing::{RouteTable, Router, Side};
+use crate::routing::{PerSide, RouteTable, Router, Side};
 use crate::upstream::client::Client;
 use crate::upstream::Upstream;
 
 /// The two caches of a config, and a connection to each.
 pub struct Caches {
-    pub upstreams: [Upstream; 2],
-    pub clients: [Client; 2],
+    pub upstreams: PerSide<Upstream>,
+    pub clients: PerSide<Client>,
     pub depth: usize,
     pub table: std::sync::Arc<RouteTable>,
 }
@@ -49,33 +48,36 @@ impl Caches {
     pub fn new(settings: &Settings) -> Result<Caches, crate::tls::TlsError> {
         let router = Router::new(&settings.routes, &settings.commands);
         Ok(Caches {
-            upstreams: [
+            upstreams: PerSide::new(
                 Upstream::new(Side::Old, settings.upstreams.old.clone())?,
                 Upstream::new(Side::New, settings.upstreams.new.clone())?,
-            ],
-            clients: [Client::new(), Client::new()],
+            ),
+            clients: PerSide::from_fn(|_| Client::new()),
             depth: settings.limits.max_reply_depth,
             table: router.current(),
         })
     }
 
     /// The caches a serving proxy fronts, with its route table (for the
-    /// in-proxy backfill; its own connections).
-    pub fn from_shared(shared: &crate::session::Shared) -> Caches {
-        let [old, new] = &shared.upstreams;
+    /// in-proxy backfill): the same addresses and settings, connections
+    /// and reconnect backoff of their own.
+    pub fn serving(
+        upstreams: &PerSide<Upstream>,
+        depth: usize,
+        table: std::sync::Arc<RouteTable>,
+    ) -> Caches {
         Caches {
-            upstreams: [old.fresh(), new.fresh()],
-            clients: [Client::new(), Client::new()],
-            depth: shared.limits.max_reply_depth,
-            table: shared.router.current(),
+            upstreams: PerSide::from_fn(|s| upstreams[s].fresh()),
+            clients: PerSide::from_fn(|_| Client::new()),
+            depth,
+            table,
         }
     }
 
     /// One pipelined call on `side`, replies decoded.
     pub async fn call(&mut self, side: Side, cmds: &[Command]) -> Result<Vec<Value>, ToolError> {
-        let i = side.index();
-        let raw = self.clients[i]
-            .call(&self.upstreams[i], self.depth, cmds)
+        let raw = self.clients[side]
+            .call(&self.upstreams[side], self.depth, cmds)
             .await?;
         raw.iter()
             .map(|r| value::decode(r, self.depth).ok_or(ToolError::Unexpected("a command")))

@@ -33,11 +33,11 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::backfill::{copy_keys, pace, Counts, Options};
-use super::{Caches, KeyScan, ToolError};
-use crate::repair::{settle, RepairJob};
-use crate::routing::{Phase, RouteStats, Side};
-use crate::session::Shared;
+use crate::repair::{settle, RepairJob, Repairer};
+use crate::routing::{PerSide, Phase, RouteStats, Router, Side};
+use crate::tools::backfill::{copy_keys, pace, Counts, Options};
+use crate::tools::{Caches, KeyScan, ToolError};
+use crate::upstream::Upstream;
 
 /// Tries per key (fresh reads) before it is handed to the repair queue.
 pub const ATTEMPTS: usize = 5;
@@ -45,9 +45,19 @@ pub const ATTEMPTS: usize = 5;
 const SETTLE_MAX: Duration = Duration::from_secs(1);
 
 /// The in-proxy backfills, by route name: the one running or the last one.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Backfills {
     jobs: Mutex<BTreeMap<String, Arc<Job>>>,
+    parts: Arc<Parts>,
+}
+
+/// What a backfill runs on: the serving proxy's table, caches and repairer.
+#[derive(Debug)]
+struct Parts {
+    router: Arc<Router>,
+    upstreams: Arc<PerSide<Upstream>>,
+    repairer: Arc<Repairer>,
+    depth: usize,
 }
 
 #[derive(Debug)]
@@ -170,14 +180,45 @@ impl Backfills {
     }
 }
 
-/// Starts a backfill of `route` in the background.
-pub fn start(
-    shared: &Arc<Shared>,
+impl Backfills {
+    /// Backfills of the routes `router` serves, copying between `upstreams`
+    /// (with connections of their own) under `repairer`'s watch.
+    pub fn new(
+        router: Arc<Router>,
+        upstreams: Arc<PerSide<Upstream>>,
+        repairer: Arc<Repairer>,
+        depth: usize,
+    ) -> Backfills {
+        Backfills {
+            jobs: Mutex::default(),
+            parts: Arc::new(Parts {
+                router,
+                upstreams,
+                repairer,
+                depth,
+            }),
+        }
+    }
+
+    /// Starts a backfill of `route` in the background.
+    pub fn start(
+        &self,
+        route: &str,
+        opts: Options,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Arc<Job>, StartError> {
+        start(self, route, opts, shutdown)
+    }
+}
+
+fn start(
+    backfills: &Backfills,
     route: &str,
     opts: Options,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Arc<Job>, StartError> {
-    let table = shared.router.current();
+    let parts = &backfills.parts;
+    let table = parts.router.current();
     let r = table
         .routes
         .iter()
@@ -190,7 +231,7 @@ pub fn start(
         });
     }
     let job = {
-        let mut jobs = shared.backfills.lock();
+        let mut jobs = backfills.lock();
         if jobs.get(route).is_some_and(|j| j.state() == State::Running) {
             return Err(StartError::Running(route.to_string()));
         }
@@ -205,9 +246,9 @@ pub fn start(
         job
     };
     info!(route, "backfill started through the admin API");
-    let (shared, j) = (shared.clone(), job.clone());
+    let (parts, j) = (parts.clone(), job.clone());
     tokio::spawn(async move {
-        let outcome = run(&shared, &j, &opts, shutdown).await;
+        let outcome = run(&parts, &j, &opts, shutdown).await;
         let c = j.lock().counts.clone();
         match outcome {
             Ok(state) => {
@@ -224,12 +265,12 @@ pub fn start(
 }
 
 async fn run(
-    shared: &Arc<Shared>,
+    parts: &Parts,
     job: &Job,
     opts: &Options,
     shutdown: watch::Receiver<bool>,
 ) -> Result<State, ToolError> {
-    let mut caches = Caches::from_shared(shared);
+    let mut caches = Caches::serving(&parts.upstreams, parts.depth, parts.router.current());
     let route = caches.routes(Some(&job.route))?[0];
     let stats = caches.table.routes[route].stats.clone();
     let mut scan = KeyScan::new(route);
@@ -239,7 +280,7 @@ async fn run(
         if job.cancel.load(Ordering::Relaxed) || *shutdown.borrow() {
             return Ok(State::Cancelled);
         }
-        let table = shared.router.current();
+        let table = parts.router.current();
         let phase = table
             .routes
             .iter()
@@ -263,7 +304,7 @@ async fn run(
             return Ok(State::Done);
         };
         counts.scanned += keys.len() as u64;
-        let refusal = copy_batch(shared, &mut caches, keys, &stats, &mut counts).await?;
+        let refusal = copy_batch(&parts.repairer, &mut caches, keys, &stats, &mut counts).await?;
         {
             let mut p = job.lock();
             p.counts = counts.clone();
@@ -277,17 +318,16 @@ async fn run(
 
 /// Copies one batch exactly (see the module documentation).
 async fn copy_batch(
-    shared: &Shared,
+    repairer: &Repairer,
     caches: &mut Caches,
     keys: Vec<Bytes>,
     stats: &Arc<RouteStats>,
     counts: &mut Counts,
 ) -> Result<Option<String>, ToolError> {
-    let repairer = &shared.repairer;
     for k in &keys {
         repairer.register(None, k);
     }
-    let result = copy_registered(shared, caches, &keys, stats, counts).await;
+    let result = copy_registered(repairer, caches, &keys, stats, counts).await;
     for k in &keys {
         repairer.release(None, k);
     }
@@ -295,13 +335,12 @@ async fn copy_batch(
 }
 
 async fn copy_registered(
-    shared: &Shared,
+    repairer: &Repairer,
     caches: &mut Caches,
     keys: &[Bytes],
     stats: &Arc<RouteStats>,
     counts: &mut Counts,
 ) -> Result<Option<String>, ToolError> {
-    let repairer = &shared.repairer;
     let mut todo = keys.to_vec();
     let mut first_refusal = None;
     for attempt in 0..ATTEMPTS {

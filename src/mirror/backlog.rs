@@ -23,7 +23,7 @@ pub struct Backlog {
 
 /// One queued command's share of the backlog.
 #[derive(Debug)]
-pub(super) struct Share {
+pub struct Share {
     backlog: Arc<Backlog>,
     n: usize,
 }
@@ -42,7 +42,7 @@ impl Backlog {
     /// Counts `len` bytes (plus the per-command overhead) until the share
     /// is dropped. Never refuses: callers decide with [`Backlog::full`]
     /// first, for a whole batch at once.
-    pub(super) fn take(self: &Arc<Self>, len: usize) -> Share {
+    pub fn take(self: &Arc<Self>, len: usize) -> Share {
         let n = len + OVERHEAD;
         self.bytes.fetch_add(n, Ordering::Relaxed);
         Share {
@@ -54,7 +54,7 @@ impl Backlog {
     /// Whether commands of `len` bytes in all (`count` of them) would take
     /// the backlog past `limit`. Logs when shedding starts and when it
     /// ends.
-    pub(super) fn full(&self, len: usize, count: usize, limit: usize) -> bool {
+    pub fn full(&self, len: usize, count: usize, limit: usize) -> bool {
         let now = self.bytes();
         let full = now + len + count * OVERHEAD > limit;
         if full {
