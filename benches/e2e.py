@@ -4,7 +4,14 @@ twemproxy (nutcracker), and through cutover in old-only and dual-write, in one
 run, interleaved, medians of several rounds.
 
 Usage: benches/e2e.py [--rounds 5] [--requests 200000] [--clients 50]
+                      [--before PATH-TO-OTHER-CUTOVER-BINARY]
 (builds cutover in release mode; installs redis-server/nutcracker if missing)
+
+With --before, a second cutover binary (e.g. a release build of the commit
+before a restructuring: `git worktree add /tmp/base HEAD~1 && cargo build
+--release --manifest-path /tmp/base/Cargo.toml`) runs beside this one in the
+same rounds, interleaved, as "before old-only" and "before dual-write", so
+a change's cost shows as a ratio measured under the same load.
 
 Prints, per pipeline depth and test (SET, GET): requests/s, p50 latency, the
 proxy process's CPU seconds per million requests (utime+stime from /proc), and
@@ -70,6 +77,7 @@ def main():
     ap.add_argument("--requests", type=int, default=200000)
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--pipelines", default="16,1")
+    ap.add_argument("--before", help="another cutover binary to run beside this one")
     args = ap.parse_args()
 
     subprocess.run([os.path.join(ROOT, "scripts", "ensure-deps.sh"), "nutcracker"], check=True)
@@ -86,7 +94,7 @@ def main():
             wait_port(port, what)
             return p
 
-        old, new, twem, c_old, c_dual = (free_port() for _ in range(5))
+        old, new, twem, c_old, c_dual, b_old, b_dual = (free_port() for _ in range(7))
         for port, name in ((old, "old"), (new, "new")):
             start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                    "--dir", tmp], port, "redis-" + name)
@@ -97,7 +105,7 @@ def main():
         twem_p = start(["nutcracker", "-c", os.path.join(tmp, "nutcracker.yml"), "-o",
                         os.path.join(tmp, "nutcracker.out")], twem, "twemproxy")
 
-        def cutover(port, phase, name):
+        def cutover(port, phase, name, binary=binary):
             path = os.path.join(tmp, name + ".toml")
             with open(path, "w") as f:
                 f.write('[listen]\naddress = "127.0.0.1:%d"\n[upstreams.old]\naddress = "127.0.0.1:%d"\n'
@@ -111,6 +119,9 @@ def main():
 
         targets = [("redis", old, None), ("twemproxy", twem, twem_p), ("cutover old-only", c_old, old_only),
                    ("cutover dual-write", c_dual, dual)]
+        if args.before:
+            targets += [("before old-only", b_old, cutover(b_old, "old-only", "before-old-only", args.before)),
+                        ("before dual-write", b_dual, cutover(b_dual, "dual-write", "before-dual-write", args.before))]
         pipelines = [int(p) for p in args.pipelines.split(",")]
         # results[(target, P, test)] = list of (rps, p50, cpu_per_million)
         results = {}
@@ -144,6 +155,18 @@ def main():
                     cpu = "%.2f" % med([r[2] for r in rs]) if proc else "-"
                     print("| %d | %s | %s | %.0f | %.3f | %s | %.2fx | %.2fx |" % (
                         pipe, test, name, rps, med([r[1] for r in rs]), cpu, rps / base, rps / twm))
+        if args.before:
+            print()
+            print("| -P | test | phase | req/s now / before | CPU per request now / before |")
+            print("| --- | --- | --- | ---: | ---: |")
+            for pipe in pipelines:
+                for test in ("SET", "GET"):
+                    for phase in ("old-only", "dual-write"):
+                        now = results[("cutover " + phase, pipe, test)]
+                        was = results[("before " + phase, pipe, test)]
+                        print("| %d | %s | %s | %.3f | %.3f |" % (
+                            pipe, test, phase, med([r[0] for r in now]) / med([r[0] for r in was]),
+                            med([r[2] for r in now]) / med([r[2] for r in was])))
     finally:
         for p in reversed(procs):
             p.terminate()

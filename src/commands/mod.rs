@@ -8,6 +8,7 @@
 
 mod keys;
 mod spec;
+mod traits;
 #[allow(dead_code)]
 #[rustfmt::skip]
 mod table;
@@ -21,18 +22,37 @@ pub use spec::{
     TIP_NONDETERMINISTIC_OUTPUT_ORDER,
 };
 pub use table::Group;
+pub use traits::Traits;
 
 use crate::protocol::Command;
 
 /// The Redis version the table was generated from.
 pub const TABLE_REDIS_VERSION: &str = table::REDIS_VERSION;
 
-static INDEX: LazyLock<HashMap<&'static [u8], &'static CommandSpec>> = LazyLock::new(|| {
-    let mut map = HashMap::new();
-    for spec in table::COMMANDS {
-        map.insert(spec.name.as_bytes(), spec);
+/// A table entry with the decisions taken for it once ([`Traits`]), and
+/// its subcommands'.
+#[derive(Debug)]
+pub struct Entry {
+    pub spec: &'static CommandSpec,
+    pub traits: Traits,
+    subs: Vec<Entry>,
+}
+
+impl Entry {
+    fn new(spec: &'static CommandSpec) -> Entry {
+        Entry {
+            spec,
+            traits: Traits::of(spec),
+            subs: spec.subcommands.iter().map(Entry::new).collect(),
+        }
     }
-    map
+}
+
+static INDEX: LazyLock<HashMap<&'static [u8], Entry>> = LazyLock::new(|| {
+    table::COMMANDS
+        .iter()
+        .map(|spec| (spec.name.as_bytes(), Entry::new(spec)))
+        .collect()
 });
 
 /// Longest command name Redis knows is 20-odd bytes; anything longer is
@@ -42,21 +62,28 @@ const MAX_NAME: usize = 32;
 /// Finds a command's spec, descending into `container|sub` subcommands.
 /// `None`: not in the table (a module command, or newer than the table).
 pub fn lookup(cmd: &Command) -> Option<&'static CommandSpec> {
-    let spec = *INDEX.get(lowercase(cmd.name(), &mut [0; MAX_NAME])?)?;
-    if spec.subcommands.is_empty() {
-        return Some(spec);
+    entry(cmd).map(|e| e.spec)
+}
+
+/// [`lookup`], with the entry's [`Traits`].
+pub fn entry(cmd: &Command) -> Option<&'static Entry> {
+    let index: &'static HashMap<&'static [u8], Entry> = &INDEX;
+    let entry = index.get(lowercase(cmd.name(), &mut [0; MAX_NAME])?)?;
+    if entry.subs.is_empty() {
+        return Some(entry);
     }
-    let sub = cmd
-        .arg(1)
-        .and_then(|s| lowercase(s, &mut [0; MAX_NAME]).map(<[u8]>::to_vec));
-    let found = sub.and_then(|sub| {
-        spec.subcommands
+    let prefix = entry.spec.name.len() + 1;
+    let mut buf = [0; MAX_NAME];
+    let found = cmd.arg(1).and_then(|sub| {
+        let sub = lowercase(sub, &mut buf)?;
+        entry
+            .subs
             .iter()
-            .find(|s| s.name.as_bytes().get(spec.name.len() + 1..) == Some(&sub[..]))
+            .find(|s| s.spec.name.as_bytes().get(prefix..) == Some(sub))
     });
     // An unknown subcommand is the container's: Redis itself replies with
     // the "unknown subcommand" error.
-    Some(found.unwrap_or(spec))
+    Some(found.unwrap_or(entry))
 }
 
 fn lowercase<'a>(name: &[u8], buf: &'a mut [u8; MAX_NAME]) -> Option<&'a [u8]> {
@@ -216,7 +243,7 @@ pub fn is_known_name(name: &str) -> bool {
     let (container, _) = name.split_once('|').unwrap_or((name, ""));
     INDEX
         .get(container.as_bytes())
-        .is_some_and(|spec| container == name || spec.subcommands.iter().any(|s| s.name == name))
+        .is_some_and(|e| container == name || e.spec.subcommands.iter().any(|s| s.name == name))
 }
 
 /// Commands no configuration makes the proxy carry.

@@ -110,19 +110,6 @@ where
         })
     }
 
-    /// Tags the command just queued on `side` with comparison `id`; false
-    /// when nothing was queued (a mirror in backoff).
-    pub(super) fn compare_tag(&mut self, side: Side, id: u64, queued_before: usize) -> bool {
-        let sc = &mut self.sides[side];
-        if sc.inflight.len() == queued_before {
-            return false;
-        }
-        if let Some(e) = sc.inflight.back_mut() {
-            e.compare = Some(id);
-        }
-        true
-    }
-
     pub(super) fn compare_drop(&mut self, id: u64) {
         if let Some(c) = self.compares.get(id) {
             c.settled = true;

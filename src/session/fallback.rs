@@ -89,7 +89,7 @@ where
             new_reply: reply,
             read,
         }));
-        self.send(old, &cmd, target, false);
+        self.send(old, &cmd, target);
     }
 
     /// Old answered a fallback read (`None`: it failed): fill new's place

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
-use super::{written_keys, Entered, Keys, MirrorWrite, Session, Target};
+use super::{written_keys, Entered, Keys, MirrorWrite, Outbound, Sent, Session, Target};
 use crate::mirror::{self, Effect};
 use crate::protocol::{value, Command, Value};
 use crate::repair::InFlight;
@@ -112,8 +112,9 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    /// Sends a verbatim mirrored write of `keys`, or queues it behind a
-    /// pending effect.
+    /// Sends a verbatim mirrored write of `keys` (its reply settling
+    /// comparison `compare`), or queues it behind a pending effect. `None`
+    /// when it was not sent now (held, shed or journalled).
     pub(super) fn mirror(
         &mut self,
         side: Side,
@@ -121,7 +122,8 @@ where
         stats: Arc<RouteStats>,
         keys: Keys,
         evalsha: bool,
-    ) {
+        compare: Option<u64>,
+    ) -> Option<Sent> {
         let w = MirrorWrite {
             stats: stats.clone(),
             from: side.other(),
@@ -141,9 +143,9 @@ where
                 if let Target::Mirror(w) | Target::MirrorEvalSha(w, _) = &target {
                     self.journal_lost(w);
                 }
-                return;
+                return None;
             }
-            self.send(side, cmd, target, false);
+            self.send(side, cmd, Outbound::from(target).compared(compare))
         } else {
             let ticket = self.next_ticket();
             self.held.push_back(Held {
@@ -153,6 +155,7 @@ where
                 _keys: None,
                 work: Work::Ready(vec![(cmd.clone(), target)]),
             });
+            None
         }
     }
 
@@ -288,7 +291,7 @@ where
                     continue;
                 }
                 debug!(%side, "sending a mirrored effect");
-                self.send(side, &cmd, target, false);
+                self.send(side, &cmd, target);
             }
         }
     }

@@ -20,10 +20,10 @@ mod fallback;
 mod held;
 mod pubsub;
 mod route;
+mod side;
 mod state;
 
 use std::collections::{HashMap, VecDeque};
-use std::future::pending;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -32,18 +32,17 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Sleep;
 use tracing::{debug, trace, warn};
 
 use crate::commands::{self, StateCmd};
 use crate::error::UpstreamError;
-use crate::protocol::{Command, ReplyKind, ReplyScanner, RequestParser, Value};
+use crate::protocol::{Command, ReplyKind, RequestParser, Value};
 use crate::repair::{Entered, Keys};
-use crate::routing::{PerSide, Phase, RouteStats, RouteTable, Side};
+use crate::routing::{PerSide, RouteStats, RouteTable, Side};
 use crate::shared::Shared;
-use crate::upstream::Conn;
 
+use side::{Expect, Link, Outbound, Ready, Sent, SideConn, SideEvent};
 pub use state::ConnState;
 
 /// One shadow read in flight, released when its reply came or was lost.
@@ -123,57 +122,6 @@ fn keys_at(cmd: &Command, positions: &[usize]) -> Keys {
     positions.iter().filter_map(|&i| cmd.arg_bytes(i)).collect()
 }
 
-#[derive(Debug)]
-struct Expect {
-    target: Target,
-    /// When the reply is overdue; `None` for blocking commands.
-    deadline: Option<Instant>,
-    /// For the latency histograms; `None` for blocking commands.
-    timing: Option<Timing>,
-    /// The comparison this reply settles, with the other side's.
-    compare: Option<u64>,
-    /// For the authoritative half of a mirrored write: its keys, counted in
-    /// flight until this reply (a copy of one of them waits for both).
-    _hold: Option<Entered>,
-    /// A write to the mirror: its share of the mirror backlog until this
-    /// reply (or its loss).
-    _backlog: Option<crate::mirror::backlog::Share>,
-}
-
-#[derive(Debug)]
-struct Timing {
-    sent: Instant,
-    /// The route and the phase a client-bound command was routed in (a
-    /// mirrored write's come from its target).
-    route: Option<(Arc<RouteStats>, Phase)>,
-}
-
-impl Expect {
-    fn untimed(target: Target) -> Expect {
-        Expect {
-            target,
-            deadline: None,
-            timing: None,
-            compare: None,
-            _hold: None,
-            _backlog: None,
-        }
-    }
-
-    /// Records the reply latency of this command, answered by `side`.
-    fn observe(&self, side: Side) {
-        let Some(t) = &self.timing else { return };
-        match (&t.route, &self.target) {
-            (Some((stats, phase)), _) => stats.latency(*phase, side).observe(t.sent.elapsed()),
-            (None, Target::Mirror(w) | Target::MirrorEvalSha(w, _)) => w
-                .stats
-                .latency(Phase::mirroring_to(side), side)
-                .observe(t.sent.elapsed()),
-            _ => {}
-        }
-    }
-}
-
 /// A position in the client's reply order.
 #[derive(Debug)]
 enum Slot {
@@ -186,106 +134,6 @@ enum Slot {
     /// A reply made by the proxy that waits for upstream confirmations
     /// (`sub_waits[id]` frames still to come).
     Wait(u64, Bytes),
-}
-
-/// A client-bound reply in its side's order.
-#[derive(Debug)]
-enum Ready {
-    Done(Bytes),
-    /// Answered by the other cache instead (a read fallback): filled when
-    /// that reply comes. Push frames that arrived after it wait with it.
-    Pending(Vec<Bytes>),
-}
-
-enum Link {
-    Idle,
-    Connecting(JoinHandle<Result<Conn, UpstreamError>>),
-    Up(Conn),
-}
-
-enum SideEvent {
-    Connected(Result<Conn, UpstreamError>),
-    Read(std::io::Result<usize>),
-    Wrote(std::io::Result<usize>),
-}
-
-/// The client's connection to one upstream and what is in flight on it.
-struct SideConn {
-    side: Side,
-    link: Link,
-    /// Bytes queued for the upstream (written when connected and writable).
-    wbuf: BytesMut,
-    rbuf: BytesMut,
-    scanner: ReplyScanner,
-    inflight: VecDeque<Expect>,
-    /// Client-bound replies that arrived before their turn in `order`.
-    ready: VecDeque<Ready>,
-    /// Replies taken from `ready` so far: absolute positions for fills.
-    ready_base: u64,
-}
-
-impl SideConn {
-    fn new(side: Side, max_depth: usize) -> SideConn {
-        SideConn {
-            side,
-            link: Link::Idle,
-            wbuf: BytesMut::new(),
-            rbuf: BytesMut::new(),
-            scanner: ReplyScanner::new(max_depth),
-            inflight: VecDeque::new(),
-            ready: VecDeque::new(),
-            ready_base: 0,
-        }
-    }
-
-    fn is_idle(&self) -> bool {
-        matches!(self.link, Link::Idle)
-    }
-
-    fn settled(&self) -> bool {
-        self.inflight.is_empty() && self.wbuf.is_empty()
-    }
-
-    /// Whether the reply at the head of this connection's queue goes to
-    /// the client (or, with nothing queued, a push frame would).
-    fn head_feeds_client(&self) -> bool {
-        match self.inflight.front().map(|e| &e.target) {
-            None => true,
-            Some(t) => matches!(
-                t,
-                Target::Client { .. }
-                    | Target::Effect(_)
-                    | Target::SubAck(_)
-                    | Target::FallbackNew(_)
-                    | Target::FallbackOld(_)
-            ),
-        }
-    }
-
-    /// The next thing that happens on this connection. With `read` false
-    /// (the client is not taking its replies) nothing is read from it.
-    async fn event(&mut self, read: bool) -> SideEvent {
-        match &mut self.link {
-            Link::Idle => pending().await,
-            Link::Connecting(task) => SideEvent::Connected(match task.await {
-                Ok(r) => r,
-                Err(e) => Err(UpstreamError::Io {
-                    side: self.side,
-                    addr: String::new(),
-                    source: std::io::Error::other(e),
-                }),
-            }),
-            Link::Up(conn) => {
-                let want_write = !self.wbuf.is_empty();
-                tokio::select! {
-                    biased;
-                    r = conn.wr.write(&self.wbuf), if want_write => SideEvent::Wrote(r),
-                    r = conn.rd.read_buf(&mut self.rbuf), if read => SideEvent::Read(r),
-                    else => pending().await,
-                }
-            }
-        }
-    }
 }
 
 /// An open MULTI.
@@ -593,83 +441,36 @@ where
         self.cbuf.clear();
     }
 
-    /// Sends `cmd` to `side`, opening the connection if needed (a mirrored
-    /// write to a mirror in its reconnect backoff is counted as failed).
-    fn send(&mut self, side: Side, cmd: &Command, target: Target, blocking: bool) {
-        let upstream = self.shared.upstream(side);
+    /// Sends `cmd` to `side`, opening the connection if needed, with what
+    /// its reply is for. `None` when it was not sent: a mirrored write to
+    /// a mirror in its reconnect backoff is counted as failed and its keys
+    /// journalled instead.
+    fn send(&mut self, side: Side, cmd: &Command, out: impl Into<Outbound>) -> Option<Sent> {
+        let mut out = out.into();
         if self.sides[side].is_idle() {
-            if let Target::Mirror(w) | Target::MirrorEvalSha(w, _) = &target {
-                if !upstream.may_try() {
+            if let Target::Mirror(w) | Target::MirrorEvalSha(w, _) = &out.target {
+                if !self.shared.upstream(side).may_try() {
                     RouteStats::bump(&w.stats.mirror_failed);
                     self.journal_lost(w);
-                    return;
+                    return None;
                 }
             }
             self.open(side);
         }
-        let upstream = self.shared.upstream(side);
-        let sc = &mut self.sides[side];
         if matches!(
-            target,
+            out.target,
             Target::Client { .. } | Target::Effect(_) | Target::FallbackNew(_)
         ) {
             self.order.push_back(Slot::Upstream(side));
         }
-        let (deadline, timing) = if blocking {
-            (None, None)
-        } else {
-            let now = Instant::now();
-            let deadline = upstream.config.command_timeout().map(|t| now + t);
-            (
-                deadline,
-                Some(Timing {
-                    sent: now,
-                    route: None,
-                }),
-            )
-        };
-        let backlog = matches!(
-            target,
+        if matches!(
+            out.target,
             Target::Mirror(_) | Target::MirrorEvalSha(..) | Target::Quiet(_)
-        )
-        .then(|| self.shared.backlog.take(cmd.raw().len()));
-        sc.wbuf.extend_from_slice(cmd.raw());
-        sc.inflight.push_back(Expect {
-            target,
-            deadline,
-            timing,
-            compare: None,
-            _hold: None,
-            _backlog: backlog,
-        });
-    }
-
-    /// Sends a client-bound command routed by `route` in `phase`, so its
-    /// latency is recorded there. (Client-bound sends are never skipped.)
-    fn send_routed(
-        &mut self,
-        side: Side,
-        cmd: &Command,
-        target: Target,
-        blocking: bool,
-        route: (&Arc<RouteStats>, Phase),
-    ) {
-        self.send(side, cmd, target, blocking);
-        if let Some(Expect {
-            timing: Some(t), ..
-        }) = self.sides[side].inflight.back_mut()
-        {
-            t.route = Some((route.0.clone(), route.1));
+        ) {
+            out.backlog = Some(self.shared.backlog.take(cmd.raw().len()));
         }
-    }
-
-    /// Counts `keys` in flight until the reply to the command just sent to
-    /// `side` arrives.
-    fn hold_last(&mut self, side: Side, keys: Keys) {
-        let hold = self.shared.repairer.inflight.hold(keys);
-        if let Some(e) = self.sides[side].inflight.back_mut() {
-            e._hold = Some(hold);
-        }
+        let timeout = self.shared.upstream(side).config.command_timeout();
+        Some(self.sides[side].push(cmd, out, timeout))
     }
 
     /// Starts connecting to `side` with the client's state.
@@ -690,9 +491,7 @@ where
             // refuses it, this side's refusal is only logged.
             for (_, kind, cmd) in &self.pending_state {
                 if let Some(cmd) = state::for_other_side(*kind, cmd, own_credentials) {
-                    sc.wbuf.extend_from_slice(cmd.raw());
-                    sc.inflight
-                        .push_back(Expect::untimed(Target::Quiet("connection state")));
+                    sc.push(&cmd, Target::Quiet("connection state").into(), None);
                 }
             }
         }
@@ -871,71 +670,27 @@ where
     /// Drops the connection to `side`: the client gets an error for each
     /// reply it was waiting for from it, mirrored writes count as failed.
     fn fail_side(&mut self, side: Side, err: UpstreamError) {
-        let sc = &mut self.sides[side];
-        let was_connecting = matches!(sc.link, Link::Connecting(_));
-        if let Link::Connecting(task) = &sc.link {
-            task.abort();
-        }
-        let (mut lost_mirrors, mut failed_replies) = (0, 0);
         let reply = err.reply();
-        let mut lost_effects = Vec::new();
-        let mut lost_acks = Vec::new();
-        let mut lost_writes = Vec::new();
-        let mut lost_fallbacks = Vec::new();
-        for e in sc.inflight.drain(..) {
-            match e.target {
-                Target::Client { .. } => {
-                    sc.ready.push_back(Ready::Done(reply.clone()));
-                    failed_replies += 1;
-                    if let Some((stats, _)) = e.timing.as_ref().and_then(|t| t.route.as_ref()) {
-                        RouteStats::bump(&stats.upstream_failed);
-                    }
-                }
-                Target::FallbackNew(_) => {
-                    sc.ready.push_back(Ready::Done(reply.clone()));
-                    failed_replies += 1;
-                    if let Some((stats, _)) = e.timing.as_ref().and_then(|t| t.route.as_ref()) {
-                        RouteStats::bump(&stats.upstream_failed);
-                    }
-                }
-                Target::FallbackOld(f) => lost_fallbacks.push(*f),
-                Target::Effect(ticket) => {
-                    sc.ready.push_back(Ready::Done(reply.clone()));
-                    failed_replies += 1;
-                    lost_effects.push(ticket);
-                }
-                Target::SubAck(id) => lost_acks.push(id),
-                Target::Probe(_) | Target::Shadow(_) => {}
-                Target::Mirror(w) | Target::MirrorEvalSha(w, _) => {
-                    RouteStats::bump(&w.stats.mirror_failed);
-                    lost_mirrors += 1;
-                    lost_writes.push(w);
-                }
-                Target::Quiet(_) => {}
-            }
-        }
+        let depth = self.shared.limits.max_reply_depth;
+        let lost = self.sides[side].fail(&reply, depth);
+        let (lost_mirrors, failed_replies) = (lost.writes.len(), lost.failed_replies);
         // Failures while connecting are logged once per outage by the
         // upstream; a dropped connection is worth a warning when it cost
         // something.
-        if (lost_mirrors > 0 || failed_replies > 0) && !was_connecting {
+        if (lost_mirrors > 0 || failed_replies > 0) && !lost.was_connecting {
             warn!(error = %err, lost_mirrors, failed_replies, "upstream connection dropped");
         } else {
             debug!(error = %err, lost_mirrors, failed_replies, "upstream connection dropped");
         }
-        sc.link = Link::Idle;
-        for w in &lost_writes {
+        for w in &lost.writes {
             self.journal_lost(w);
         }
-        for f in lost_fallbacks {
+        for f in lost.fallbacks {
             self.fallback_filled(f, None);
         }
-        let sc = &mut self.sides[side];
         self.compares.abandon();
         // Their replies will never come: they were not applied.
         self.pending_state.retain(|(s, _, _)| *s != side);
-        sc.wbuf.clear();
-        sc.rbuf.clear();
-        sc.scanner = ReplyScanner::new(self.shared.limits.max_reply_depth);
         if let Some(tx) = self.tx.as_mut().filter(|t| t.side == Some(side)) {
             tx.lost = true;
             tx.aborted = true;
@@ -943,10 +698,10 @@ where
         if self.watch_side == Some(side) {
             self.watch_side = None;
         }
-        for ticket in lost_effects {
+        for ticket in lost.effects {
             self.resolve_effect(ticket, None);
         }
-        for id in lost_acks {
+        for id in lost.acks {
             self.sub_ack(id, Some(reply.clone()));
         }
         // Subscriptions held there are gone and the client cannot be told
@@ -975,7 +730,7 @@ where
         let mut args: Vec<&[u8]> = evalsha.args().collect();
         args[0] = b"EVAL";
         args[1] = &body;
-        self.send(side, &Command::from_args(&args), Target::Mirror(w), false);
+        self.send(side, &Command::from_args(&args), Target::Mirror(w));
     }
 
     /// A mirrored write was lost: its keys go to the journal, copied from
@@ -1059,12 +814,11 @@ where
     fn place_caching(&mut self, side: Side) {
         if let Some((set_on, caching)) = self.caching.take() {
             if set_on != side {
-                self.send(side, &caching, Target::Quiet("CLIENT CACHING"), false);
+                self.send(side, &caching, Target::Quiet("CLIENT CACHING"));
                 self.send(
                     set_on,
                     &Command::from_args(&[b"PING"]),
                     Target::Quiet("PING"),
-                    false,
                 );
             }
         }

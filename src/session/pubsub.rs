@@ -229,7 +229,7 @@ where
 
     /// Sends a (un)subscribe upstream, expecting `frames` confirmations.
     fn send_subscription(&mut self, side: Side, cmd: &Command, id: u64, frames: usize) {
-        self.send(side, cmd, Target::SubAck(id), false);
+        self.send(side, cmd, Target::SubAck(id));
         for _ in 1..frames {
             self.sides[side]
                 .inflight

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::held::{Pending, TxItem};
-use super::{compare, state, Session, Target, Tx};
+use super::{compare, state, Outbound, Session, Target, Tx};
 use crate::commands::{self, Kind, StateCmd, TxCmd};
 use crate::config::UnknownPolicy;
 use crate::mirror;
@@ -238,8 +238,10 @@ where
                         );
                         // Reported once its keys are held (see InFlight).
                         self.note_write(&cmd, &positions);
-                        let target = Target::Effect(ticket);
-                        self.send_routed(authoritative, &cmd, target, blocking, (&stats, phase));
+                        let out = Outbound::from(Target::Effect(ticket))
+                            .blocking(blocking)
+                            .routed(&stats, phase);
+                        self.send(authoritative, &cmd, out);
                     }
                     (Some(m), None) => {
                         let evalsha = spec.is_some_and(|s| s.name == "evalsha");
@@ -253,15 +255,17 @@ where
                                     && compare::key_count_ok(positions.len())
                             })
                             .map(|s| self.compare_open(s, &cmd, &stats, authoritative));
-                        let before = self.sides[authoritative].inflight.len();
-                        let target = Target::Client { state: false };
                         let keys = super::keys_at(&cmd, &positions);
-                        self.send_routed(authoritative, &cmd, target, blocking, (&stats, phase));
                         // In flight until both caches answered; reported
                         // once held (see InFlight).
-                        self.hold_last(authoritative, keys.clone());
+                        let hold = self.shared.repairer.inflight.hold(keys.clone());
+                        let out = Outbound::from(Target::Client { state: false })
+                            .blocking(blocking)
+                            .routed(&stats, phase)
+                            .compared(compare)
+                            .holding(hold);
+                        self.send(authoritative, &cmd, out);
                         if let Some(id) = compare {
-                            self.compare_tag(authoritative, id, before);
                             // A key changed in place: ask the mirror first
                             // whether it has it at all.
                             // (Not for tracking clients: a read there would
@@ -273,15 +277,14 @@ where
                             if let Some(key) = positions.first().and_then(|&i| cmd.arg(i)) {
                                 if in_place && reachable {
                                     let probe = Command::from_args(&[&b"EXISTS"[..], key]);
-                                    self.send(m, &probe, Target::Probe(id), false);
+                                    self.send(m, &probe, Target::Probe(id));
                                 }
                             }
                         }
-                        let before_mirror = self.sides[m].inflight.len();
-                        self.mirror(m, &cmd, stats, keys, evalsha);
+                        let sent = self.mirror(m, &cmd, stats, keys, evalsha, compare);
                         self.note_write(&cmd, &positions);
                         if let Some(id) = compare {
-                            if !self.compare_tag(m, id, before_mirror) {
+                            if sent.is_none() {
                                 self.compare_drop(id);
                             }
                         }
@@ -307,7 +310,10 @@ where
                             }
                             None => Target::Client { state: false },
                         };
-                        self.send_routed(authoritative, &cmd, target, blocking, (&stats, phase));
+                        let out = Outbound::from(target)
+                            .blocking(blocking)
+                            .routed(&stats, phase);
+                        self.send(authoritative, &cmd, out);
                     }
                     (None, _) => {
                         // A read in a dual phase may be shadowed to the
@@ -331,15 +337,12 @@ where
                             .and_then(|(s, order)| {
                                 Some((s, order, self.shadow_sample(shadow_reads)?))
                             });
-                        let target = Target::Client { state: false };
+                        let out = Outbound::from(Target::Client { state: false })
+                            .blocking(blocking)
+                            .routed(&stats, phase);
                         let Some((s, order, slot)) = shadow else {
-                            return self.send_routed(
-                                authoritative,
-                                &cmd,
-                                target,
-                                blocking,
-                                (&stats, phase),
-                            );
+                            self.send(authoritative, &cmd, out);
+                            return;
                         };
                         RouteStats::bump(&stats.shadow_reads);
                         let id = self.shadow_open(
@@ -349,12 +352,9 @@ where
                             authoritative,
                             (order, shadow_repair),
                         );
-                        let before = self.sides[authoritative].inflight.len();
-                        self.send_routed(authoritative, &cmd, target, blocking, (&stats, phase));
-                        self.compare_tag(authoritative, id, before);
-                        let before = self.sides[other].inflight.len();
-                        self.send(other, &cmd, Target::Shadow(slot), false);
-                        if !self.compare_tag(other, id, before) {
+                        self.send(authoritative, &cmd, out.compared(Some(id)));
+                        let shadow = Outbound::from(Target::Shadow(slot)).compared(Some(id));
+                        if self.send(other, &cmd, shadow).is_none() {
                             self.compare_drop(id);
                         }
                     }
@@ -391,14 +391,14 @@ where
         }
         // Sent before it is recorded as pending, so a connection this opens
         // is not set up with the very command it is about to carry.
-        self.send(reply_side, cmd, Target::Client { state: true }, false);
+        self.send(reply_side, cmd, Target::Client { state: true });
         self.pending_state
             .push_back((reply_side, kind, cmd.clone()));
         let other = reply_side.other();
         let own_credentials = self.shared.upstreams[other].config.password.is_some();
         if !self.sides[other].is_idle() {
             if let Some(cmd) = state::for_other_side(kind, cmd, own_credentials) {
-                self.send(other, &cmd, Target::Quiet("connection state"), false);
+                self.send(other, &cmd, Target::Quiet("connection state"));
             }
         }
         if kind == StateCmd::Reset {
@@ -415,7 +415,7 @@ where
                     steps.push(("SELECT", Command::from_args(&[b"SELECT", db.as_bytes()])));
                 }
                 for (_, step) in steps {
-                    self.send(side, &step, Target::Quiet("connection state"), false);
+                    self.send(side, &step, Target::Quiet("connection state"));
                 }
             }
         }
@@ -465,7 +465,7 @@ where
                 stats,
             });
         }
-        self.send(side, &cmd, Target::Client { state: false }, false);
+        self.send(side, &cmd, Target::Client { state: false });
     }
 
     /// The side of the open transaction, fixed to `want` (and MULTI sent
@@ -484,7 +484,6 @@ where
             want,
             &Command::from_args(&[b"MULTI"]),
             Target::Quiet("MULTI"),
-            false,
         );
         Some(want)
     }
@@ -505,7 +504,7 @@ where
                             side: Some(side),
                             ..Tx::default()
                         });
-                        self.send(side, cmd, client(), false);
+                        self.send(side, cmd, client());
                     }
                     None => {
                         self.tx = Some(Tx::default());
@@ -516,7 +515,10 @@ where
             TxCmd::Exec | TxCmd::Discard => {
                 self.watch_side = None;
                 let Some(tx) = self.tx.take() else {
-                    return self.send(default_side, cmd, client(), false);
+                    {
+                        self.send(default_side, cmd, client());
+                        return;
+                    }
                 };
                 let discard = |s: &mut Self| {
                     if let (Some(side), false) = (tx.side, tx.lost) {
@@ -524,13 +526,14 @@ where
                             side,
                             &Command::from_args(&[b"DISCARD"]),
                             Target::Quiet("DISCARD of a transaction that cannot run"),
-                            false,
                         );
                     }
                 };
                 if t == TxCmd::Discard {
                     return match tx.side.filter(|_| !tx.lost) {
-                        Some(side) => self.send(side, cmd, client(), false),
+                        Some(side) => {
+                            self.send(side, cmd, client());
+                        }
                         None => self.local(Bytes::from_static(b"+OK\r\n")),
                     };
                 }
@@ -549,7 +552,10 @@ where
                     return self.local(Bytes::from_static(b"*0\r\n"));
                 };
                 if tx.mirror.is_empty() {
-                    return self.send(side, cmd, client(), false);
+                    {
+                        self.send(side, cmd, client());
+                        return;
+                    }
                 }
                 let mirror_side = side.other();
                 let keys = tx
@@ -558,7 +564,7 @@ where
                     .flat_map(|item| super::written_keys(&item.cmd))
                     .collect();
                 let ticket = self.defer_mirror(mirror_side, Pending::Tx(tx.mirror), Some(keys));
-                self.send(side, cmd, Target::Effect(ticket), false);
+                self.send(side, cmd, Target::Effect(ticket));
             }
             TxCmd::Watch => {
                 if self.tx.is_some() {
@@ -577,7 +583,7 @@ where
                     ));
                 }
                 self.watch_side = Some(side);
-                self.send(side, cmd, client(), false);
+                self.send(side, cmd, client());
             }
             TxCmd::Unwatch => {
                 if self.tx.is_some() {
@@ -585,7 +591,7 @@ where
                     return match self.tx_side(default_side) {
                         Some(side) => {
                             self.tx.as_mut().expect("in a transaction").queued += 1;
-                            self.send(side, cmd, client(), false)
+                            self.send(side, cmd, client());
                         }
                         None => self.refuse_in_tx(err(
                             "cutover: the connection to the cache serving this MULTI was lost"
@@ -594,7 +600,7 @@ where
                     };
                 }
                 let side = self.watch_side.take().unwrap_or(default_side);
-                self.send(side, cmd, client(), false);
+                self.send(side, cmd, client());
             }
         }
     }

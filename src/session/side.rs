@@ -1,0 +1,331 @@
+//! The client's connection to one cache: one ordered outbound queue.
+//!
+//! Every command bound for that connection goes through [`SideConn::push`]:
+//! the client's own, mirrored writes, held effects, retries, probes, shadow
+//! reads and the proxy's own state commands. What its reply is for is
+//! decided before it is sent ([`Outbound`]) and travels with it
+//! ([`Expect`]); replies arrive in send order, so matching is positional.
+//! `push` returns a [`Sent`] handle; [`SideConn::fail`] drops the
+//! connection and returns one [`Lost`] value describing what went with it.
+
+use std::collections::VecDeque;
+use std::future::pending;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
+
+use super::fallback::FallbackOld;
+use super::{MirrorWrite, Target};
+use crate::error::UpstreamError;
+use crate::mirror::backlog::Share;
+use crate::protocol::{Command, ReplyScanner};
+use crate::repair::Entered;
+use crate::routing::{Phase, RouteStats, Side};
+use crate::upstream::Conn;
+
+#[derive(Debug)]
+pub(super) struct Expect {
+    pub(super) target: Target,
+    /// When the reply is overdue; `None` for blocking commands.
+    pub(super) deadline: Option<Instant>,
+    /// For the latency histograms; `None` for blocking commands.
+    pub(super) timing: Option<Timing>,
+    /// The comparison this reply settles, with the other side's.
+    pub(super) compare: Option<u64>,
+    /// For the authoritative half of a mirrored write: its keys, counted in
+    /// flight until this reply (a copy of one of them waits for both).
+    _hold: Option<Entered>,
+    /// A write to the mirror: its share of the mirror backlog until this
+    /// reply (or its loss).
+    _backlog: Option<Share>,
+}
+
+#[derive(Debug)]
+pub(super) struct Timing {
+    pub(super) sent: Instant,
+    /// The route and the phase a client-bound command was routed in (a
+    /// mirrored write's come from its target).
+    pub(super) route: Option<(Arc<RouteStats>, Phase)>,
+}
+
+impl Expect {
+    pub(super) fn untimed(target: Target) -> Expect {
+        Expect {
+            target,
+            deadline: None,
+            timing: None,
+            compare: None,
+            _hold: None,
+            _backlog: None,
+        }
+    }
+
+    /// Records the reply latency of this command, answered by `side`.
+    pub(super) fn observe(&self, side: Side) {
+        let Some(t) = &self.timing else { return };
+        match (&t.route, &self.target) {
+            (Some((stats, phase)), _) => stats.latency(*phase, side).observe(t.sent.elapsed()),
+            (None, Target::Mirror(w) | Target::MirrorEvalSha(w, _)) => w
+                .stats
+                .latency(Phase::mirroring_to(side), side)
+                .observe(t.sent.elapsed()),
+            _ => {}
+        }
+    }
+}
+
+/// What a command about to be sent expects of its reply, decided before it
+/// is sent: whom the reply is for, whether it may block, the route whose
+/// latency it counts in, the comparison it settles, the keys it holds in
+/// flight and its share of the mirror backlog.
+#[derive(Debug)]
+pub(super) struct Outbound {
+    pub(super) target: Target,
+    pub(super) blocking: bool,
+    pub(super) route: Option<(Arc<RouteStats>, Phase)>,
+    pub(super) compare: Option<u64>,
+    pub(super) hold: Option<Entered>,
+    pub(super) backlog: Option<Share>,
+}
+
+impl From<Target> for Outbound {
+    fn from(target: Target) -> Outbound {
+        Outbound {
+            target,
+            blocking: false,
+            route: None,
+            compare: None,
+            hold: None,
+            backlog: None,
+        }
+    }
+}
+
+impl Outbound {
+    /// Exempt from the command timeout (a blocking command).
+    pub(super) fn blocking(mut self, blocking: bool) -> Outbound {
+        self.blocking = blocking;
+        self
+    }
+
+    /// A client-bound command routed by this route in this phase: its
+    /// latency is recorded there.
+    pub(super) fn routed(mut self, stats: &Arc<RouteStats>, phase: Phase) -> Outbound {
+        self.route = Some((stats.clone(), phase));
+        self
+    }
+
+    /// Its reply settles comparison `id` (with the other side's).
+    pub(super) fn compared(mut self, id: Option<u64>) -> Outbound {
+        self.compare = id;
+        self
+    }
+
+    /// Its keys stay counted in flight until it is answered or lost.
+    pub(super) fn holding(mut self, hold: Entered) -> Outbound {
+        self.hold = Some(hold);
+        self
+    }
+}
+
+/// A command queued on a side: its place among everything ever sent there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Sent {
+    pub(super) side: Side,
+    pub(super) seq: u64,
+}
+
+/// What a failed connection took with it, in send order where it matters.
+#[derive(Debug, Default)]
+pub(super) struct Lost {
+    /// It failed while still connecting (its failure was logged by the
+    /// upstream's backoff).
+    pub(super) was_connecting: bool,
+    /// Client-bound replies answered with the error instead.
+    pub(super) failed_replies: usize,
+    /// Effect tickets whose authoritative reply will never come.
+    pub(super) effects: Vec<u64>,
+    /// Subscription waits whose confirmations will never come.
+    pub(super) acks: Vec<u64>,
+    /// Mirrored writes never answered.
+    pub(super) writes: Vec<MirrorWrite>,
+    /// Fallback reads on old never answered.
+    pub(super) fallbacks: Vec<FallbackOld>,
+}
+
+/// A client-bound reply in its side's order.
+#[derive(Debug)]
+pub(super) enum Ready {
+    Done(Bytes),
+    /// Answered by the other cache instead (a read fallback): filled when
+    /// that reply comes. Push frames that arrived after it wait with it.
+    Pending(Vec<Bytes>),
+}
+
+pub(super) enum Link {
+    Idle,
+    Connecting(JoinHandle<Result<Conn, UpstreamError>>),
+    Up(Conn),
+}
+
+pub(super) enum SideEvent {
+    Connected(Result<Conn, UpstreamError>),
+    Read(std::io::Result<usize>),
+    Wrote(std::io::Result<usize>),
+}
+
+/// The client's connection to one upstream and what is in flight on it.
+pub(super) struct SideConn {
+    pub(super) side: Side,
+    pub(super) link: Link,
+    /// Bytes queued for the upstream (written when connected and writable).
+    pub(super) wbuf: BytesMut,
+    pub(super) rbuf: BytesMut,
+    pub(super) scanner: ReplyScanner,
+    pub(super) inflight: VecDeque<Expect>,
+    /// Client-bound replies that arrived before their turn in `order`.
+    pub(super) ready: VecDeque<Ready>,
+    /// Replies taken from `ready` so far: absolute positions for fills.
+    pub(super) ready_base: u64,
+    /// Commands queued here so far.
+    sent: u64,
+}
+
+impl SideConn {
+    pub(super) fn new(side: Side, max_depth: usize) -> SideConn {
+        SideConn {
+            side,
+            link: Link::Idle,
+            wbuf: BytesMut::new(),
+            rbuf: BytesMut::new(),
+            scanner: ReplyScanner::new(max_depth),
+            inflight: VecDeque::new(),
+            ready: VecDeque::new(),
+            ready_base: 0,
+            sent: 0,
+        }
+    }
+
+    pub(super) fn is_idle(&self) -> bool {
+        matches!(self.link, Link::Idle)
+    }
+
+    pub(super) fn settled(&self) -> bool {
+        self.inflight.is_empty() && self.wbuf.is_empty()
+    }
+
+    /// Whether the reply at the head of this connection's queue goes to
+    /// the client (or, with nothing queued, a push frame would).
+    pub(super) fn head_feeds_client(&self) -> bool {
+        match self.inflight.front().map(|e| &e.target) {
+            None => true,
+            Some(t) => matches!(
+                t,
+                Target::Client { .. }
+                    | Target::Effect(_)
+                    | Target::SubAck(_)
+                    | Target::FallbackNew(_)
+                    | Target::FallbackOld(_)
+            ),
+        }
+    }
+
+    /// The next thing that happens on this connection. With `read` false
+    /// (the client is not taking its replies) nothing is read from it.
+    pub(super) async fn event(&mut self, read: bool) -> SideEvent {
+        match &mut self.link {
+            Link::Idle => pending().await,
+            Link::Connecting(task) => SideEvent::Connected(match task.await {
+                Ok(r) => r,
+                Err(e) => Err(UpstreamError::Io {
+                    side: self.side,
+                    addr: String::new(),
+                    source: std::io::Error::other(e),
+                }),
+            }),
+            Link::Up(conn) => {
+                let want_write = !self.wbuf.is_empty();
+                tokio::select! {
+                    biased;
+                    r = conn.wr.write(&self.wbuf), if want_write => SideEvent::Wrote(r),
+                    r = conn.rd.read_buf(&mut self.rbuf), if read => SideEvent::Read(r),
+                    else => pending().await,
+                }
+            }
+        }
+    }
+
+    /// Queues `cmd` with what its reply is for; the connection must be
+    /// open or opening. `timeout`: the upstream's command timeout.
+    pub(super) fn push(&mut self, cmd: &Command, out: Outbound, timeout: Option<Duration>) -> Sent {
+        let (deadline, timing) = if out.blocking {
+            (None, None)
+        } else {
+            let now = Instant::now();
+            let timing = Timing {
+                sent: now,
+                route: out.route,
+            };
+            (timeout.map(|t| now + t), Some(timing))
+        };
+        self.wbuf.extend_from_slice(cmd.raw());
+        self.inflight.push_back(Expect {
+            target: out.target,
+            deadline,
+            timing,
+            compare: out.compare,
+            _hold: out.hold,
+            _backlog: out.backlog,
+        });
+        self.sent += 1;
+        Sent {
+            side: self.side,
+            seq: self.sent,
+        }
+    }
+
+    /// Drops the connection: every client-bound reply still expected
+    /// becomes `reply` (in its place), buffers are cleared, and what else
+    /// was in flight is returned.
+    pub(super) fn fail(&mut self, reply: &Bytes, max_depth: usize) -> Lost {
+        let mut lost = Lost {
+            was_connecting: matches!(self.link, Link::Connecting(_)),
+            ..Lost::default()
+        };
+        if let Link::Connecting(task) = &self.link {
+            task.abort();
+        }
+        for e in self.inflight.drain(..) {
+            let failed_route = e.timing.as_ref().and_then(|t| t.route.as_ref());
+            match e.target {
+                Target::Client { .. } | Target::FallbackNew(_) => {
+                    self.ready.push_back(Ready::Done(reply.clone()));
+                    lost.failed_replies += 1;
+                    if let Some((stats, _)) = failed_route {
+                        RouteStats::bump(&stats.upstream_failed);
+                    }
+                }
+                Target::FallbackOld(f) => lost.fallbacks.push(*f),
+                Target::Effect(ticket) => {
+                    self.ready.push_back(Ready::Done(reply.clone()));
+                    lost.failed_replies += 1;
+                    lost.effects.push(ticket);
+                }
+                Target::SubAck(id) => lost.acks.push(id),
+                Target::Probe(_) | Target::Shadow(_) | Target::Quiet(_) => {}
+                Target::Mirror(w) | Target::MirrorEvalSha(w, _) => {
+                    RouteStats::bump(&w.stats.mirror_failed);
+                    lost.writes.push(w);
+                }
+            }
+        }
+        self.link = Link::Idle;
+        self.wbuf.clear();
+        self.rbuf.clear();
+        self.scanner = ReplyScanner::new(max_depth);
+        lost
+    }
+}
