@@ -26,7 +26,7 @@ use crate::shadow::{self, Order, Outcome};
 use std::sync::atomic::Ordering as AtomicOrdering;
 
 /// Writes with more keys than this are not compared.
-const MAX_KEYS: usize = 16;
+const MAX_KEYS: usize = super::plan::MAX_COMPARED_KEYS;
 
 #[derive(Debug)]
 pub(super) struct Compare {
@@ -76,11 +76,6 @@ impl Compares {
         }
         self.pop_settled();
     }
-}
-
-/// Whether a write's replies are worth comparing.
-pub(super) fn comparable(spec: &CommandSpec) -> bool {
-    !matches!(spec.name, "publish" | "spublish")
 }
 
 impl<R, W> Session<R, W>
@@ -280,8 +275,4 @@ where
             .and_then(|a| std::str::from_utf8(a).ok()?.parse().ok());
         pending.or_else(|| self.state.db())
     }
-}
-
-pub(super) fn key_count_ok(n: usize) -> bool {
-    (1..=MAX_KEYS).contains(&n)
 }

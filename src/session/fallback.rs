@@ -3,7 +3,8 @@
 //! instead, and the key is copied from old to new (value and remaining
 //! TTL, through the repair path: never over a newer write).
 //!
-//! Which reads fall back (a decision): `GET`, `HGET`, `HMGET` (all fields
+//! Which reads fall back (a decision, taken per table entry in
+//! `commands::Traits`): `GET`, `HGET`, `HMGET` (all fields
 //! nil), `HGETALL`, `HKEYS`, `HVALS`, `LRANGE`, `LINDEX`, `SMEMBERS`,
 //! `ZRANGE`, `ZSCORE`: reads whose "nothing" reply (nil, empty) is what a
 //! key missing from a cold cache looks like. Counts (`EXISTS`, `*LEN`,
@@ -23,24 +24,6 @@ use crate::protocol::{value, Command};
 use crate::repair::RepairJob;
 use crate::routing::{RouteStats, Side};
 use std::sync::Arc;
-
-/// Whether reads of the table command `name` fall back.
-pub(super) fn falls_back(name: &str) -> bool {
-    matches!(
-        name,
-        "get"
-            | "hget"
-            | "hmget"
-            | "hgetall"
-            | "hkeys"
-            | "hvals"
-            | "lrange"
-            | "lindex"
-            | "smembers"
-            | "zrange"
-            | "zscore"
-    )
-}
 
 /// A read sent to new that may fall back to old.
 #[derive(Debug)]

@@ -18,7 +18,9 @@ mod auth;
 mod compare;
 mod fallback;
 mod held;
+mod plan;
 mod pubsub;
+mod refusal;
 mod route;
 mod side;
 mod state;
@@ -152,7 +154,7 @@ struct Tx {
     lost: bool,
     /// A command was served by the other side: EXEC fails with this error
     /// and nothing runs anywhere (Redis cluster's CROSSSLOT at EXEC).
-    crossroute: Option<String>,
+    crossroute: Option<refusal::Refusal>,
     /// Commands queued on `side` so far: the index of the next one in the
     /// EXEC reply.
     queued: usize,
@@ -422,7 +424,12 @@ where
                 Ok(None) => return,
                 Err(e) => {
                     debug!(error = %e, "client protocol error; closing");
-                    self.local(Bytes::from(format!("-ERR {e}\r\n")));
+                    self.local(
+                        refusal::Refusal::Protocol {
+                            error: e.to_string(),
+                        }
+                        .reply(),
+                    );
                     self.close_after_replies();
                     return;
                 }

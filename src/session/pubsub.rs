@@ -23,6 +23,7 @@ use std::collections::HashMap;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::refusal::Refusal;
 use super::{Session, Slot, Target};
 use crate::commands::PubSubCmd;
 use crate::protocol::Command;
@@ -151,16 +152,10 @@ where
         if self.tx.is_some() {
             // Redis queues these and runs them at EXEC; a proxy cannot split
             // a transaction's replies into pushes.
-            return self.refuse_in_tx(Bytes::from(format!(
-                "-ERR cutover: '{}' inside MULTI is not supported\r\n",
-                what.name()
-            )));
+            return self.refuse(Refusal::PubSubInMulti { name: what.name() });
         }
         if what.subscribes() && cmd.len() < 2 {
-            return self.local(Bytes::from(format!(
-                "-ERR wrong number of arguments for '{}' command\r\n",
-                what.name()
-            )));
+            return self.refuse(Refusal::SubscribeArity { name: what.name() });
         }
         let resp3 = self.resp3();
         let table = self.shared.router.load();
@@ -236,13 +231,6 @@ where
                 .push_back(super::Expect::untimed(Target::SubAck(id)));
         }
     }
-}
-
-/// Redis's refusal of a command in the RESP2 subscribed state.
-pub(super) fn subscribed_refusal(name: &str) -> Bytes {
-    Bytes::from(format!(
-        "-ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n"
-    ))
 }
 
 #[cfg(test)]

@@ -1,0 +1,554 @@
+//! Classify → plan: what one client command does, decided by a pure
+//! function of the routing table, the command's table entry, the command
+//! and the little connection state that matters ([`ConnView`]). No
+//! sockets, no counters: unit tests call [`plan`] directly.
+//!
+//! What a plan leaves to execution is what depends on the moment: whether
+//! this client has mirrored writes held (no comparison, no shadow read,
+//! no fallback behind them), whether the other cache is reachable (no
+//! probe or shadow read into a backoff), and the shadow sampling.
+//!
+//! Decision order (each step can end it):
+//!
+//! 1. the table: `[commands] deny`, admin commands `allow` does not name,
+//!    unknown commands under `[commands] unknown`;
+//! 2. the RESP2 subscribed state: only (un)subscribe, PING, QUIT, RESET;
+//! 3. the kind: pub/sub, unsupported, QUIT, connection state, transaction
+//!    control ([`Plan`] variants, executed by their own parts);
+//! 4. reads and writes: the route and phase of the keys (CROSSROUTE when
+//!    their phases differ), the side that answers (a SCAN stays on the
+//!    cache that issued its cursor), the mirror (a dual phase's, or every
+//!    cache for script/function loads), then how ([`How`]).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::refusal::Refusal;
+use crate::commands::{
+    self, CommandSpec, Entry, KeyPositions, Kind, PubSubCmd, StateCmd, Traits, TxCmd,
+};
+use crate::mirror::{self, Effect};
+use crate::protocol::Command;
+use crate::routing::{Phase, RouteStats, RouteTable, Side, UnknownPolicy};
+use crate::shadow::Order;
+
+/// Writes (and shadowed reads) with more keys than this are not compared.
+pub(super) const MAX_COMPARED_KEYS: usize = 16;
+
+/// The connection state a plan depends on.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct ConnView {
+    /// A MULTI is open.
+    pub(super) in_tx: bool,
+    /// Subscribed in RESP2: only a few commands are allowed.
+    pub(super) subscribed_resp2: bool,
+    /// `CLIENT TRACKING` is on: nothing may read on the client's behalf.
+    pub(super) tracking: bool,
+    /// The cache the connection's SCAN iteration runs on.
+    pub(super) scan_side: Option<Side>,
+}
+
+#[derive(Debug)]
+pub(super) enum Plan {
+    /// Answered by the proxy with an error.
+    Refuse(Refusal),
+    /// Answered by the proxy (PING while subscribed in RESP2).
+    Reply(Bytes),
+    /// `+OK`, then close.
+    Quit,
+    PubSub(PubSubCmd),
+    /// A connection-state command, answered by this side (the default
+    /// route's read side) and applied to every connection.
+    State(StateCmd, Side),
+    /// MULTI/EXEC/DISCARD/WATCH/UNWATCH; the side is the default route's
+    /// read side.
+    Tx(TxCmd, Side),
+    Routed(Box<Routed>),
+}
+
+/// A read or write with its route decided.
+#[derive(Debug)]
+pub(super) struct Routed {
+    pub(super) traits: Traits,
+    /// Its table entry (`None`: unknown, forwarded by policy).
+    pub(super) spec: Option<&'static CommandSpec>,
+    pub(super) stats: Arc<RouteStats>,
+    pub(super) route_name: Arc<str>,
+    pub(super) phase: Phase,
+    pub(super) authoritative: Side,
+    pub(super) mirror: Option<Side>,
+    pub(super) write: bool,
+    pub(super) blocking: bool,
+    /// Redis accepts its argument count (a write it will refuse is not
+    /// mirrored, and does not count against a transaction's side).
+    pub(super) arity_ok: bool,
+    pub(super) positions: KeyPositions,
+    /// A SCAN: the cache its iteration runs on from now.
+    pub(super) scan_side: Option<Side>,
+    pub(super) shadow_fraction: f64,
+    pub(super) shadow_repair: bool,
+    pub(super) how: How,
+}
+
+/// How a routed command is carried.
+#[derive(Debug, PartialEq)]
+pub(super) enum How {
+    /// Inside MULTI: queued on the transaction's side; a mirrored write
+    /// is held for the mirror's MULTI block (as its effect, if it has one).
+    Queue(Option<Effect>),
+    /// To the answering side; the mirror gets the effect derived from its
+    /// reply.
+    Effect(Effect),
+    /// To both sides verbatim. `compare`: the two replies may be compared
+    /// (unless writes are held); `probe`: the mirror is first asked
+    /// whether it has the key the write changes in place.
+    Mirror { compare: bool, probe: bool },
+    /// To new; an empty reply is asked of old instead (read fallback).
+    Fallback,
+    /// To the answering side only; `shadow`: the read may be shadowed to
+    /// the other cache and compared this way.
+    Read { shadow: Option<Order> },
+}
+
+/// The route of the keys at `positions` (the default route when there are
+/// none) and their phase (a ramped `read-new` decides per key). Keys
+/// served in different phases cannot be served by one side.
+pub(super) fn resolve(
+    table: &RouteTable,
+    cmd: &Command,
+    positions: &[usize],
+) -> Result<(usize, Phase), Refusal> {
+    let mut keys = positions.iter().filter_map(|&i| cmd.arg(i));
+    let Some(first) = keys.next() else {
+        let route = table.default_route();
+        return Ok((route, table.routes[route].keyless_phase()));
+    };
+    let route = table.route_of(first);
+    let phase = table.routes[route].phase_for(first);
+    for key in keys {
+        let other = table.route_of(key);
+        let other_phase = table.routes[other].phase_for(key);
+        if other_phase != phase {
+            let (a, b) = (&table.routes[route], &table.routes[other]);
+            let detail = if route == other {
+                format!(
+                    "route '{}' is ramping {}% of its keys to read-new: keys needing one side must share a hash tag",
+                    a.name,
+                    a.ramp_percent.unwrap_or(0)
+                )
+            } else {
+                format!("'{}' is {}, '{}' is {}", a.name, phase, b.name, other_phase)
+            };
+            return Err(Refusal::CrossRoute { detail });
+        }
+    }
+    Ok((route, phase))
+}
+
+/// The client's name for a command the table does not know (lowercase,
+/// at most 128 bytes of it).
+pub(super) fn display_name(cmd: &Command) -> String {
+    String::from_utf8_lossy(&cmd.name()[..cmd.name().len().min(128)]).to_lowercase()
+}
+
+/// A table name as a client writes it: `config get`.
+fn shown(name: &str) -> String {
+    name.replace('|', " ")
+}
+
+/// Decides what `cmd` (found in the table as `entry`, if it is) does.
+pub(super) fn plan(
+    table: &RouteTable,
+    entry: Option<&'static Entry>,
+    cmd: &Command,
+    conn: &ConnView,
+) -> Plan {
+    let (kind, traits) = match entry {
+        Some(e) => {
+            let spec = e.spec;
+            if commands::listed(spec, &table.deny) {
+                let name = shown(spec.name);
+                return Plan::Refuse(Refusal::Denied { name });
+            }
+            let kind = commands::classify(spec, cmd);
+            let kind = if e.traits.admin && !matches!(kind, Kind::Unsupported(_)) {
+                if !commands::listed(spec, &table.allow) {
+                    let name = shown(spec.name);
+                    return Plan::Refuse(Refusal::AdminNotAllowed { name });
+                }
+                if e.traits.admin_reads {
+                    Kind::Read
+                } else {
+                    Kind::Write
+                }
+            } else {
+                kind
+            };
+            (kind, e.traits)
+        }
+        None => match table.unknown {
+            UnknownPolicy::Refuse => {
+                let name = display_name(cmd);
+                return Plan::Refuse(Refusal::Unknown { name });
+            }
+            UnknownPolicy::Write => (Kind::Write, Traits::default()),
+            UnknownPolicy::Read => (Kind::Read, Traits::default()),
+        },
+    };
+    let default_side = table.routes[table.default_route()]
+        .keyless_phase()
+        .authoritative();
+    if conn.subscribed_resp2 {
+        match kind {
+            Kind::PubSub(_) | Kind::Quit | Kind::State(StateCmd::Reset) => {}
+            _ if traits.ping && cmd.len() <= 2 => {
+                let arg = cmd.arg(1).unwrap_or_default();
+                let mut reply = format!("*2\r\n$4\r\npong\r\n${}\r\n", arg.len()).into_bytes();
+                reply.extend_from_slice(arg);
+                reply.extend_from_slice(b"\r\n");
+                return Plan::Reply(Bytes::from(reply));
+            }
+            _ => {
+                let name = entry.map_or_else(|| display_name(cmd), |e| e.spec.name.to_string());
+                return Plan::Refuse(Refusal::Subscribed { name });
+            }
+        }
+    }
+    match kind {
+        Kind::PubSub(what) => Plan::PubSub(what),
+        Kind::Unsupported(reason) => {
+            let name = entry.map_or_else(|| display_name(cmd), |e| shown(e.spec.name));
+            Plan::Refuse(Refusal::Unsupported { name, reason })
+        }
+        Kind::Quit => Plan::Quit,
+        Kind::State(state) => Plan::State(state, default_side),
+        Kind::Transaction(t) => Plan::Tx(t, default_side),
+        Kind::Read | Kind::Write => routed(table, entry, traits, kind == Kind::Write, cmd, conn),
+    }
+}
+
+fn routed(
+    table: &RouteTable,
+    entry: Option<&'static Entry>,
+    traits: Traits,
+    write: bool,
+    cmd: &Command,
+    conn: &ConnView,
+) -> Plan {
+    let spec = entry.map(|e| e.spec);
+    let positions = spec
+        .map(|s| commands::key_positions(s, cmd))
+        .unwrap_or_default();
+    let (route_i, phase) = match resolve(table, cmd, &positions) {
+        Ok(r) => r,
+        Err(refusal) => return Plan::Refuse(refusal),
+    };
+    let route = &table.routes[route_i];
+    let blocking = traits.blocking;
+    let mut authoritative = phase.authoritative();
+    let mut scan_side = None;
+    if traits.sticky_cursor {
+        // A cursor only means something on the cache that issued it: a
+        // scan stays on its side even if the route flips.
+        let side = match conn.scan_side {
+            Some(side) if cmd.arg(1) != Some(b"0") => side,
+            _ => authoritative,
+        };
+        scan_side = Some(side);
+        authoritative = side;
+    }
+    let arity_ok = spec.is_none_or(|s| commands::arity_ok(s, cmd.len()));
+    // Mirroring a command Redis will reject for its arity only doubles the
+    // error. Script and function libraries go to every cache some route
+    // uses, so an FCALL or EVALSHA finds them wherever it runs.
+    let mirror = phase
+        .mirror()
+        .or_else(|| {
+            let other = authoritative.other();
+            (traits.loads_code && table.uses(other)).then_some(other)
+        })
+        .filter(|_| write && arity_ok);
+    let effect = match (spec, mirror) {
+        (Some(s), Some(_)) => mirror::effect_of(s.name, cmd),
+        _ => None,
+    };
+    let keys_comparable = (1..=MAX_COMPARED_KEYS).contains(&positions.len());
+    let how = if conn.in_tx {
+        How::Queue(effect)
+    } else if blocking && mirror.is_some() && effect.is_none() {
+        return Plan::Refuse(Refusal::BlockingWrite {
+            name: display_name(cmd),
+            route: route.name.to_string(),
+            phase,
+        });
+    } else if let (Some(_), Some(effect)) = (mirror, &effect) {
+        How::Effect(effect.clone())
+    } else if mirror.is_some() {
+        How::Mirror {
+            // An EVALSHA the mirror may answer NOSCRIPT (and run again as
+            // EVAL) is not compared.
+            compare: spec.is_some() && !traits.evalsha && traits.comparable && keys_comparable,
+            // Not for tracking clients: a read there would make the mirror
+            // send invalidations too.
+            probe: traits.updates_in_place && !conn.tracking,
+        }
+    } else if route.read_fallback
+        && !write
+        && !blocking
+        && phase == Phase::ReadNew
+        && positions.len() == 1
+        && !conn.tracking
+        && traits.falls_back
+    {
+        How::Fallback
+    } else {
+        // Tracking on the other cache would push its invalidations to the
+        // client.
+        let shadow = traits
+            .shadow
+            .filter(|_| !write && !blocking && phase.mirror().is_some() && !conn.tracking)
+            .filter(|_| keys_comparable);
+        How::Read { shadow }
+    };
+    Plan::Routed(Box::new(Routed {
+        traits,
+        spec,
+        stats: route.stats.clone(),
+        route_name: route.name.clone(),
+        phase,
+        authoritative,
+        mirror,
+        write,
+        blocking,
+        arity_ok,
+        positions,
+        scan_side,
+        shadow_fraction: route.shadow_reads,
+        shadow_repair: route.shadow_repair,
+        how,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::{CommandsConfig, RouteConfig, Router};
+
+    fn router(phase: Phase, extra: &str) -> Router {
+        let route = |name: &str, patterns: Option<Vec<String>>, phase| RouteConfig {
+            name: name.into(),
+            patterns,
+            phase,
+            ramp_percent: None,
+            shadow_reads: 0.5,
+            shadow_repair: false,
+            read_fallback: true,
+            auto_cutover: None,
+        };
+        let commands = CommandsConfig {
+            deny: vec!["FLUSHALL".into()],
+            allow: vec![extra.into()],
+            ..CommandsConfig::default()
+        };
+        Router::new(
+            &[
+                route("s", Some(vec!["s:*".into()]), phase),
+                route("default", None, Phase::OldOnly),
+            ],
+            &commands,
+        )
+    }
+
+    fn plan_of(r: &Router, args: &[&str], conn: ConnView) -> Plan {
+        let cmd = Command::from_args(args);
+        plan(&r.load(), commands::entry(&cmd), &cmd, &conn)
+    }
+
+    fn routed(p: Plan) -> Routed {
+        match p {
+            Plan::Routed(r) => *r,
+            other => panic!("not routed: {other:?}"),
+        }
+    }
+
+    fn refusal(p: Plan) -> Refusal {
+        match p {
+            Plan::Refuse(r) => r,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    const NONE: ConnView = ConnView {
+        in_tx: false,
+        subscribed_resp2: false,
+        tracking: false,
+        scan_side: None,
+    };
+
+    #[test]
+    fn a_write_in_dual_write_is_mirrored_and_compared() {
+        let r = routed(plan_of(
+            &router(Phase::DualWrite, ""),
+            &["SET", "s:1", "v"],
+            NONE,
+        ));
+        assert_eq!((r.authoritative, r.mirror), (Side::Old, Some(Side::New)));
+        assert_eq!(
+            r.how,
+            How::Mirror {
+                compare: true,
+                probe: false
+            }
+        );
+        let r = routed(plan_of(
+            &router(Phase::DualWrite, ""),
+            &["HSET", "s:h", "f", "v"],
+            NONE,
+        ));
+        assert_eq!(
+            r.how,
+            How::Mirror {
+                compare: true,
+                probe: true
+            }
+        );
+        let tracking = ConnView {
+            tracking: true,
+            ..NONE
+        };
+        let r = routed(plan_of(
+            &router(Phase::DualWrite, ""),
+            &["HSET", "s:h", "f", "v"],
+            tracking,
+        ));
+        assert_eq!(
+            r.how,
+            How::Mirror {
+                compare: true,
+                probe: false
+            }
+        );
+        let r = routed(plan_of(
+            &router(Phase::DualWrite, ""),
+            &["EVALSHA", "ab", "1", "s:1"],
+            NONE,
+        ));
+        assert_eq!(
+            r.how,
+            How::Mirror {
+                compare: false,
+                probe: false
+            }
+        );
+    }
+
+    #[test]
+    fn effects_queueing_and_unmirrorable_blocking_writes() {
+        let dual = router(Phase::DualWrite, "");
+        let r = routed(plan_of(&dual, &["SPOP", "s:set"], NONE));
+        assert_eq!(r.how, How::Effect(Effect::SPop));
+        let tx = ConnView {
+            in_tx: true,
+            ..NONE
+        };
+        let r = routed(plan_of(&dual, &["SPOP", "s:set"], tx));
+        assert_eq!(r.how, How::Queue(Some(Effect::SPop)));
+        let r = routed(plan_of(&dual, &["BLPOP", "s:q", "0"], NONE));
+        assert!(r.blocking);
+        assert_eq!(r.how, How::Effect(Effect::Pop { left: true }));
+        // A wrong arity is not mirrored: one side answers Redis's error.
+        let r = routed(plan_of(&dual, &["SET", "s:1"], NONE));
+        assert_eq!(r.mirror, None);
+    }
+
+    #[test]
+    fn reads_fall_back_or_are_shadowed_by_phase() {
+        let r = routed(plan_of(&router(Phase::ReadNew, ""), &["GET", "s:1"], NONE));
+        assert_eq!((r.authoritative, r.how), (Side::New, How::Fallback));
+        let r = routed(plan_of(
+            &router(Phase::ReadNew, ""),
+            &["STRLEN", "s:1"],
+            NONE,
+        ));
+        assert_eq!(
+            r.how,
+            How::Read {
+                shadow: Some(Order::AsIs)
+            }
+        );
+        let r = routed(plan_of(
+            &router(Phase::DualWrite, ""),
+            &["HGETALL", "s:1"],
+            NONE,
+        ));
+        assert_eq!(
+            r.how,
+            How::Read {
+                shadow: Some(Order::Pairs)
+            }
+        );
+        let r = routed(plan_of(&router(Phase::NewOnly, ""), &["GET", "s:1"], NONE));
+        assert_eq!(r.how, How::Read { shadow: None });
+        let r = routed(plan_of(
+            &router(Phase::DualWrite, ""),
+            &["TTL", "s:1"],
+            NONE,
+        ));
+        assert_eq!(r.how, How::Read { shadow: None });
+    }
+
+    #[test]
+    fn table_policy_and_subscribed_state() {
+        let r = router(Phase::DualWrite, "CONFIG GET");
+        assert!(matches!(
+            refusal(plan_of(&r, &["FLUSHALL"], NONE)),
+            Refusal::Denied { .. }
+        ));
+        assert!(matches!(
+            refusal(plan_of(&r, &["CONFIG", "SET", "a", "b"], NONE)),
+            Refusal::AdminNotAllowed { .. }
+        ));
+        let get = routed(plan_of(&r, &["CONFIG", "GET", "a"], NONE));
+        assert!(!get.write && get.mirror.is_none());
+        assert!(matches!(
+            refusal(plan_of(&r, &["NOSUCH"], NONE)),
+            Refusal::Unknown { .. }
+        ));
+        let sub = ConnView {
+            subscribed_resp2: true,
+            ..NONE
+        };
+        assert!(matches!(
+            refusal(plan_of(&r, &["GET", "s:1"], sub)),
+            Refusal::Subscribed { .. }
+        ));
+        assert!(matches!(plan_of(&r, &["PING", "x"], sub), Plan::Reply(_)));
+        assert!(matches!(
+            plan_of(&r, &["RESET"], sub),
+            Plan::State(StateCmd::Reset, Side::Old)
+        ));
+    }
+
+    #[test]
+    fn crossroute_and_sticky_scan() {
+        let r = router(Phase::ReadNew, "");
+        assert!(matches!(
+            refusal(plan_of(&r, &["MGET", "s:1", "other"], NONE)),
+            Refusal::CrossRoute { .. }
+        ));
+        let scan = routed(plan_of(&r, &["SCAN", "0"], NONE));
+        assert_eq!(scan.scan_side, Some(Side::Old));
+        let on_new = ConnView {
+            scan_side: Some(Side::New),
+            ..NONE
+        };
+        let more = routed(plan_of(&r, &["SCAN", "17"], on_new));
+        assert_eq!(
+            (more.authoritative, more.scan_side),
+            (Side::New, Some(Side::New))
+        );
+        let restart = routed(plan_of(&r, &["SCAN", "0"], on_new));
+        assert_eq!(restart.authoritative, Side::Old);
+    }
+}
