@@ -19,7 +19,8 @@
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{Ready, Session, Target};
+use super::side::Ready;
+use super::{Session, Target};
 use crate::protocol::{value, Command};
 use crate::repair::RepairJob;
 use crate::routing::{RouteStats, Side};

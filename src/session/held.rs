@@ -7,6 +7,7 @@
 //! did. The wait costs the client nothing: those writes are queued behind
 //! the same command on the authoritative connection too.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -53,6 +54,94 @@ pub(super) struct Held {
     /// authoritative side may already have applied it.
     _keys: Option<Entered>,
     work: Work,
+}
+
+/// This session's held mirrored writes, in the order the client sent them,
+/// and the tickets that name the authoritative replies they wait for.
+#[derive(Debug, Default)]
+pub(super) struct MirrorQueue {
+    held: VecDeque<Held>,
+    /// The last ticket given out (also names subscription waits).
+    ticket: u64,
+}
+
+impl MirrorQueue {
+    /// Nothing held: a mirrored write may go out at once, a read may be
+    /// shadowed or fall back without overtaking one.
+    pub(super) fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    pub(super) fn next_ticket(&mut self) -> u64 {
+        self.ticket += 1;
+        self.ticket
+    }
+
+    /// Holds mirrored commands ready to go, behind those waiting.
+    fn push_ready(&mut self, side: Side, batch: Vec<(Command, Target)>) {
+        let ticket = self.next_ticket();
+        self.held.push_back(Held {
+            ticket,
+            side,
+            db: None,
+            _keys: None,
+            work: Work::Ready(batch),
+        });
+    }
+
+    /// Holds a write that waits for the reply to ticket it returns.
+    fn push_waiting(
+        &mut self,
+        side: Side,
+        db: Option<u32>,
+        keys: Option<Entered>,
+        pending: Pending,
+    ) -> u64 {
+        let ticket = self.next_ticket();
+        self.held.push_back(Held {
+            ticket,
+            side,
+            db,
+            _keys: keys,
+            work: Work::Waiting(pending),
+        });
+        ticket
+    }
+
+    /// The write waiting for `ticket`, with its mirror and database; it
+    /// keeps its place (empty) until [`MirrorQueue::ready`] fills it.
+    fn take_waiting(&mut self, ticket: u64) -> Option<(Side, Option<u32>, Pending)> {
+        let h = self.held.iter_mut().find(|h| h.ticket == ticket)?;
+        match std::mem::replace(&mut h.work, Work::Ready(Vec::new())) {
+            Work::Waiting(pending) => Some((h.side, h.db, pending)),
+            ready => {
+                h.work = ready;
+                None
+            }
+        }
+    }
+
+    /// What the write waiting for `ticket` became.
+    fn ready(&mut self, ticket: u64, batch: Vec<(Command, Target)>) {
+        if let Some(h) = self.held.iter_mut().find(|h| h.ticket == ticket) {
+            h.work = Work::Ready(batch);
+        }
+    }
+
+    /// The oldest batch, once nothing before it waits.
+    fn pop_ready(&mut self) -> Option<(Side, Vec<(Command, Target)>)> {
+        if matches!(self.held.front()?.work, Work::Waiting(_)) {
+            return None;
+        }
+        match self.held.pop_front()? {
+            Held {
+                side,
+                work: Work::Ready(batch),
+                ..
+            } => Some((side, batch)),
+            Held { .. } => None,
+        }
+    }
 }
 
 /// What a mirrored MULTI block becomes once EXEC's reply is known: the
@@ -147,14 +236,7 @@ where
             }
             self.send(side, cmd, Outbound::from(target).compared(compare))
         } else {
-            let ticket = self.next_ticket();
-            self.held.push_back(Held {
-                ticket,
-                side,
-                db: None,
-                _keys: None,
-                work: Work::Ready(vec![(cmd.clone(), target)]),
-            });
+            self.held.push_ready(side, vec![(cmd.clone(), target)]);
             None
         }
     }
@@ -164,22 +246,9 @@ where
     /// flight meanwhile (not for blocking commands, which may wait long and
     /// change nothing until they reply).
     pub(super) fn defer_mirror(&mut self, side: Side, pending: Pending, keys: Option<Keys>) -> u64 {
-        let ticket = self.next_ticket();
         let db = self.current_db();
         let keys = keys.map(|k| self.shared.repairer.inflight.hold(k));
-        self.held.push_back(Held {
-            ticket,
-            side,
-            db,
-            _keys: keys,
-            work: Work::Waiting(pending),
-        });
-        ticket
-    }
-
-    pub(super) fn next_ticket(&mut self) -> u64 {
-        self.ticket += 1;
-        self.ticket
+        self.held.push_waiting(side, db, keys, pending)
     }
 
     /// The authoritative reply for `ticket` arrived (`None`: it never will,
@@ -188,88 +257,89 @@ where
     pub(super) fn resolve_effect(&mut self, ticket: u64, reply: Option<&bytes::Bytes>) {
         let depth = self.shared.limits.max_reply_depth;
         let value = reply.and_then(|r| value::decode(r, depth));
-        if let Some(h) = self.held.iter_mut().find(|h| h.ticket == ticket) {
-            let Work::Waiting(pending) = std::mem::replace(&mut h.work, Work::Ready(Vec::new()))
-            else {
-                return;
-            };
-            let (side, db) = (h.side, h.db);
-            let inflight = &self.shared.repairer.inflight;
-            h.work = Work::Ready(match pending {
-                Pending::One { effect, cmd, stats } => match &value {
-                    Some(v) => {
-                        let cmds = mirror::translate(&effect, &cmd, v);
-                        // One command: its reply is checked.
-                        let mut check = (cmds.len() == 1)
-                            .then(|| mirror::effect::expected(&effect, v))
-                            .flatten()
-                            .map(Box::new);
-                        cmds.into_iter()
-                            .map(|c| {
-                                let w = MirrorWrite {
-                                    stats: stats.clone(),
-                                    from: side.other(),
-                                    db,
-                                    keys: inflight.hold(written_keys(&c)),
-                                    check: check.take(),
-                                };
-                                (c, Target::Mirror(w))
-                            })
-                            .collect()
-                    }
-                    None => {
-                        // Unknown outcome: the mirror may now differ.
-                        RouteStats::bump(&stats.mirror_failed);
-                        RouteStats::bump(&stats.mirrored);
-                        let keys = written_keys(&cmd);
-                        self.shared.repairer.lost(&stats, side.other(), db, &keys);
-                        Vec::new()
-                    }
-                },
+        if let Some((side, db, pending)) = self.held.take_waiting(ticket) {
+            let batch = match pending {
+                Pending::One { effect, cmd, stats } => {
+                    self.effect_commands(side, db, (effect, cmd, stats), value.as_ref())
+                }
                 Pending::Tx(items) => {
                     if value.is_none() {
-                        if let Some(item) = items.first() {
-                            RouteStats::bump(&item.stats.mirror_failed);
-                            RouteStats::bump(&item.stats.mirrored);
-                        }
-                        for item in &items {
-                            let keys = written_keys(&item.cmd);
-                            self.shared
-                                .repairer
-                                .lost(&item.stats, side.other(), db, &keys);
-                        }
+                        self.tx_lost(&items, side, db);
                     }
+                    let inflight = &self.shared.repairer.inflight;
                     resolve_tx(items, value.as_ref(), side, db, inflight)
                 }
-            });
+            };
             // Applied on the authoritative side only now: a copy of one of
             // these keys that read before must not write.
-            if let Work::Ready(batch) = &h.work {
-                for (_, target) in batch {
-                    if let Target::Mirror(w) = target {
-                        for key in w.keys.keys() {
-                            self.shared.repairer.note_write(w.db, key);
-                        }
+            for (_, target) in &batch {
+                if let Target::Mirror(w) = target {
+                    for key in w.keys.keys() {
+                        self.shared.repairer.note_write(w.db, key);
                     }
                 }
             }
+            self.held.ready(ticket, batch);
         }
         self.flush_held();
     }
 
+    /// The mirror's commands for one write mirrored as its effect, given
+    /// the authoritative reply (`None`: unknown, its keys are journalled).
+    fn effect_commands(
+        &self,
+        side: Side,
+        db: Option<u32>,
+        (effect, cmd, stats): (Effect, Command, Arc<RouteStats>),
+        value: Option<&Value>,
+    ) -> Vec<(Command, Target)> {
+        let Some(v) = value else {
+            // Unknown outcome: the mirror may now differ.
+            RouteStats::bump(&stats.mirror_failed);
+            RouteStats::bump(&stats.mirrored);
+            let keys = written_keys(&cmd);
+            self.shared.repairer.lost(&stats, side.other(), db, &keys);
+            return Vec::new();
+        };
+        let inflight = &self.shared.repairer.inflight;
+        let cmds = mirror::translate(&effect, &cmd, v);
+        // One command: its reply is checked.
+        let mut check = (cmds.len() == 1)
+            .then(|| mirror::effect::expected(&effect, v))
+            .flatten()
+            .map(Box::new);
+        cmds.into_iter()
+            .map(|c| {
+                let w = MirrorWrite {
+                    stats: stats.clone(),
+                    from: side.other(),
+                    db,
+                    keys: inflight.hold(written_keys(&c)),
+                    check: check.take(),
+                };
+                (c, Target::Mirror(w))
+            })
+            .collect()
+    }
+
+    /// A mirrored transaction whose EXEC reply never came: its keys are
+    /// journalled (the block counts once).
+    fn tx_lost(&self, items: &[TxItem], side: Side, db: Option<u32>) {
+        if let Some(item) = items.first() {
+            RouteStats::bump(&item.stats.mirror_failed);
+            RouteStats::bump(&item.stats.mirrored);
+        }
+        for item in items {
+            let keys = written_keys(&item.cmd);
+            self.shared
+                .repairer
+                .lost(&item.stats, side.other(), db, &keys);
+        }
+    }
+
+    /// Sends every held batch nothing before it waits for.
     fn flush_held(&mut self) {
-        while let Some(h) = self.held.front() {
-            if matches!(h.work, Work::Waiting(_)) {
-                return;
-            }
-            let Some(Held {
-                side,
-                work: Work::Ready(batch),
-                ..
-            }) = self.held.pop_front()
-            else {
-                return;
-            };
+        while let Some((side, batch)) = self.held.pop_ready() {
             // A batch is all or nothing: never half a MULTI block.
             let unreachable = self.sides[side].is_idle() && !self.shared.upstreams[side].may_try();
             let bytes = batch.iter().map(|(c, _)| c.raw().len()).sum();

@@ -157,6 +157,64 @@ fn shown(name: &str) -> String {
     name.replace('|', " ")
 }
 
+/// The cache a SCAN runs on: a cursor only means something on the cache
+/// that issued it, so an iteration stays there even if the route flips;
+/// cursor 0 starts one on the route's read side.
+fn scan_side(conn: &ConnView, cmd: &Command, read_side: Side) -> Side {
+    match conn.scan_side {
+        Some(side) if cmd.arg(1) != Some(b"0") => side,
+        _ => read_side,
+    }
+}
+
+/// What [`how`] decides on.
+struct Carried<'a> {
+    spec: Option<&'static CommandSpec>,
+    traits: &'a Traits,
+    write: bool,
+    phase: Phase,
+    mirror: Option<Side>,
+    /// How many keys it has.
+    keys: usize,
+    read_fallback: bool,
+    tracking: bool,
+}
+
+/// How a routed command outside MULTI is carried (see [`How`]).
+fn how(c: &Carried<'_>, effect: Option<Effect>) -> How {
+    let traits = c.traits;
+    let keys_comparable = (1..=MAX_COMPARED_KEYS).contains(&c.keys);
+    if let (Some(_), Some(effect)) = (c.mirror, effect) {
+        How::Effect(effect)
+    } else if c.mirror.is_some() {
+        How::Mirror {
+            // An EVALSHA the mirror may answer NOSCRIPT (and run again as
+            // EVAL) is not compared.
+            compare: c.spec.is_some() && !traits.evalsha && traits.comparable && keys_comparable,
+            // Not for tracking clients: a read there would make the mirror
+            // send invalidations too.
+            probe: traits.updates_in_place && !c.tracking,
+        }
+    } else if c.read_fallback
+        && !c.write
+        && !traits.blocking
+        && c.phase == Phase::ReadNew
+        && c.keys == 1
+        && !c.tracking
+        && traits.falls_back
+    {
+        How::Fallback
+    } else {
+        // Tracking on the other cache would push its invalidations to the
+        // client.
+        let shadow = traits
+            .shadow
+            .filter(|_| !c.write && !traits.blocking && c.phase.mirror().is_some() && !c.tracking)
+            .filter(|_| keys_comparable);
+        How::Read { shadow }
+    }
+}
+
 /// Decides what `cmd` (found in the table as `entry`, if it is) does.
 pub(super) fn plan(
     table: &RouteTable,
@@ -246,18 +304,10 @@ fn routed(
     };
     let route = &table.routes[route_i];
     let blocking = traits.blocking;
-    let mut authoritative = phase.authoritative();
-    let mut scan_side = None;
-    if traits.sticky_cursor {
-        // A cursor only means something on the cache that issued it: a
-        // scan stays on its side even if the route flips.
-        let side = match conn.scan_side {
-            Some(side) if cmd.arg(1) != Some(b"0") => side,
-            _ => authoritative,
-        };
-        scan_side = Some(side);
-        authoritative = side;
-    }
+    let scan_side = traits
+        .sticky_cursor
+        .then(|| scan_side(conn, cmd, phase.authoritative()));
+    let authoritative = scan_side.unwrap_or(phase.authoritative());
     let arity_ok = spec.is_none_or(|s| commands::arity_ok(s, cmd.len()));
     // Mirroring a command Redis will reject for its arity only doubles the
     // error. Script and function libraries go to every cache some route
@@ -273,7 +323,6 @@ fn routed(
         (Some(s), Some(_)) => mirror::effect_of(s.name, cmd),
         _ => None,
     };
-    let keys_comparable = (1..=MAX_COMPARED_KEYS).contains(&positions.len());
     let how = if conn.in_tx {
         How::Queue(effect)
     } else if blocking && mirror.is_some() && effect.is_none() {
@@ -282,34 +331,18 @@ fn routed(
             route: route.name.to_string(),
             phase,
         });
-    } else if let (Some(_), Some(effect)) = (mirror, &effect) {
-        How::Effect(effect.clone())
-    } else if mirror.is_some() {
-        How::Mirror {
-            // An EVALSHA the mirror may answer NOSCRIPT (and run again as
-            // EVAL) is not compared.
-            compare: spec.is_some() && !traits.evalsha && traits.comparable && keys_comparable,
-            // Not for tracking clients: a read there would make the mirror
-            // send invalidations too.
-            probe: traits.updates_in_place && !conn.tracking,
-        }
-    } else if route.read_fallback
-        && !write
-        && !blocking
-        && phase == Phase::ReadNew
-        && positions.len() == 1
-        && !conn.tracking
-        && traits.falls_back
-    {
-        How::Fallback
     } else {
-        // Tracking on the other cache would push its invalidations to the
-        // client.
-        let shadow = traits
-            .shadow
-            .filter(|_| !write && !blocking && phase.mirror().is_some() && !conn.tracking)
-            .filter(|_| keys_comparable);
-        How::Read { shadow }
+        let carried = Carried {
+            spec,
+            traits: &traits,
+            write,
+            phase,
+            mirror,
+            keys: positions.len(),
+            read_fallback: route.read_fallback,
+            tracking: conn.tracking,
+        };
+        how(&carried, effect)
     };
     Plan::Routed(Box::new(Routed {
         traits,

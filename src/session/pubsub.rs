@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::refusal::Refusal;
-use super::{Session, Slot, Target};
+use super::{Session, Target};
 use crate::commands::PubSubCmd;
 use crate::protocol::Command;
 use crate::routing::{PerSide, Side};
@@ -35,6 +35,15 @@ pub(super) struct Subscriptions {
     channels: HashMap<Bytes, Side>,
     patterns: HashMap<Bytes, Side>,
     shards: HashMap<Bytes, Side>,
+    /// Subscriptions held on each side's connection.
+    on_side: PerSide<usize>,
+}
+
+/// What one (un)subscribe command changes: the names each side's
+/// connection must be sent, and the confirmations the client gets.
+struct Change {
+    per_side: PerSide<Vec<Bytes>>,
+    confirmations: Vec<u8>,
 }
 
 impl Subscriptions {
@@ -54,6 +63,66 @@ impl Subscriptions {
 
     pub(super) fn clear(&mut self) {
         *self = Subscriptions::default();
+    }
+
+    /// Whether `side`'s connection holds subscriptions (its arrays may be
+    /// messages).
+    pub(super) fn on(&self, side: Side) -> bool {
+        self.on_side[side] > 0
+    }
+
+    /// `side`'s connection dropped: the subscriptions it held are gone.
+    /// Whether it held any.
+    pub(super) fn lost(&mut self, side: Side) -> bool {
+        std::mem::take(&mut self.on_side[side]) > 0
+    }
+
+    /// Applies `what` to `names` (every subscription of the kind for an
+    /// UNSUBSCRIBE without arguments); a new subscription lives on the side
+    /// `side_of` names.
+    fn change(
+        &mut self,
+        what: PubSubCmd,
+        names: Option<Vec<Bytes>>,
+        resp3: bool,
+        side_of: impl Fn(&[u8]) -> Side,
+    ) -> Change {
+        let mut count = self.count(what.shard());
+        let set = match what {
+            PubSubCmd::Subscribe | PubSubCmd::Unsubscribe => &mut self.channels,
+            PubSubCmd::PSubscribe | PubSubCmd::PUnsubscribe => &mut self.patterns,
+            PubSubCmd::SSubscribe | PubSubCmd::SUnsubscribe => &mut self.shards,
+        };
+        let names = names.unwrap_or_else(|| set.keys().cloned().collect());
+        let mut per_side: PerSide<Vec<Bytes>> = PerSide::default();
+        let mut out = Vec::new();
+        for name in &names {
+            if what.subscribes() {
+                let side = match set.get(name) {
+                    Some(side) => *side,
+                    None => {
+                        let side = side_of(name);
+                        set.insert(name.clone(), side);
+                        self.on_side[side] += 1;
+                        count += 1;
+                        side
+                    }
+                };
+                per_side[side].push(name.clone());
+            } else if let Some(side) = set.remove(name) {
+                self.on_side[side] -= 1;
+                count -= 1;
+                per_side[side].push(name.clone());
+            }
+            confirmation(&mut out, resp3, what.name(), Some(name), count);
+        }
+        if names.is_empty() {
+            confirmation(&mut out, resp3, what.name(), None, count);
+        }
+        Change {
+            per_side,
+            confirmations: out,
+        }
     }
 }
 
@@ -158,49 +227,17 @@ where
             return self.refuse(Refusal::SubscribeArity { name: what.name() });
         }
         let resp3 = self.resp3();
+        let names =
+            (cmd.len() > 1).then(|| cmd.args().skip(1).map(Bytes::copy_from_slice).collect());
         let table = self.shared.router.load();
-        let mut count = self.subs.count(what.shard());
-        let set = match what {
-            PubSubCmd::Subscribe | PubSubCmd::Unsubscribe => &mut self.subs.channels,
-            PubSubCmd::PSubscribe | PubSubCmd::PUnsubscribe => &mut self.subs.patterns,
-            PubSubCmd::SSubscribe | PubSubCmd::SUnsubscribe => &mut self.subs.shards,
-        };
-        // The names to act on: the arguments, or every subscription of the
-        // kind for an UNSUBSCRIBE without arguments.
-        let names: Vec<Bytes> = if cmd.len() > 1 {
-            cmd.args().skip(1).map(Bytes::copy_from_slice).collect()
-        } else {
-            set.keys().cloned().collect()
-        };
-        let mut per_side: PerSide<Vec<&[u8]>> = PerSide::default();
-        let mut out = Vec::new();
-        for name in &names {
-            if what.subscribes() {
-                let side = match set.get(name) {
-                    Some(side) => *side,
-                    None => {
-                        let side = table.routes[table.route_of(name)]
-                            .phase_for(name)
-                            .authoritative();
-                        set.insert(name.clone(), side);
-                        self.sub_count[side] += 1;
-                        count += 1;
-                        side
-                    }
-                };
-                per_side[side].push(name);
-            } else if let Some(side) = set.remove(name) {
-                self.sub_count[side] -= 1;
-                count -= 1;
-                per_side[side].push(name);
-            }
-            confirmation(&mut out, resp3, what.name(), Some(name), count);
-        }
+        let change = self.subs.change(what, names, resp3, |name| {
+            table.routes[table.route_of(name)]
+                .phase_for(name)
+                .authoritative()
+        });
         drop(table);
-        if names.is_empty() {
-            confirmation(&mut out, resp3, what.name(), None, count);
-        }
-        let id = self.next_ticket();
+        let (per_side, out) = (change.per_side, change.confirmations);
+        let id = self.held.next_ticket();
         let mut frames_expected = 0;
         for side in Side::BOTH {
             let names = &per_side[side];
@@ -209,7 +246,7 @@ where
             }
             let mut args: Vec<&[u8]> = Vec::with_capacity(names.len() + 1);
             args.push(what.upstream_name());
-            args.extend(names.iter().copied());
+            args.extend(names.iter().map(|n| &n[..]));
             // One confirmation frame per name, duplicates included.
             frames_expected += names.len();
             self.send_subscription(side, &Command::from_args(&args), id, names.len());
@@ -217,8 +254,7 @@ where
         if frames_expected == 0 {
             self.local(Bytes::from(out));
         } else {
-            self.sub_waits.insert(id, (frames_expected, None));
-            self.order.push_back(Slot::Wait(id, Bytes::from(out)));
+            self.order.wait(id, frames_expected, Bytes::from(out));
         }
     }
 
@@ -226,9 +262,7 @@ where
     fn send_subscription(&mut self, side: Side, cmd: &Command, id: u64, frames: usize) {
         self.send(side, cmd, Target::SubAck(id));
         for _ in 1..frames {
-            self.sides[side]
-                .inflight
-                .push_back(super::Expect::untimed(Target::SubAck(id)));
+            self.sides[side].expect_another(Target::SubAck(id));
         }
     }
 }

@@ -52,7 +52,7 @@ pub(super) struct Timing {
 }
 
 impl Expect {
-    pub(super) fn untimed(target: Target) -> Expect {
+    fn untimed(target: Target) -> Expect {
         Expect {
             target,
             deadline: None,
@@ -285,6 +285,12 @@ impl SideConn {
             side: self.side,
             seq: self.sent,
         }
+    }
+
+    /// One more reply frame to the command queued last (a (un)subscribe
+    /// is confirmed once per channel), untimed.
+    pub(super) fn expect_another(&mut self, target: Target) {
+        self.inflight.push_back(Expect::untimed(target));
     }
 
     /// Drops the connection: every client-bound reply still expected

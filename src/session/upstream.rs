@@ -1,0 +1,280 @@
+//! What comes back from a cache: connection events, reply frames matched
+//! to what each command sent there expected ([`super::side::Expect`]),
+//! pub/sub and push frames that answer no command, mirror replies, and a
+//! failed connection turned into errors for the client and journal entries.
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{debug, warn};
+
+use super::side::{Expect, Link, Ready, SideEvent};
+use super::{pubsub, MirrorWrite, Session, Target};
+use crate::error::UpstreamError;
+use crate::protocol::{Command, Reply, ReplyKind};
+use crate::routing::{RouteStats, Side};
+
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    pub(super) fn on_side_event(&mut self, side: Side, ev: SideEvent) {
+        let sc = &mut self.sides[side];
+        match ev {
+            SideEvent::Connected(Ok(conn)) => sc.link = Link::Up(conn),
+            SideEvent::Connected(Err(e)) => self.fail_side(side, e),
+            SideEvent::Wrote(Ok(n)) if n > 0 => sc.wbuf.advance(n),
+            SideEvent::Read(Ok(n)) if n > 0 => self.on_upstream_bytes(side),
+            SideEvent::Wrote(r) | SideEvent::Read(r) => {
+                let upstream = self.shared.upstream(side);
+                let err = match r {
+                    Err(source) => upstream.io_error(source),
+                    Ok(_) => UpstreamError::Closed {
+                        side,
+                        addr: upstream.addr().into(),
+                    },
+                };
+                if let UpstreamError::Tls { .. } = err {
+                    // With TLS 1.3 a cache refuses a client certificate
+                    // after our side of the handshake is done: a connect
+                    // failure all the same, for the backoff and status.
+                    upstream.record_failure(&err);
+                }
+                self.fail_side(side, err);
+            }
+        }
+    }
+
+    pub(super) fn on_upstream_bytes(&mut self, side: Side) {
+        loop {
+            let sc = &mut self.sides[side];
+            let reply = match sc.scanner.next(&mut sc.rbuf) {
+                Ok(Some(r)) => r,
+                Ok(None) => return,
+                Err(source) => {
+                    let addr = self.shared.upstream(side).addr().into();
+                    return self.fail_side(side, UpstreamError::Protocol { side, addr, source });
+                }
+            };
+            let Some(reply) = self.out_of_band(side, reply) else {
+                continue;
+            };
+            let Some(expect) = self.sides[side].inflight.pop_front() else {
+                let addr = self.shared.upstream(side).addr().into();
+                warn!(%side, "reply with no command waiting for it; dropping the connection");
+                return self.fail_side(side, UpstreamError::Closed { side, addr });
+            };
+            self.on_reply(side, expect, reply);
+        }
+    }
+
+    /// Takes care of a frame that answers no command (a pub/sub message,
+    /// a subscription confirmation, an out-of-band push); `None` when it
+    /// was one.
+    pub(super) fn out_of_band(&mut self, side: Side, reply: Reply) -> Option<Reply> {
+        let sc = &mut self.sides[side];
+        let awaiting_ack = matches!(
+            sc.inflight.front(),
+            Some(Expect {
+                target: Target::SubAck(_),
+                ..
+            })
+        );
+        let pubsub = self.subs.on(side) || awaiting_ack;
+        if reply.kind != ReplyKind::Push && !pubsub {
+            return Some(reply);
+        }
+        match pubsub::frame_kind(&reply.bytes) {
+            pubsub::FrameKind::Confirmation if awaiting_ack => {
+                let Some(Expect {
+                    target: Target::SubAck(id),
+                    ..
+                }) = sc.inflight.pop_front()
+                else {
+                    unreachable!("checked above")
+                };
+                self.sub_ack(id, None);
+                None
+            }
+            // A message can only follow the replies to everything sent
+            // before the subscription; in RESP2 an array is a message only
+            // when no other reply is due.
+            pubsub::FrameKind::Message
+                if reply.kind == ReplyKind::Push || sc.inflight.is_empty() || awaiting_ack =>
+            {
+                if !self.client_gone {
+                    self.out.extend_from_slice(&reply.bytes);
+                }
+                None
+            }
+            _ if reply.kind == ReplyKind::Push => {
+                // Out of band (invalidations, ...): never the reply to a
+                // command, but never ahead of one this side sent before it
+                // either: an invalidation overtaking the reply to an
+                // earlier read would leave a client cache holding the value
+                // it invalidates.
+                if !self.client_gone {
+                    match self.sides[side].ready.back_mut() {
+                        Some(Ready::Done(last)) => {
+                            let mut joined =
+                                BytesMut::with_capacity(last.len() + reply.bytes.len());
+                            joined.extend_from_slice(last);
+                            joined.extend_from_slice(&reply.bytes);
+                            *last = joined.freeze();
+                        }
+                        Some(Ready::Pending(pushes)) => pushes.push(reply.bytes),
+                        None => self.out.extend_from_slice(&reply.bytes),
+                    }
+                }
+                None
+            }
+            _ => Some(reply),
+        }
+    }
+
+    /// The reply to the command `expect` describes arrived from `side`.
+    pub(super) fn on_reply(&mut self, side: Side, expect: Expect, reply: Reply) {
+        expect.observe(side);
+        if let Some(id) = expect.compare {
+            self.compare_reply(id, side, &reply.bytes);
+        }
+        match expect.target {
+            Target::Client { state } => {
+                if state {
+                    self.confirm_state(side, !reply.is_error());
+                }
+                self.sides[side].ready.push_back(Ready::Done(reply.bytes));
+            }
+            Target::Effect(ticket) => {
+                let value = (!reply.is_error()).then_some(&reply.bytes);
+                self.resolve_effect(ticket, value);
+                self.sides[side].ready.push_back(Ready::Done(reply.bytes));
+            }
+            Target::MirrorEvalSha(w, cmd) if reply.bytes.starts_with(b"-NOSCRIPT") => {
+                self.retry_script(side, w, &cmd);
+            }
+            Target::Mirror(w) | Target::MirrorEvalSha(w, _) => {
+                self.on_mirror_reply(side, &w, expect.compare.is_some(), &reply)
+            }
+            Target::FallbackNew(read) if !reply.is_error() => {
+                self.fallback_reply(*read, reply.bytes);
+            }
+            Target::FallbackNew(_) => {
+                self.sides[side].ready.push_back(Ready::Done(reply.bytes));
+            }
+            Target::FallbackOld(f) => self.fallback_filled(*f, Some(reply.bytes)),
+            Target::Shadow(_) => {}
+            Target::Probe(id) => {
+                if &reply.bytes[..] == b":0\r\n" {
+                    self.compare_missing(id);
+                }
+            }
+            Target::SubAck(id) => {
+                // An error instead of a confirmation (an ACL refusal): it
+                // answers the whole command.
+                let sc = &mut self.sides[side];
+                while matches!(sc.inflight.front(), Some(Expect { target: Target::SubAck(i), .. }) if *i == id)
+                {
+                    sc.inflight.pop_front();
+                }
+                self.sub_ack(id, Some(reply.bytes));
+            }
+            Target::Quiet(what) => {
+                if reply.is_error() {
+                    warn!(%side, what, reply = %String::from_utf8_lossy(&reply.bytes).trim_end(), "upstream refused a command the proxy sent");
+                }
+            }
+        }
+    }
+
+    /// The mirror answered a mirrored write: counted, checked against the
+    /// effect it should have had, its keys journalled when it failed and
+    /// no comparison will copy them.
+    pub(super) fn on_mirror_reply(
+        &mut self,
+        side: Side,
+        w: &MirrorWrite,
+        compared: bool,
+        reply: &Reply,
+    ) {
+        if let Some(expected) = &w.check {
+            self.check_effect(w, expected, &reply.bytes);
+        }
+        if reply.is_error() {
+            RouteStats::bump(&w.stats.mirror_errors);
+            // A compared or checked write is copied if the authoritative
+            // side did not fail alike.
+            if !compared && w.check.is_none() {
+                self.journal_lost(w);
+            }
+            debug!(%side, reply = %String::from_utf8_lossy(&reply.bytes).trim_end(), "mirror replied with an error");
+        } else {
+            RouteStats::bump(&w.stats.mirror_ok);
+        }
+    }
+
+    /// Drops the connection to `side`: the client gets an error for each
+    /// reply it was waiting for from it, mirrored writes count as failed.
+    pub(super) fn fail_side(&mut self, side: Side, err: UpstreamError) {
+        let reply = err.reply();
+        let depth = self.shared.limits.max_reply_depth;
+        let lost = self.sides[side].fail(&reply, depth);
+        let (lost_mirrors, failed_replies) = (lost.writes.len(), lost.failed_replies);
+        // Failures while connecting are logged once per outage by the
+        // upstream; a dropped connection is worth a warning when it cost
+        // something.
+        if (lost_mirrors > 0 || failed_replies > 0) && !lost.was_connecting {
+            warn!(error = %err, lost_mirrors, failed_replies, "upstream connection dropped");
+        } else {
+            debug!(error = %err, lost_mirrors, failed_replies, "upstream connection dropped");
+        }
+        for w in &lost.writes {
+            self.journal_lost(w);
+        }
+        for f in lost.fallbacks {
+            self.fallback_filled(f, None);
+        }
+        self.compares.abandon();
+        // Their replies will never come: they were not applied.
+        self.pending_state.retain(|(s, _, _)| *s != side);
+        if let Some(tx) = self.tx.as_mut().filter(|t| t.side == Some(side)) {
+            tx.lost = true;
+            tx.aborted = true;
+        }
+        if self.watch_side == Some(side) {
+            self.watch_side = None;
+        }
+        for ticket in lost.effects {
+            self.resolve_effect(ticket, None);
+        }
+        for id in lost.acks {
+            self.sub_ack(id, Some(reply.clone()));
+        }
+        // Subscriptions held there are gone and the client cannot be told
+        // in-band: close it, as a dead Redis would, so it resubscribes.
+        if self.subs.lost(side) {
+            warn!(%side, "upstream holding this client's subscriptions dropped; closing the client");
+            self.close_after_replies();
+        }
+    }
+
+    /// The mirror does not know the script an EVALSHA named: run it there as
+    /// EVAL with the body seen earlier (which also loads it), or count it.
+    pub(super) fn retry_script(&mut self, side: Side, w: MirrorWrite, evalsha: &Command) {
+        let stats = &w.stats;
+        let body = evalsha.arg(1).and_then(|sha| self.shared.scripts.body(sha));
+        let Some(body) = body else {
+            RouteStats::bump(&stats.script_unknown);
+            RouteStats::bump(&stats.mirror_errors);
+            self.journal_lost(&w);
+            warn!(%side, "EVALSHA of a script the mirror lacks and the proxy never saw; not applied on the mirror");
+            return;
+        };
+        RouteStats::bump(&stats.script_retries);
+        // The retry stands in for the original: counted when it is answered.
+        let mut args: Vec<&[u8]> = evalsha.args().collect();
+        args[0] = b"EVAL";
+        args[1] = &body;
+        self.send(side, &Command::from_args(&args), Target::Mirror(w));
+    }
+}
