@@ -41,7 +41,9 @@
 pub mod admin;
 pub mod auth;
 pub mod backfill;
+pub mod backoff;
 pub mod commands;
+pub mod compare;
 pub mod config;
 pub mod control;
 pub mod error;

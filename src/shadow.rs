@@ -23,20 +23,12 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-use crate::protocol::{value, Value};
+pub use crate::compare::Order;
+use crate::compare::{empty, normal_read};
+use crate::protocol::value;
 
 /// Compared reads the agreement ratio is taken over.
 pub const WINDOW: usize = 1000;
-
-/// How a shadowed read's replies are compared.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Order {
-    AsIs,
-    /// Field/value pairs (`HGETALL`) compared as a set of pairs.
-    Pairs,
-    /// Elements compared as a set.
-    Unordered,
-}
 
 /// Whether reads of the table command `name` are shadowed, and how.
 pub fn order_for(name: &str) -> Option<Order> {
@@ -59,42 +51,6 @@ pub enum Outcome {
     Differ,
 }
 
-/// Whether a reply says "nothing there": nil, 0, an empty array or map, an
-/// array of nils (`HMGET`), `none` (`TYPE`).
-pub fn empty(v: &Value) -> bool {
-    match v {
-        Value::Nil => true,
-        Value::Int(0) => true,
-        Value::Array(a) => a.is_empty() || a.iter().all(|e| matches!(e, Value::Nil)),
-        Value::Map(m) => m.is_empty(),
-        Value::Str(s) => s.as_ref() == b"none",
-        _ => false,
-    }
-}
-
-/// Flattens RESP3 shapes (maps, booleans) so RESP2 and RESP3 replies of
-/// equal data are equal, then orders what `order` says is unordered.
-pub(crate) fn normal(v: Value, order: Order) -> Value {
-    let v = match v {
-        Value::Map(pairs) => Value::Array(pairs.into_iter().flat_map(|(k, v)| [k, v]).collect()),
-        Value::Bool(b) => Value::Int(i64::from(b)),
-        other => other,
-    };
-    let Value::Array(items) = v else { return v };
-    let mut items: Vec<Value> = items.into_iter().map(|i| normal(i, Order::AsIs)).collect();
-    let key = |v: &Value| format!("{v:?}");
-    match order {
-        Order::AsIs => {}
-        Order::Unordered => items.sort_by_key(key),
-        Order::Pairs => {
-            let mut pairs: Vec<Vec<Value>> = items.chunks(2).map(<[Value]>::to_vec).collect();
-            pairs.sort_by_key(|p| p.iter().map(key).collect::<Vec<_>>());
-            items = pairs.into_iter().flatten().collect();
-        }
-    }
-    Value::Array(items)
-}
-
 /// Compares the authoritative reply with the other cache's.
 pub fn classify(authoritative: &Bytes, other: &Bytes, order: Order, depth: usize) -> Outcome {
     if authoritative == other {
@@ -109,7 +65,7 @@ pub fn classify(authoritative: &Bytes, other: &Bytes, order: Order, depth: usize
     if empty(&o) && !empty(&a) {
         return Outcome::Missing;
     }
-    if normal(a, order) == normal(o, order) {
+    if normal_read(a, order) == normal_read(o, order) {
         Outcome::Agree
     } else {
         Outcome::Differ

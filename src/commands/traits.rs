@@ -7,7 +7,8 @@
 
 use super::spec::CommandSpec;
 use super::{admin_reads, is_admin, is_blocking, loads_code, updates_in_place};
-use crate::shadow::{self, Order};
+use crate::compare::Order;
+use crate::shadow;
 
 /// The decisions of one table entry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

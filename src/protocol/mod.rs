@@ -29,3 +29,9 @@ pub enum ProtocolError {
     #[error("Protocol error: too big inline request")]
     TooBigInline,
 }
+
+/// A reply (or any frame) as one line of text for a log or an error
+/// message: lossy UTF-8, its line end trimmed.
+pub fn text(frame: &[u8]) -> String {
+    String::from_utf8_lossy(frame).trim_end().to_string()
+}

@@ -35,8 +35,9 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
+use crate::backoff::Backoff;
 use crate::error::UpstreamError;
-use crate::protocol::{value, Command, Value};
+use crate::protocol::{text, value, Command, Value};
 use crate::routing::PerSide;
 use crate::routing::{RouteStats, Side};
 use crate::upstream::client::Client;
@@ -50,7 +51,7 @@ pub const MAX_ATTEMPTS: u8 = 10;
 const SETTLE_MAX: Duration = Duration::from_secs(1);
 /// After a copy could not reach a cache, copies involving it are journalled
 /// without trying for this long, doubling per failure up to the max.
-const SIDE_RETRY_MIN: Duration = Duration::from_millis(250);
+const SIDE_RETRY_MIN: Duration = Duration::from_millis(500);
 const SIDE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// One key to copy from `from` to the other side.
@@ -92,9 +93,8 @@ pub struct Repairer {
     pending_keys: AtomicUsize,
     seq: AtomicU64,
     /// Per cache, after copies failed to reach it: until when copies
-    /// involving it are journalled without trying, and how many times in
-    /// a row it failed.
-    down: Mutex<PerSide<Option<(Instant, u32)>>>,
+    /// involving it are journalled without trying.
+    down: Mutex<PerSide<Backoff>>,
 }
 
 impl Repairer {
@@ -107,7 +107,9 @@ impl Repairer {
             pending: Mutex::new(HashMap::new()),
             pending_keys: AtomicUsize::new(0),
             seq: AtomicU64::new(0),
-            down: Mutex::default(),
+            down: Mutex::new(PerSide::from_fn(|_| {
+                Backoff::new(SIDE_RETRY_MIN, SIDE_RETRY_MAX)
+            })),
         };
         (r, rx)
     }
@@ -123,20 +125,16 @@ impl Repairer {
     /// Whether copies may try `side` now (it did not just fail them).
     pub fn side_usable(&self, side: Side) -> bool {
         let down = self.down.lock().unwrap_or_else(|e| e.into_inner());
-        down[side].is_none_or(|(until, _)| Instant::now() >= until)
+        down[side].may_try(Instant::now())
     }
 
     fn side_failed(&self, side: Side) {
         let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
-        let rounds = down[side].map_or(0, |(_, n)| n) + 1;
-        let wait = SIDE_RETRY_MIN
-            .saturating_mul(1 << rounds.min(5))
-            .min(SIDE_RETRY_MAX);
-        down[side] = Some((Instant::now() + wait, rounds));
+        down[side].fail(Instant::now());
     }
 
     fn side_ok(&self, side: Side) {
-        self.down.lock().unwrap_or_else(|e| e.into_inner())[side] = None;
+        self.down.lock().unwrap_or_else(|e| e.into_inner())[side].reset();
     }
 
     /// Mirrored writes to `keys` were lost: journal them for a copy from
@@ -181,10 +179,8 @@ impl Repairer {
         match self.tx.try_send(queued) {
             Ok(()) => true,
             Err(e) => {
-                let job = e.into_inner().job;
-                self.finish(&job);
                 RouteStats::bump(&stats.repair_dropped);
-                self.lost(&stats, job.from, job.db, std::slice::from_ref(&job.key));
+                self.postpone(&e.into_inner().job);
                 false
             }
         }
@@ -249,6 +245,13 @@ impl Repairer {
         if keys.is_empty() {
             map.remove(&db);
         }
+    }
+
+    /// Ends a queued copy without copying: its key goes to the journal,
+    /// copied once both caches take copies again.
+    fn postpone(&self, job: &RepairJob) {
+        self.finish(job);
+        self.lost(&job.stats, job.from, job.db, std::slice::from_ref(&job.key));
     }
 
     fn finish(&self, job: &RepairJob) {
@@ -328,10 +331,6 @@ async fn call_in(
     }
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).trim_end().to_string()
-}
-
 /// Runs the copies until shutdown.
 pub async fn run(
     copier: Copier,
@@ -350,9 +349,7 @@ pub async fn run(
         if !repairer.side_usable(from) || !repairer.side_usable(to) {
             // A cache that just failed copies: keep the key for later
             // instead of waiting out a timeout per key.
-            repairer.finish(&q.job);
-            let job = &q.job;
-            repairer.lost(&stats, job.from, job.db, std::slice::from_ref(&job.key));
+            repairer.postpone(&q.job);
             continue;
         }
         // Start first: a write reported after it is seen by the checks,
@@ -381,19 +378,15 @@ pub async fn run(
                     ..q
                 };
                 if let Err(e) = repairer.tx.try_send(again) {
-                    let job = e.into_inner().job;
                     RouteStats::bump(&stats.repair_dropped);
-                    repairer.finish(&job);
-                    repairer.lost(&stats, job.from, job.db, std::slice::from_ref(&job.key));
+                    repairer.postpone(&e.into_inner().job);
                 }
             }
             Ok(_) => {
                 RouteStats::bump(&stats.repair_skipped);
                 RouteStats::bump(&stats.repair_failed);
                 warn!(from = %q.job.from, attempts = MAX_ATTEMPTS, "repair copy gave up for now: the key was written during every attempt; journalled");
-                repairer.finish(&q.job);
-                let job = &q.job;
-                repairer.lost(&stats, job.from, job.db, std::slice::from_ref(&job.key));
+                repairer.postpone(&q.job);
             }
             Err(e) => match e.retry_side() {
                 Some(side) => {
@@ -401,9 +394,7 @@ pub async fn run(
                     // journal retries once it is back.
                     repairer.side_failed(side);
                     debug!(from = %q.job.from, error = %e, "repair copy could not reach a cache; journalled");
-                    repairer.finish(&q.job);
-                    let job = &q.job;
-                    repairer.lost(&stats, job.from, job.db, std::slice::from_ref(&job.key));
+                    repairer.postpone(&q.job);
                 }
                 None => {
                     RouteStats::bump(&stats.repair_failed);
@@ -551,70 +542,9 @@ pub(crate) fn restore(key: &[u8], payload: &[u8], pttl: i64, replace: bool) -> C
     Command::from_args(&args)
 }
 
-/// Whether two replies to the same write say the same, across RESP2/RESP3
-/// shapes (maps as flat arrays, booleans as 0/1, doubles and big numbers as
-/// their text), and errors agreeing on their code (`WRONGTYPE`, `ERR`).
-pub fn replies_agree(a: &Bytes, b: &Bytes, depth: usize) -> bool {
-    if a == b {
-        return true;
-    }
-    match (value::decode(a, depth), value::decode(b, depth)) {
-        (Some(x), Some(y)) => normal(x) == normal(y),
-        _ => false,
-    }
-}
-
-/// Whether the mirror's reply to a write mirrored as its effect is the one
-/// it gives when it held what the authoritative side did.
-pub fn effect_agrees(expected: &Value, reply: &Bytes, depth: usize) -> bool {
-    value::decode(reply, depth).is_some_and(|v| normal(v) == normal(expected.clone()))
-}
-
-fn normal(v: Value) -> Value {
-    match v {
-        Value::Bool(b) => Value::Int(i64::from(b)),
-        Value::Error(e) => {
-            let code = e.split(|&c| c == b' ').next().unwrap_or_default();
-            Value::Error(Bytes::copy_from_slice(code))
-        }
-        Value::Array(items) => Value::Array(items.into_iter().map(normal).collect()),
-        Value::Map(pairs) => Value::Array(
-            pairs
-                .into_iter()
-                .flat_map(|(k, v)| [normal(k), normal(v)])
-                .collect(),
-        ),
-        other => other,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn replies_compare_across_protocols() {
-        let agree = |a: &str, b: &str| {
-            replies_agree(
-                &Bytes::copy_from_slice(a.as_bytes()),
-                &Bytes::copy_from_slice(b.as_bytes()),
-                8,
-            )
-        };
-        assert!(agree(":1\r\n", ":1\r\n"));
-        assert!(!agree(":2\r\n", ":1\r\n"));
-        assert!(agree("$-1\r\n", "_\r\n"));
-        assert!(agree(
-            "*2\r\n$1\r\na\r\n$1\r\nb\r\n",
-            "%1\r\n$1\r\na\r\n$1\r\nb\r\n"
-        ));
-        assert!(agree("#t\r\n", ":1\r\n"));
-        assert!(agree(
-            "-WRONGTYPE Operation x\r\n",
-            "-WRONGTYPE other text\r\n"
-        ));
-        assert!(!agree("-ERR x\r\n", "+OK\r\n"));
-    }
 
     #[test]
     fn a_key_in_its_last_millisecond_is_not_restored_persistent() {

@@ -12,22 +12,20 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
+use super::refusal::Refusal;
 use super::Session;
 use crate::auth::Users;
 use crate::protocol::request::string2ll;
 use crate::protocol::Command;
 
-const NOAUTH: &[u8] = b"-NOAUTH Authentication required.\r\n";
-const NOAUTH_HELLO: &[u8] = b"-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n";
-const WRONGPASS: &[u8] = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n";
-
 /// What the gate does with one client command.
 enum Gate {
     /// On to routing, unchanged.
     Pass(Command),
-    /// Answered by the proxy.
-    Answer(&'static [u8]),
-    AnswerOwned(Bytes),
+    /// Accepted by the proxy: `+OK`.
+    Ok,
+    /// Refused by the proxy.
+    Refuse(Refusal),
 }
 
 fn is(cmd: &Command, name: &[u8]) -> bool {
@@ -63,16 +61,16 @@ where
         } else if self.authenticated || is(&cmd, b"quit") {
             Gate::Pass(cmd)
         } else {
-            Gate::Answer(NOAUTH)
+            Gate::Refuse(Refusal::NoAuth)
         };
         match gate {
             Gate::Pass(cmd) => Some(cmd),
-            Gate::Answer(reply) => {
-                self.local(Bytes::from_static(reply));
+            Gate::Ok => {
+                self.local(Bytes::from_static(b"+OK\r\n"));
                 None
             }
-            Gate::AnswerOwned(reply) => {
-                self.local(reply);
+            Gate::Refuse(refusal) => {
+                self.local(refusal.reply());
                 None
             }
         }
@@ -96,15 +94,13 @@ where
         let (user, pass) = match (cmd.len(), cmd.arg(1), cmd.arg(2)) {
             (2, Some(pass), _) => (&b"default"[..], pass),
             (3, Some(user), Some(pass)) => (user, pass),
-            (1, ..) => {
-                return Gate::Answer(b"-ERR wrong number of arguments for 'auth' command\r\n")
-            }
-            _ => return Gate::Answer(b"-ERR syntax error\r\n"),
+            (1, ..) => return Gate::Refuse(Refusal::Arity { name: "auth" }),
+            _ => return Gate::Refuse(Refusal::Syntax),
         };
         if self.login(users, user, pass) {
-            Gate::Answer(b"+OK\r\n")
+            Gate::Ok
         } else {
-            Gate::Answer(WRONGPASS)
+            Gate::Refuse(Refusal::WrongPass)
         }
     }
 
@@ -115,12 +111,8 @@ where
         if let Some(v) = cmd.arg(1) {
             match string2ll(v) {
                 Some(2 | 3) => {}
-                Some(_) => return Gate::Answer(b"-NOPROTO unsupported protocol version\r\n"),
-                None => {
-                    return Gate::Answer(
-                        b"-ERR Protocol version is not an integer or out of range\r\n",
-                    )
-                }
+                Some(_) => return Gate::Refuse(Refusal::NoProto),
+                None => return Gate::Refuse(Refusal::ProtoVersion),
             }
         }
         let mut credentials = None;
@@ -135,21 +127,20 @@ where
                 rest.extend(cmd.arg(i).into_iter().chain(cmd.arg(i + 1)));
                 i += 2;
             } else {
-                return Gate::AnswerOwned(Bytes::from(format!(
-                    "-ERR Syntax error in HELLO option '{}'\r\n",
-                    String::from_utf8_lossy(opt).replace(['\r', '\n'], " ")
-                )));
+                return Gate::Refuse(Refusal::HelloOption {
+                    option: String::from_utf8_lossy(opt).into_owned(),
+                });
             }
         }
         match credentials {
             Some((user, pass)) => {
                 if !self.login(users, user, pass) {
-                    return Gate::Answer(WRONGPASS);
+                    return Gate::Refuse(Refusal::WrongPass);
                 }
                 Gate::Pass(Command::from_args(&rest))
             }
             None if self.authenticated => Gate::Pass(cmd),
-            None => Gate::Answer(NOAUTH_HELLO),
+            None => Gate::Refuse(Refusal::NoAuthHello),
         }
     }
 }

@@ -19,8 +19,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{MirrorWrite, Session, ShadowSlot};
 use crate::commands::{self, CommandSpec};
+use crate::compare::{effect_agrees, replies_agree};
 use crate::protocol::{Command, Value};
-use crate::repair::{effect_agrees, replies_agree, RepairJob};
+use crate::repair::RepairJob;
 use crate::routing::{PerSide, RouteStats, Side};
 use crate::shadow::{self, Order, Outcome};
 use std::sync::atomic::Ordering as AtomicOrdering;

@@ -54,7 +54,7 @@ where
     /// ask old and keep its place.
     pub(super) fn fallback_reply(&mut self, read: FallbackRead, reply: Bytes) {
         let depth = self.shared.limits.max_reply_depth;
-        let missed = value::decode(&reply, depth).is_some_and(|v| crate::shadow::empty(&v));
+        let missed = value::decode(&reply, depth).is_some_and(|v| crate::compare::empty(&v));
         let old = Side::Old;
         let can = missed
             && self.held.is_empty()
@@ -82,7 +82,7 @@ where
         let depth = self.shared.limits.max_reply_depth;
         let useful = reply.as_ref().is_some_and(|r| {
             value::decode(r, depth)
-                .is_some_and(|v| !crate::shadow::empty(&v) && !matches!(v, value::Value::Error(_)))
+                .is_some_and(|v| !crate::compare::empty(&v) && !matches!(v, value::Value::Error(_)))
         });
         let answer = match reply {
             Some(r) if useful => {

@@ -28,10 +28,10 @@ use super::refusal::Refusal;
 use crate::commands::{
     self, CommandSpec, Entry, KeyPositions, Kind, PubSubCmd, StateCmd, Traits, TxCmd,
 };
+use crate::compare::Order;
 use crate::mirror::{self, Effect};
 use crate::protocol::Command;
 use crate::routing::{Phase, RouteStats, RouteTable, Side, UnknownPolicy};
-use crate::shadow::Order;
 
 /// Writes (and shadowed reads) with more keys than this are not compared.
 pub(super) const MAX_COMPARED_KEYS: usize = 16;

@@ -224,7 +224,7 @@ where
             return self.refuse(Refusal::PubSubInMulti { name: what.name() });
         }
         if what.subscribes() && cmd.len() < 2 {
-            return self.refuse(Refusal::SubscribeArity { name: what.name() });
+            return self.refuse(Refusal::Arity { name: what.name() });
         }
         let resp3 = self.resp3();
         let names =

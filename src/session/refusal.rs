@@ -34,8 +34,23 @@ pub(super) enum Refusal {
     StateInMulti { name: String },
     /// `(P|S)(UN)SUBSCRIBE` inside MULTI.
     PubSubInMulti { name: &'static str },
-    /// `(P|S)SUBSCRIBE` without a channel (Redis's arity error).
-    SubscribeArity { name: &'static str },
+    /// Redis's arity error (`(P|S)SUBSCRIBE` without a channel, `AUTH`
+    /// without a password).
+    Arity { name: &'static str },
+    /// Redis's: AUTH with too many arguments.
+    Syntax,
+    /// Redis's, with `[auth]`: a command before authenticating.
+    NoAuth,
+    /// Redis's, with `[auth]`: HELLO without AUTH before authenticating.
+    NoAuthHello,
+    /// Redis's, with `[auth]`: a wrong user or password.
+    WrongPass,
+    /// Redis's: HELLO with a protocol version other than 2 or 3.
+    NoProto,
+    /// Redis's: HELLO with a protocol version that is not a number.
+    ProtoVersion,
+    /// Redis's: HELLO with an option it does not know.
+    HelloOption { option: String },
     /// The connection to the transaction's cache dropped while queueing.
     TxLost { name: Option<String> },
     /// A command of an open MULTI served by the other cache than the
@@ -127,8 +142,21 @@ impl fmt::Display for Refusal {
             Refusal::PubSubInMulti { name } => {
                 write!(f, "-ERR cutover: '{name}' inside MULTI is not supported")
             }
-            Refusal::SubscribeArity { name } => {
+            Refusal::Arity { name } => {
                 write!(f, "-ERR wrong number of arguments for '{name}' command")
+            }
+            Refusal::Syntax => f.write_str("-ERR syntax error"),
+            Refusal::NoAuth => f.write_str("-NOAUTH Authentication required."),
+            Refusal::NoAuthHello => f.write_str("-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time"),
+            Refusal::WrongPass => {
+                f.write_str("-WRONGPASS invalid username-password pair or user is disabled.")
+            }
+            Refusal::NoProto => f.write_str("-NOPROTO unsupported protocol version"),
+            Refusal::ProtoVersion => {
+                f.write_str("-ERR Protocol version is not an integer or out of range")
+            }
+            Refusal::HelloOption { option } => {
+                write!(f, "-ERR Syntax error in HELLO option '{option}'")
             }
             Refusal::TxLost { name: Some(name) } => write!(
                 f,
@@ -183,12 +211,34 @@ mod tests {
             "-EXECABORT Transaction discarded because of previous errors.\r\n"
         );
         assert_eq!(
-            wire(Refusal::SubscribeArity { name: "subscribe" }),
+            wire(Refusal::Arity { name: "subscribe" }),
             "-ERR wrong number of arguments for 'subscribe' command\r\n"
         );
         assert_eq!(
             wire(Refusal::Subscribed { name: "get".into() }),
             "-ERR Can't execute 'get': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n"
+        );
+    }
+
+    #[test]
+    fn auth_texts_are_redis_own() {
+        assert_eq!(
+            wire(Refusal::NoAuth),
+            "-NOAUTH Authentication required.\r\n"
+        );
+        assert_eq!(
+            wire(Refusal::WrongPass),
+            "-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+        );
+        assert_eq!(
+            wire(Refusal::HelloOption {
+                option: "bogus\r\n".into()
+            }),
+            "-ERR Syntax error in HELLO option 'bogus  '\r\n"
+        );
+        assert_eq!(
+            wire(Refusal::NoProto),
+            "-NOPROTO unsupported protocol version\r\n"
         );
     }
 

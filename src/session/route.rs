@@ -176,7 +176,7 @@ where
         &mut self,
         cmd: Command,
         r: &Routed,
-        order: crate::shadow::Order,
+        order: crate::compare::Order,
         out: Outbound,
     ) {
         let other = r.authoritative.other();

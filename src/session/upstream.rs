@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 use super::side::{Expect, Link, Ready, SideEvent};
 use super::{pubsub, MirrorWrite, Session, Target};
 use crate::error::UpstreamError;
-use crate::protocol::{Command, Reply, ReplyKind};
+use crate::protocol::{text, Command, Reply, ReplyKind};
 use crate::routing::{RouteStats, Side};
 
 impl<R, W> Session<R, W>
@@ -181,7 +181,7 @@ where
             }
             Target::Quiet(what) => {
                 if reply.is_error() {
-                    warn!(%side, what, reply = %String::from_utf8_lossy(&reply.bytes).trim_end(), "upstream refused a command the proxy sent");
+                    warn!(%side, what, reply = %text(&reply.bytes), "upstream refused a command the proxy sent");
                 }
             }
         }
@@ -207,7 +207,7 @@ where
             if !compared && w.check.is_none() {
                 self.journal_lost(w);
             }
-            debug!(%side, reply = %String::from_utf8_lossy(&reply.bytes).trim_end(), "mirror replied with an error");
+            debug!(%side, reply = %text(&reply.bytes), "mirror replied with an error");
         } else {
             RouteStats::bump(&w.stats.mirror_ok);
         }

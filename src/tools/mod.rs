@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use crate::config::Settings;
 use crate::error::UpstreamError;
+pub(crate) use crate::protocol::text;
 use crate::protocol::{value, Command, Value};
 use crate::routing::{PerSide, RouteTable, Router, Side};
 use crate::upstream::client::Client;
@@ -37,10 +38,6 @@ pub enum ToolError {
     Unexpected(&'static str),
     #[error("cursor file {path}: {message}")]
     Cursor { path: String, message: String },
-}
-
-pub(crate) fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).trim_end().to_string()
 }
 
 impl Caches {

@@ -18,10 +18,10 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::{text, Caches, KeyScan, ToolError};
+use crate::compare::{normal_read, Order};
 use crate::protocol::{Command, Value};
 use crate::repair::{restore_command, snapshot_commands};
 use crate::routing::Side;
-use crate::shadow::{self, Order};
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -365,7 +365,7 @@ async fn value_of(
         _ => Order::AsIs,
     };
     let r = caches.call(side, &[Command::from_args(&cmd)]).await?;
-    Ok(r.into_iter().next().map(|v| shadow::normal(v, order)))
+    Ok(r.into_iter().next().map(|v| normal_read(v, order)))
 }
 
 /// How `key` differs, if it does.

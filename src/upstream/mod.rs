@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 
 use tracing::{debug, info, warn};
 
+use crate::backoff::Backoff;
 use crate::config::UpstreamConfig;
 use crate::error::UpstreamError;
 use crate::net::{ReadHalf, Stream, WriteHalf};
@@ -31,15 +32,24 @@ pub struct Upstream {
     pub side: Side,
     pub config: UpstreamConfig,
     tls: Option<tls::Connector>,
-    backoff: Mutex<Backoff>,
+    backoff: Mutex<Reconnect>,
 }
 
-#[derive(Debug, Default)]
-struct Backoff {
-    failures: u32,
-    retry_at: Option<Instant>,
+/// Reconnect state shared by every session's connection to one cache.
+#[derive(Debug)]
+struct Reconnect {
+    backoff: Backoff,
     /// Why the last connect failed, while it is failing (for status).
     last_error: Option<String>,
+}
+
+impl Default for Reconnect {
+    fn default() -> Reconnect {
+        Reconnect {
+            backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
+            last_error: None,
+        }
+    }
 }
 
 /// An open, set-up connection.
@@ -53,13 +63,6 @@ pub struct Conn {
 /// (never with its arguments: they may hold credentials).
 pub type SetupStep = (&'static str, Command);
 
-/// 100 ms after the first failed round, doubling, capped at 5 s.
-fn backoff_delay(failed_rounds: u32) -> Duration {
-    BACKOFF_MIN
-        .saturating_mul(1 << failed_rounds.saturating_sub(1).min(6))
-        .min(BACKOFF_MAX)
-}
-
 impl Upstream {
     /// Fails when the TLS material in `config` cannot be loaded.
     pub fn new(side: Side, config: UpstreamConfig) -> Result<Upstream, TlsError> {
@@ -67,7 +70,7 @@ impl Upstream {
             side,
             tls: tls::connector(side.name(), &config)?,
             config,
-            backoff: Mutex::new(Backoff::default()),
+            backoff: Mutex::default(),
         })
     }
 
@@ -77,7 +80,7 @@ impl Upstream {
             side: self.side,
             config: self.config.clone(),
             tls: self.tls.clone(),
-            backoff: Mutex::new(Backoff::default()),
+            backoff: Mutex::default(),
         }
     }
 
@@ -109,7 +112,7 @@ impl Upstream {
     /// mirror write is then counted as failed instead of waiting.
     pub fn may_try(&self) -> bool {
         let b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
-        b.retry_at.is_none_or(|t| Instant::now() >= t)
+        b.backoff.may_try(Instant::now())
     }
 
     /// Counts a failed connect. The first one after a success is logged as
@@ -117,29 +120,26 @@ impl Upstream {
     /// sessions hitting one dead cache do not flood the log.
     pub fn record_failure(&self, err: &UpstreamError) {
         let mut b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
-        if b.failures == 0 {
+        let failures = b.backoff.failures();
+        if failures == 0 {
             warn!(error = %err, "upstream unreachable; retrying with backoff");
         } else {
-            debug!(error = %err, failures = b.failures, "upstream still unreachable");
+            debug!(error = %err, failures, "upstream still unreachable");
         }
         b.last_error = Some(err.to_string());
-        let now = Instant::now();
         // Many sessions may fail in the same round (they all connected before
         // the first failure was known): the delay grows once per round, not
         // once per session, or one outage would jump straight to the cap.
-        if b.retry_at.is_some_and(|t| now < t) {
-            return;
-        }
-        b.failures = b.failures.saturating_add(1);
-        b.retry_at = Some(now + backoff_delay(b.failures));
+        b.backoff.fail(Instant::now());
     }
 
     pub fn record_success(&self) {
         let mut b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
-        if b.failures > 0 {
-            info!(side = %self.side, addr = %self.addr(), failed_attempts = b.failures, "upstream reachable again");
+        let failed_attempts = b.backoff.failures();
+        if failed_attempts > 0 {
+            info!(side = %self.side, addr = %self.addr(), failed_attempts, "upstream reachable again");
         }
-        *b = Backoff::default();
+        *b = Reconnect::default();
     }
 
     /// The commands every new connection starts with: the upstream's own
@@ -277,7 +277,8 @@ mod tests {
 
     #[test]
     fn delay_doubles_from_100ms_to_a_5s_cap() {
-        let ms: Vec<u128> = (1..=8).map(|r| backoff_delay(r).as_millis()).collect();
+        let b = Reconnect::default().backoff;
+        let ms: Vec<u128> = (1..=8).map(|r| b.delay(r).as_millis()).collect();
         assert_eq!(ms, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
     }
 
@@ -287,10 +288,10 @@ mod tests {
         for _ in 0..1000 {
             up.record_failure(&refused());
         }
-        assert_eq!(up.backoff.lock().unwrap().failures, 1);
+        assert_eq!(up.backoff.lock().unwrap().backoff.failures(), 1);
         assert!(!up.may_try(), "in backoff after a failed round");
         up.record_success();
         assert!(up.may_try());
-        assert_eq!(up.backoff.lock().unwrap().failures, 0);
+        assert_eq!(up.backoff.lock().unwrap().backoff.failures(), 0);
     }
 }
