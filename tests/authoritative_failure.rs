@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use cutover::routing::Phase;
+use cutover::routing::{Phase, Side};
 use redis::AsyncCommands;
 use support::{exchange, TestProxy};
 
@@ -127,8 +127,10 @@ async fn stalled_old_times_out_promptly_but_blocking_commands_wait_their_own_tim
         ("n", Some(&["n:*"][..]), Phase::NewOnly),
         ("default", None, Phase::OldOnly),
     ];
-    let text = support::config_text(&relay.addr.to_string(), &new.addr(), &routes, "");
-    let text = support::command_timeout(&text, &relay.addr.to_string(), 300);
+    let text = support::Config::new(&relay.addr.to_string(), &new.addr())
+        .routes(&routes)
+        .command_timeout(Side::Old, 300)
+        .text();
     let proxy = TestProxy::start_text(&text).await;
 
     // A block longer than the command timeout is not a timeout.

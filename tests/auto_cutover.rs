@@ -6,22 +6,17 @@ mod support;
 use std::time::{Duration, Instant};
 
 use cutover::routing::Phase;
-use support::{config_text, RedisServer, TestProxy};
+use support::{RedisServer, TestProxy};
 
 fn auto_config(old: &RedisServer, new: &RedisServer, policy: &str) -> String {
-    config_text(
-        &old.addr(),
-        &new.addr(),
-        &[("default", None, Phase::DualWrite)],
-        "",
-    )
-    .replacen(
-        "phase = \"dual-write\"\n",
-        &format!(
-            "phase = \"dual-write\"\nshadow_reads = 1.0\nshadow_repair = true\n\n[routes.auto_cutover]\n{policy}\n"
-        ),
-        1,
-    )
+    support::Config::new(&old.addr(), &new.addr())
+        .route_toml(
+            "default",
+            None,
+            Phase::DualWrite,
+            &format!("shadow_reads = 1.0\nshadow_repair = true\n\n[auto_cutover]\n{policy}\n"),
+        )
+        .text()
 }
 
 async fn route_status(proxy: &TestProxy) -> serde_json::Value {

@@ -88,6 +88,14 @@ async fn a_backfill_stopped_halfway_resumes_from_its_cursor() {
     .await
     .unwrap();
     assert!(rest.resumed && !rest.interrupted);
+    // Resumed from the cursor, not from the start: a scan from 0 would have
+    // met every key the first run copied as already on new.
+    assert!(
+        rest.counts.existed * 10 < copied_first,
+        "existed {} of {copied_first} copied before: {:?}",
+        rest.counts.existed,
+        rest.counts
+    );
     assert!(
         !dir.path().join("cursor.json").exists(),
         "removed when done"

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use cutover::routing::Phase;
+use cutover::routing::{Phase, Side};
 use support::{RawClient, RedisServer, Served, TestProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -63,13 +63,11 @@ async fn a_client_that_does_not_read_is_not_read_from() {
     let new = RedisServer::start();
     // A debug build takes seconds to move a 64 MiB backlog of replies:
     // the command timeout is not what is tested here.
-    let text = support::config_text(
-        &old.addr(),
-        &new.addr(),
-        &[("default", None, Phase::OldOnly)],
-        "",
-    )
-    .replace("command_timeout_ms = 2000", "command_timeout_ms = 60000");
+    let text = support::Config::new(&old.addr(), &new.addr())
+        .route("default", None, Phase::OldOnly)
+        .command_timeout(Side::Old, 60_000)
+        .command_timeout(Side::New, 60_000)
+        .text();
     let proxy = Served::start(&text, &[]).await;
     // A 64 KiB value, asked for 200,000 times in one pipeline: 12.5 GiB of
     // replies for a client that reads none of them for a while.
@@ -90,16 +88,26 @@ async fn a_client_that_does_not_read_is_not_read_from() {
         wr.write_all(&req).await.unwrap();
         wr
     });
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // It takes commands up to its pending-reply limit (100,000), however
+    // long a loaded machine needs to get there, and then no more.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while proxy.stat("default", "reads").await < 100_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy never reached its pending-reply bound: {}",
+            proxy.stat("default", "reads").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let taken = proxy.stat("default", "reads").await;
+    assert!(taken <= 102_000, "the proxy kept taking commands: {taken}");
+    // Far fewer replies than those commands make (6 GiB) are held for it.
     let grew_kib = proxy.rss_kib().saturating_sub(baseline);
     assert!(
         grew_kib < 192 * 1024,
         "a client that does not read made the proxy grow by {grew_kib} KiB"
     );
-    // It took at most its pending-reply limit (100,000) of the commands, and
-    // far fewer replies than those would make (6 GiB) are held for it.
-    let taken = proxy.stat("default", "reads").await;
-    assert!(taken <= 102_000, "the proxy kept taking commands: {taken}");
     // It reads now: replies come whole and in order, and the proxy reads
     // requests again as they are taken (then the client hangs up).
     let reply = format!("$65536\r\n{value}\r\n");
@@ -115,6 +123,20 @@ async fn a_client_that_does_not_read_is_not_read_from() {
     }
     let grew_kib = proxy.rss_kib().saturating_sub(baseline);
     assert!(grew_kib < 192 * 1024, "grew by {grew_kib} KiB");
+    // As the client took replies, the proxy took commands again: at least
+    // as many as it answered beyond what it held (less what is in flight).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = proxy.stat("default", "reads").await;
+        if now >= taken + (n / 10) as u64 / 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy did not read requests again: {now} after {taken}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     writer.abort();
     drop(rd);
     // The proxy still answers others.

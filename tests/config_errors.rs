@@ -15,17 +15,9 @@ fn run(args: &[&str]) -> std::process::Output {
 fn typo_is_rejected_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cutover.toml");
-    let good = support::config_text(
-        "127.0.0.1:1",
-        "127.0.0.1:2",
-        &[("default", None, Phase::OldOnly)],
-        "",
-    );
-    std::fs::write(
-        &path,
-        good.replacen("command_timeout_ms", "comand_timeout_ms", 1),
-    )
-    .unwrap();
+    // Written out whole: the line number is part of what is checked.
+    let typo = "[listen]\naddress = \"127.0.0.1:0\"\n\n[upstreams.old]\naddress = \"127.0.0.1:1\"\ncomand_timeout_ms = 2000\n\n[upstreams.new]\naddress = \"127.0.0.1:2\"\n\n[[routes]]\nname = \"default\"\nphase = \"old-only\"\n";
+    std::fs::write(&path, typo).unwrap();
     for sub in ["check", "serve"] {
         let out = run(&[sub, "--config", path.to_str().unwrap()]);
         let err = String::from_utf8_lossy(&out.stderr);

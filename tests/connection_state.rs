@@ -91,8 +91,10 @@ async fn failed_select_does_not_stick() {
     )
     .await;
     let mut raw = proxy.raw().await;
-    // old accepts db 9 is fine (16 dbs); db 99 is refused by old and must
-    // not be replayed onto new's connection later.
+    // db 99 is out of range on both caches (16 databases): old, which
+    // answers, refuses it, the client gets Redis's error, and the writes
+    // after it still land in db 0 on both. (A SELECT one cache accepts and
+    // the other refuses is the exactness issue's case 5, not tested here.)
     raw.send(b"SELECT 99\r\nSET s:1 x\r\nGET s:1\r\n").await;
     let got = raw
         .read_n(b"-ERR DB index is out of range\r\n+OK\r\n$1\r\nx\r\n".len())

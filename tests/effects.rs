@@ -315,3 +315,40 @@ async fn random_writes_reach_the_mirror_as_their_effect() {
     };
     assert_eq!(last_id(groups(&old)), last_id(groups(&new)));
 }
+
+/// The check behind the model run's promise: a pop the mirror cannot repeat
+/// (its element was never there: another client's push had not reached it,
+/// or the list predates the migration) answers differently on the mirror;
+/// the mismatch is counted and the key copied from the answering side.
+#[tokio::test]
+async fn a_pop_the_mirror_cannot_repeat_is_caught_and_the_key_copied() {
+    let (old, new) = support::start_pair();
+    let proxy = proxy(&old, &new, Phase::DualWrite).await;
+    // On old only, as if written before the migration (or by a push whose
+    // mirrored half is still on its way).
+    old.run(&["RPUSH", "k:q", "a", "b"]);
+    let mut c = proxy.conn().await;
+    let popped: (String, String) = redis::cmd("BLPOP")
+        .arg("k:q")
+        .arg(1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(popped, ("k:q".into(), "a".into()));
+    let spopped: Option<String> = c.spop("k:none").await.unwrap();
+    assert_eq!(spopped, None);
+    proxy.wait_mirrors_settled().await;
+    assert!(
+        proxy.stat("k", "mismatches") >= 1,
+        "the mirror's empty LPOP was caught"
+    );
+    assert!(proxy.stat("k", "repaired") >= 1, "and the key copied");
+    assert_same_keyspace(&old, &new, 1000);
+    let on_new: Vec<String> = redis::cmd("LRANGE")
+        .arg("k:q")
+        .arg(0)
+        .arg(-1)
+        .query(&mut new.sync())
+        .unwrap();
+    assert_eq!(on_new, ["b"]);
+}

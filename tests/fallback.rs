@@ -5,7 +5,7 @@
 mod support;
 
 use cutover::routing::Phase;
-use support::{config_text, RedisServer, TestProxy};
+use support::{RedisServer, TestProxy};
 
 fn pttl(server: &RedisServer, key: &str) -> i64 {
     redis::cmd("PTTL")
@@ -23,17 +23,9 @@ async fn misses_on_new_are_answered_from_old_in_order_and_new_is_filled() {
     old.run(&["HSET", "h", "a", "1", "b", "2"]);
     old.run(&["RPUSH", "l", "x", "y"]);
     old.run(&["SET", "gone", "old"]);
-    let text = config_text(
-        &old.addr(),
-        &new.addr(),
-        &[("default", None, Phase::ReadNew)],
-        "",
-    )
-    .replacen(
-        "phase = \"read-new\"\n",
-        "phase = \"read-new\"\nread_fallback = true\n",
-        1,
-    );
+    let text = support::Config::new(&old.addr(), &new.addr())
+        .route_toml("default", None, Phase::ReadNew, "read_fallback = true")
+        .text();
     let proxy = TestProxy::start_text(&text).await;
     let mut c = proxy.conn().await;
 
@@ -96,7 +88,8 @@ async fn misses_on_new_are_answered_from_old_in_order_and_new_is_filled() {
     let v: String = redis::cmd("GET").arg("s1").query(&mut new.sync()).unwrap();
     assert_eq!(v, "old1");
     assert!(
-        (99_000..=100_000).contains(&pttl(&new, "s1")),
+        // Carried over (not persistent, not reset), however slow the copy.
+        (90_000..=100_000).contains(&pttl(&new, "s1")),
         "{}",
         pttl(&new, "s1")
     );

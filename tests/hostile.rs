@@ -26,6 +26,11 @@ async fn gigantic_declared_lengths_are_refused_without_allocating() {
     let proxy = Served::start(&dual(&old, &new, ""), &[]).await;
     let baseline = proxy.rss_kib();
     let addr = ("127.0.0.1", proxy.port);
+    // Connections and their buffers first, so the baseline has them.
+    let mut warm = RawClient::connect(addr).await;
+    warm.send(b"PING\r\n").await;
+    assert_eq!(warm.read_n(7).await, b"+PONG\r\n");
+    let virtual_baseline = proxy.virtual_kib();
     // Redis's own replies for each (checked against redis-server itself).
     for (input, want) in [
         (
@@ -55,9 +60,16 @@ async fn gigantic_declared_lengths_are_refused_without_allocating() {
             .await;
         promisers.push(c);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let grew = proxy.rss_kib().saturating_sub(baseline);
-    assert!(grew < 16 * 1024, "promises cost {grew} KiB");
+    // Over a second, so the proxy has read every promise: neither touched
+    // nor reserved memory grows by anything near one promise (512 MiB; 50
+    // of them would be 25 GiB of address space).
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let grew = proxy.rss_kib().saturating_sub(baseline);
+        assert!(grew < 16 * 1024, "promises cost {grew} KiB resident");
+        let reserved = proxy.virtual_kib().saturating_sub(virtual_baseline);
+        assert!(reserved < 384 * 1024, "promises reserved {reserved} KiB");
+    }
     let mut c = support::connect(&proxy.url()).await;
     let _: () = c.set("still", "served").await.unwrap();
     drop(promisers);

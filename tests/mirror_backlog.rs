@@ -9,7 +9,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use cutover::routing::Phase;
+use cutover::routing::{Phase, Side};
 use redis::AsyncCommands;
 use support::{RedisServer, Served, StallingRelay};
 
@@ -47,14 +47,12 @@ async fn slow_then_stalled_mirror_costs_the_client_nothing_and_memory_stays_boun
     let new = RedisServer::start();
     let relay = StallingRelay::start(new.addr()).await;
     let bound: u64 = 4 << 20;
-    let text = support::config_text(
-        &old.addr(),
-        &relay.addr.to_string(),
-        &[("default", None, Phase::DualWrite)],
-        &format!("[limits]\nmirror_backlog_bytes = {bound}\n"),
-    );
     // Never time the mirror out here: the byte bound alone must hold.
-    let text = support::command_timeout(&text, &relay.addr.to_string(), 0);
+    let text = support::Config::new(&old.addr(), &relay.addr.to_string())
+        .route("default", None, Phase::DualWrite)
+        .with(&format!("[limits]\nmirror_backlog_bytes = {bound}\n"))
+        .command_timeout(Side::New, 0)
+        .text();
     let mut proxy = Served::start(&text, &[]).await;
     let url = proxy.url();
 
@@ -63,14 +61,16 @@ async fn slow_then_stalled_mirror_costs_the_client_nothing_and_memory_stays_boun
     let baseline = proxy.rss_kib();
 
     // 1. A slow mirror: every reply 50 ms late. The client does not wait
-    // for it.
+    // for it: its median is the healthy median (measured now, under the
+    // same load), far from the 50 ms it would be otherwise.
+    let (_, healthy) = write_burst(&url, "healthy", 4, 100).await;
     relay.delay(Duration::from_millis(50));
     let (slowest, median) = write_burst(&url, "slow", 4, 100).await;
     assert!(
-        median < Duration::from_millis(20),
-        "median write latency {median:?} with a 50 ms mirror"
+        median < healthy + Duration::from_millis(25),
+        "median write latency {median:?} with a 50 ms mirror, {healthy:?} healthy"
     );
-    assert!(slowest < Duration::from_millis(500), "slowest {slowest:?}");
+    assert!(slowest < Duration::from_secs(2), "slowest {slowest:?}");
 
     // 2. A stalled mirror (reads requests, answers nothing), then a frozen
     // one (reads nothing): 4 x 1500 writes of 16 KiB = 96 MiB through the
@@ -101,7 +101,8 @@ async fn slow_then_stalled_mirror_costs_the_client_nothing_and_memory_stays_boun
     sampler.abort();
     let grew_kib = peak.load(std::sync::atomic::Ordering::Relaxed) - baseline;
     assert!(
-        slowest_stalled.max(slowest_frozen) < Duration::from_millis(500),
+        // Held up, a write would wait for ever (no command timeout here).
+        slowest_stalled.max(slowest_frozen) < Duration::from_secs(2),
         "a stalled mirror held the client up: {slowest_stalled:?} / {slowest_frozen:?}"
     );
     // 96 MiB went through; the proxy grew by at most the bound and its

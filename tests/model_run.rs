@@ -9,9 +9,13 @@
 //! on (BLPOP, BLMOVE). A pop served by another client's push races it on
 //! the mirror (each client has its own mirror connection, DESIGN point 2):
 //! the popper's mirrored LPOP can reach the mirror before the feeder's
-//! mirrored RPUSH. The effect's reply check catches it and the key is
-//! copied once the RPUSH was answered (`src/repair/inflight.rs`), so the
-//! caches must still end identical.
+//! mirrored RPUSH. When it does, the effect's reply check catches it and the
+//! key is copied once the RPUSH was answered (`src/repair/inflight.rs`);
+//! whether a given seed races is up to the scheduler, so this run asserts
+//! what must hold either way (the caches end identical) and prints the
+//! mismatches and copies it saw. `effects.rs`
+//! (`a_pop_the_mirror_cannot_repeat_is_caught_and_the_key_copied`) shows
+//! the check catching such a pop every time.
 //!
 //! `CUTOVER_MODEL_SEEDS` (default 3) and `CUTOVER_MODEL_OPS` (per client,
 //! default 150) make the long version; `CUTOVER_MODEL_SEED` runs one seed.

@@ -42,7 +42,9 @@ async fn thousand_mixed_commands_across_two_sides_stay_in_order() {
     for i in 0..250 {
         pipe.cmd("GET").arg(format!("a:{i}")); // new answers
         pipe.cmd("GET").arg(format!("b:{i}")); // old answers
-        pipe.cmd("INCR").arg("a:counter"); // new answers, old mirrors
+                                               // new answers, old mirrors; APPEND does not commute, so the final
+                                               // value on each cache is the order it applied them in.
+        pipe.cmd("APPEND").arg("a:log").arg(format!("{i},"));
         pipe.cmd("RPUSH").arg("b:list").arg(i); // old only
     }
     let mut c = proxy.conn().await;
@@ -62,12 +64,16 @@ async fn thousand_mixed_commands_across_two_sides_stay_in_order() {
             "command {}",
             i * 4 + 1
         );
-        assert_eq!(r[2], Value::Int(i as i64 + 1), "command {}", i * 4 + 2);
+        let log_len = (0..=i).map(|j| format!("{j},").len()).sum::<usize>();
+        assert_eq!(r[2], Value::Int(log_len as i64), "command {}", i * 4 + 2);
         assert_eq!(r[3], Value::Int(i as i64 + 1), "command {}", i * 4 + 3);
     }
     proxy.wait_mirrors_settled().await;
-    let mirrored: i64 = redis::cmd("GET").arg("a:counter").query(&mut o).unwrap();
-    assert_eq!(mirrored, 250, "every INCR was mirrored to old, in order");
+    let log: String = (0..250).map(|i| format!("{i},")).collect();
+    let on_new: String = redis::cmd("GET").arg("a:log").query(&mut n).unwrap();
+    let mirrored: String = redis::cmd("GET").arg("a:log").query(&mut o).unwrap();
+    assert_eq!(on_new, log, "new applied the APPENDs in the client's order");
+    assert_eq!(mirrored, log, "old got every APPEND mirrored, in order");
 }
 
 #[tokio::test]

@@ -6,9 +6,7 @@
 
 mod support;
 
-use std::time::Duration;
-
-use cutover::routing::Phase;
+use cutover::routing::{Phase, Side};
 use support::{RedisServer, TestProxy};
 
 const CLIENT_PASSWORD: &str = "app-pass-7Qx";
@@ -30,18 +28,15 @@ fn config(old: &RedisServer, new: &RedisServer, new_password: Option<&str>) -> S
         "[auth]\nusers = [{{ name = \"app\", sha256 = \"{0}\" }}, {{ name = \"default\", sha256 = \"{0}\" }}]\n",
         sha256_hex(CLIENT_PASSWORD)
     );
-    let text = support::config_text(
-        &old.addr(),
-        &new.addr(),
-        &[("default", None, Phase::DualWrite)],
-        &auth,
-    );
-    let old_password = format!("password = \"{OLD_PASSWORD}\"");
-    let text = support::upstream_lines(&text, &old.addr(), &old_password);
+    let config = support::Config::new(&old.addr(), &new.addr())
+        .route("default", None, Phase::DualWrite)
+        .with(&auth)
+        .upstream(Side::Old, "password", OLD_PASSWORD);
     match new_password {
-        Some(p) => support::upstream_lines(&text, &new.addr(), &format!("password = \"{p}\"")),
-        None => text,
+        Some(p) => config.upstream(Side::New, "password", p),
+        None => config,
     }
+    .text()
 }
 
 fn caches() -> (RedisServer, RedisServer) {
@@ -54,7 +49,9 @@ fn caches() -> (RedisServer, RedisServer) {
 async fn exchange(proxy: &TestProxy, input: &str) -> String {
     let mut raw = proxy.raw().await;
     raw.send(input.as_bytes()).await;
-    String::from_utf8_lossy(&raw.read_for(Duration::from_millis(300)).await).into_owned()
+    // One reply per command (one command per line).
+    let replies = input.matches("\r\n").count();
+    String::from_utf8_lossy(&raw.read_replies(replies).await).into_owned()
 }
 
 #[tokio::test]
@@ -143,17 +140,11 @@ async fn reset_keeps_the_upstream_credentials_and_database() {
         RedisServer::start(),
         RedisServer::start_with(&["--requirepass", NEW_PASSWORD]),
     );
-    let text = support::config_text(
-        &old.addr(),
-        &new.addr(),
-        &[("default", None, Phase::DualWrite)],
-        "",
-    );
-    let text = support::upstream_lines(
-        &text,
-        &new.addr(),
-        &format!("password = \"{NEW_PASSWORD}\"\ndb = 2"),
-    );
+    let text = support::Config::new(&old.addr(), &new.addr())
+        .route("default", None, Phase::DualWrite)
+        .upstream(Side::New, "password", NEW_PASSWORD)
+        .upstream(Side::New, "db", 2)
+        .text();
     let proxy = TestProxy::start_text(&text).await;
     let got = exchange(&proxy, "SET a 1\r\nRESET\r\nSET b 2\r\n").await;
     assert_eq!(got, "+OK\r\n+RESET\r\n+OK\r\n");

@@ -125,10 +125,11 @@ async fn a_30_percent_ramp_serves_30_percent_of_keys_from_new_consistently() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ramp_from_the_config_file_survives_a_restart_and_shows_in_status() {
     let (old, new) = support::start_pair();
-    let text = support::config_text(&old.addr(), &new.addr(), &[], "").replacen(
-        "[admin]",
-        "[[routes]]\nname = \"default\"\nphase = \"read-new\"\nramp_percent = 10\n\n[admin]",
-        1,
+    let text = support::config_text(
+        &old.addr(),
+        &new.addr(),
+        &[],
+        "[[routes]]\nname = \"default\"\nphase = \"read-new\"\nramp_percent = 10\n",
     );
     let mut proxy = TestProxy::start_text(&text).await;
     let (_, body) = proxy.admin("GET", "/status", None).await;

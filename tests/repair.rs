@@ -58,7 +58,8 @@ async fn keys_only_old_had_are_copied_to_new_with_their_ttl() {
         .arg("hash")
         .query(&mut new.sync())
         .unwrap();
-    assert!(pttl > 298_000, "{pttl}");
+    // The remaining TTL, carried over (however slow a loaded machine is).
+    assert!((290_000..=300_000).contains(&pttl), "{pttl}");
     let ttl: i64 = redis::cmd("TTL")
         .arg("plain")
         .query(&mut new.sync())
@@ -143,7 +144,8 @@ async fn in_place_writes_to_a_key_new_lacks_copy_it_although_replies_agree() {
         .arg("hash")
         .query(&mut new.sync())
         .unwrap();
-    assert!(pttl > 298_000, "{pttl}");
+    // The remaining TTL, carried over (however slow a loaded machine is).
+    assert!((290_000..=300_000).contains(&pttl), "{pttl}");
 
     // Once new has the key, further in-place writes copy nothing.
     let _: i64 = redis::cmd("HSET")

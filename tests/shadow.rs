@@ -6,22 +6,19 @@ mod support;
 use std::time::{Duration, Instant};
 
 use cutover::routing::Phase;
-use support::{assert_same_keyspace, config_text, RedisServer, TestProxy};
+use support::{assert_same_keyspace, RedisServer, TestProxy};
 
 const KEYS: usize = 300;
 
 fn shadowed(old: &RedisServer, new: &RedisServer, fraction: &str, repair: bool) -> String {
-    config_text(
-        &old.addr(),
-        &new.addr(),
-        &[("default", None, Phase::DualWrite)],
-        "",
-    )
-    .replacen(
-        "phase = \"dual-write\"\n",
-        &format!("phase = \"dual-write\"\nshadow_reads = {fraction}\nshadow_repair = {repair}\n"),
-        1,
-    )
+    support::Config::new(&old.addr(), &new.addr())
+        .route_toml(
+            "default",
+            None,
+            Phase::DualWrite,
+            &format!("shadow_reads = {fraction}\nshadow_repair = {repair}\n"),
+        )
+        .text()
 }
 
 /// (samples, ratio) of the route's shadow agreement in `GET /status`.

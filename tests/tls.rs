@@ -9,19 +9,17 @@ mod support;
 
 use std::time::Duration;
 
-use cutover::routing::Phase;
+use cutover::routing::{Phase, Side};
 use redis::AsyncCommands;
 use support::pki::{Leaf, Pki};
-use support::{RedisServer, TestProxy};
-
-use support::upstream_lines;
+use support::{Config, RedisServer, TestProxy};
 
 fn tls_lines(ca: &Pki) -> String {
     format!("tls = true\nca_file = \"{}\"", ca.ca_file().display())
 }
 
-fn config(old: &str, new: &str, phase: Phase) -> String {
-    support::config_text(old, new, &[("default", None, phase)], "")
+fn config(old: &str, new: &str, phase: Phase) -> Config {
+    Config::new(old, new).route("default", None, phase)
 }
 
 async fn tls_client(addr: std::net::SocketAddr, ca: &Pki) -> redis::aio::MultiplexedConnection {
@@ -42,14 +40,14 @@ async fn plain_client_writes_land_on_both_tls_caches_in_dual_write() {
     let leaf = pki.server();
     let old = RedisServer::start_tls(&pki, &leaf, &[]);
     let new = RedisServer::start_tls(&pki, &leaf, &[]);
-    let text = config(&old.tls_addr(), &new.tls_addr(), Phase::DualWrite);
-    let text = upstream_lines(&text, &old.tls_addr(), &tls_lines(&pki));
-    // The name in the certificate, not the address connected to.
-    let text = upstream_lines(
-        &text,
-        &new.tls_addr(),
-        &format!("{}\nserver_name = \"localhost\"", tls_lines(&pki)),
-    );
+    let text = config(&old.tls_addr(), &new.tls_addr(), Phase::DualWrite)
+        .upstream_toml(Side::Old, &tls_lines(&pki))
+        // The name in the certificate, not the address connected to.
+        .upstream_toml(
+            Side::New,
+            &format!("{}\nserver_name = \"localhost\"", tls_lines(&pki)),
+        )
+        .text();
     let proxy = TestProxy::start_text(&text).await;
 
     let mut c = proxy.conn().await;
@@ -106,7 +104,8 @@ async fn tls_client_on_the_tls_listener_and_plain_beside_it_with_certificate_rel
         leaf.key.display()
     );
     let text = config(&old.addr(), &new.addr(), Phase::DualWrite)
-        .replace("[listen]\naddress = \"127.0.0.1:0\"\n", &listen);
+        .with(&listen)
+        .text();
     let proxy = TestProxy::start_text(&text).await;
 
     let mut c = tls_client(proxy.addr, &pki).await;
@@ -208,8 +207,9 @@ async fn wrong_ca_expired_certificate_and_wrong_name_each_say_which_upstream_and
         ),
     ];
     for (server, lines, reason) in cases {
-        let text = config(&old.addr(), &server.tls_addr(), Phase::NewOnly);
-        let text = upstream_lines(&text, &server.tls_addr(), &lines);
+        let text = config(&old.addr(), &server.tls_addr(), Phase::NewOnly)
+            .upstream_toml(Side::New, &lines)
+            .text();
         let (reply, status_error) = failure_seen(&text).await;
         let named = format!("upstream new ({})", server.tls_addr());
         assert!(reply.starts_with("-ERR cutover: "), "{reply}");
@@ -221,12 +221,12 @@ async fn wrong_ca_expired_certificate_and_wrong_name_each_say_which_upstream_and
     }
 
     // insecure_skip_verify (tests only) accepts the stranger's certificate.
-    let text = config(&old.addr(), &good.tls_addr(), Phase::NewOnly);
-    let text = upstream_lines(
-        &text,
-        &good.tls_addr(),
-        &format!("{}\ninsecure_skip_verify = true", tls_lines(&stranger)),
-    );
+    let text = config(&old.addr(), &good.tls_addr(), Phase::NewOnly)
+        .upstream_toml(
+            Side::New,
+            &format!("{}\ninsecure_skip_verify = true", tls_lines(&stranger)),
+        )
+        .text();
     let proxy = TestProxy::start_text(&text).await;
     let mut c = proxy.conn().await;
     let _: () = c.set("k", "v").await.unwrap();
@@ -238,14 +238,13 @@ async fn mutual_tls_upstream_that_requires_a_client_certificate() {
     let pki = Pki::new("cutover test CA");
     let old = RedisServer::start();
     let new = RedisServer::start_tls(&pki, &pki.server(), &["--tls-auth-clients", "yes"]);
-    let base = upstream_lines(
-        &config(&old.addr(), &new.tls_addr(), Phase::DualWrite),
-        &new.tls_addr(),
-        &tls_lines(&pki),
-    );
+    let base = config(&old.addr(), &new.tls_addr(), Phase::DualWrite)
+        .upstream_toml(Side::New, &tls_lines(&pki));
 
     // Without a client certificate the cache refuses, and says so.
-    let (reply, status_error) = failure_seen(&base.replace("dual-write", "new-only")).await;
+    let new_only = config(&old.addr(), &new.tls_addr(), Phase::NewOnly)
+        .upstream_toml(Side::New, &tls_lines(&pki));
+    let (reply, status_error) = failure_seen(&new_only.text()).await;
     for text in [&reply, &status_error] {
         assert!(
             text.contains(&format!("upstream new ({})", new.tls_addr())),
@@ -255,15 +254,16 @@ async fn mutual_tls_upstream_that_requires_a_client_certificate() {
     }
 
     let client = pki.leaf(&["cutover-proxy"], false);
-    let text = upstream_lines(
-        &base,
-        &new.tls_addr(),
-        &format!(
-            "client_cert_file = \"{}\"\nclient_key_file = \"{}\"",
-            client.cert.display(),
-            client.key.display()
-        ),
-    );
+    let text = base
+        .upstream_toml(
+            Side::New,
+            &format!(
+                "client_cert_file = \"{}\"\nclient_key_file = \"{}\"",
+                client.cert.display(),
+                client.key.display()
+            ),
+        )
+        .text();
     let proxy = TestProxy::start_text(&text).await;
     let mut c = proxy.conn().await;
     for i in 0..20 {
@@ -288,7 +288,8 @@ async fn listener_that_requires_client_certificates() {
         clients.ca_file().display()
     );
     let text = config(&old.addr(), &new.addr(), Phase::OldOnly)
-        .replace("[listen]\naddress = \"127.0.0.1:0\"\n", &listen);
+        .with(&listen)
+        .text();
     let proxy = TestProxy::start_text(&text).await;
     let client = |tls: Option<redis::ClientTlsConfig>| {
         redis::Client::build_with_tls(
@@ -325,4 +326,54 @@ async fn listener_that_requires_client_certificates() {
     .unwrap();
     let _: () = c.set("k", "v").await.unwrap();
     assert_eq!(support::get(&mut old.sync(), "k").as_deref(), Some("v"));
+
+    // tls_min_version = "1.3": the same trusted client offering only TLS
+    // 1.2 is refused at the handshake; offering 1.3 it gets in.
+    for (versions, accepted) in [
+        (&[&rustls::version::TLS12][..], false),
+        (&[&rustls::version::TLS13][..], true),
+    ] {
+        let handshake = tls_handshake(proxy.addr, &pki, &app, versions).await;
+        assert_eq!(handshake.is_ok(), accepted, "{versions:?}: {handshake:?}");
+    }
+}
+
+/// A TLS handshake with the proxy's listener by a client offering only
+/// `versions`, presenting `leaf` and trusting `ca`.
+async fn tls_handshake(
+    addr: std::net::SocketAddr,
+    ca: &Pki,
+    leaf: &Leaf,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> std::io::Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&ca.ca_pem()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&leaf.cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&leaf.key).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await?;
+    // With TLS 1.3 a refused client certificate shows after the
+    // handshake: a PING must be answered.
+    tls.write_all(b"PING\r\n").await?;
+    let mut buf = [0u8; 7];
+    tls.read_exact(&mut buf).await?;
+    assert_eq!(&buf, b"+PONG\r\n");
+    Ok(())
 }

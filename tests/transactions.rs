@@ -20,6 +20,21 @@ async fn proxy(old: &RedisServer, new: &RedisServer) -> TestProxy {
     .await
 }
 
+/// `(MULTI calls, EXEC calls)` a server has run, from `INFO commandstats`.
+fn tx_calls(server: &RedisServer) -> (u64, u64) {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut server.sync())
+        .unwrap();
+    let calls = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (calls("multi"), calls("exec"))
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -32,6 +47,7 @@ async fn exec_is_mirrored_as_one_block_in_both_dual_phases() {
     let reference = RedisServer::start();
     let script = b"MULTI\r\nSET k:a 1\r\nINCR k:a\r\nGET k:a\r\nSADD k:s x y z\r\nSPOP k:s 2\r\nEXPIRE k:a 100\r\nEXEC\r\n";
     let (want, _) = exchange(reference.addr(), script).await;
+    let new_before = tx_calls(&new);
     let (got, _) = exchange(proxy.addr, script).await;
     // SPOP's members are random: compare everything else byte for byte.
     let cut = |b: &[u8]| {
@@ -41,7 +57,17 @@ async fn exec_is_mirrored_as_one_block_in_both_dual_phases() {
     assert_eq!(cut(&got), cut(&want));
     assert!(text(&got).starts_with("+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n*6\r\n+OK\r\n:2\r\n$1\r\n2\r\n:3\r\n*2\r\n"), "{}", text(&got));
 
+    // The mirror ran it as one MULTI ... EXEC block, not command by command.
+    proxy.wait_mirrors_settled().await;
+    let new_after = tx_calls(&new);
+    assert_eq!(
+        (new_after.0 - new_before.0, new_after.1 - new_before.1),
+        (1, 1),
+        "one MULTI and one EXEC on new"
+    );
+
     // read-new: new runs it, old mirrors it.
+    let old_before = tx_calls(&old);
     let (got, _) = exchange(
         proxy.addr,
         b"MULTI\r\nRPUSH r:l a b c\r\nLPOP r:l\r\nSET r:n 5\r\nEXEC\r\n",
@@ -52,6 +78,12 @@ async fn exec_is_mirrored_as_one_block_in_both_dual_phases() {
         "+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n*3\r\n:3\r\n$1\r\na\r\n+OK\r\n"
     );
     proxy.wait_mirrors_settled().await;
+    let old_after = tx_calls(&old);
+    assert_eq!(
+        (old_after.0 - old_before.0, old_after.1 - old_before.1),
+        (1, 1),
+        "one MULTI and one EXEC on old"
+    );
     assert_eq!(proxy.stat("k", "mirror_errors"), 0);
     assert_eq!(proxy.stat("r", "mirror_errors"), 0);
     // The popped members were removed from the mirror too.

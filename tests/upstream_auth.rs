@@ -5,7 +5,7 @@
 
 mod support;
 
-use cutover::routing::Phase;
+use cutover::routing::{Phase, Side};
 use redis::AsyncCommands;
 use support::{RedisServer, TestProxy};
 
@@ -13,13 +13,10 @@ use support::{RedisServer, TestProxy};
 async fn client_auth_for_old_does_not_break_new_with_its_own_password() {
     let old = RedisServer::start_with(&["--requirepass", "old-secret"]);
     let new = RedisServer::start_with(&["--requirepass", "new-secret"]);
-    let text = support::config_text(
-        &old.addr(),
-        &new.addr(),
-        &[("default", None, Phase::DualWrite)],
-        "",
-    );
-    let text = support::upstream_lines(&text, &new.addr(), "password = \"new-secret\"");
+    let text = support::Config::new(&old.addr(), &new.addr())
+        .route("default", None, Phase::DualWrite)
+        .upstream(Side::New, "password", "new-secret")
+        .text();
     let proxy = TestProxy::start_text(&text).await;
 
     // The application keeps its old connection string, password included.
@@ -32,7 +29,7 @@ async fn client_auth_for_old_does_not_break_new_with_its_own_password() {
     let mut raw = proxy.raw().await;
     raw.send(b"HELLO 3 AUTH default old-secret\r\nSET h 1\r\n")
         .await;
-    let got = raw.read_for(std::time::Duration::from_millis(300)).await;
+    let got = raw.read_replies(2).await;
     assert!(
         got.ends_with(b"+OK\r\n") && got.starts_with(b"%"),
         "{}",
@@ -52,7 +49,7 @@ async fn client_auth_for_old_does_not_break_new_with_its_own_password() {
     // A wrong password is still refused: the client gets old's verdict.
     let mut bad = proxy.raw().await;
     bad.send(b"AUTH wrong\r\nGET k1\r\n").await;
-    let got = bad.read_for(std::time::Duration::from_millis(300)).await;
+    let got = bad.read_replies(2).await;
     let text = String::from_utf8_lossy(&got);
     assert!(
         text.starts_with("-WRONGPASS") && text.contains("-NOAUTH"),
