@@ -7,36 +7,50 @@
 //!
 //! # Layout
 //!
+//! Lower rows never import higher ones; `scripts/module-graph.py` checks
+//! there is no import loop.
+//!
 //! | module | owns |
 //! | --- | --- |
-//! | [`config`] | the TOML settings, environment overrides, validation errors |
 //! | [`protocol`] | request parsing (multibulk + inline, Redis's limits and errors) and reply framing |
-//! | [`commands`] | the command table generated from Redis 7, key positions, how each command is carried |
-//! | [`routing`] | routes, phases, Redis globs, the `ArcSwap`ped table and per-route counters |
-//! | [`upstream`] | opening and setting up a connection to `old` or `new`, reconnect backoff |
-//! | [`tls`] | rustls configurations (listener, each upstream) and handshake errors in words |
-//! | [`net`] | plain-or-TLS byte streams, split into read and write halves |
-//! | [`mirror`] | effect translation: what the mirror runs for blocking, random and transactional writes |
-//! | [`session`] | one client: `[auth]`, route each command, order replies, mirror writes, replay state |
-//! | [`server`] | accept loops (TLS and plain), `maxclients`, upstream check at start, graceful shutdown |
-//! | [`reload`] | SIGHUP / file-change reload of the routing table |
-//! | [`control`] | phase decisions (config file, admin flips), persisted state file |
-//! | [`admin`] | the admin HTTP API: status, phase flips, metrics |
-//! | [`metrics`] | latency histograms and the Prometheus text |
-//! | [`repair`] | reply comparison of mirrored writes, key copies to the mirror |
+//! | [`commands`] | the command table generated from Redis 7, key positions, [`commands::Traits`] decided once per entry |
+//! | [`routing`] | `Side`, `Phase`, `PerSide`, routes, Redis globs, the `ArcSwap`ped table, per-route counters |
+//! | [`compare`] | reply normalisation and comparison (mirrored writes, shadow reads, verify) |
+//! | [`shadow`] | which reads are shadowed, their outcomes, the agreement window |
+//! | [`config`] | the TOML settings, environment overrides, validation errors |
+//! | [`backoff`] | the one retry backoff |
+//! | [`tls`], [`net`] | rustls configurations and handshake errors in words; plain-or-TLS streams |
 //! | [`error`] | data-path error types |
+//! | [`upstream`] | opening and setting up a connection to `old` or `new`, reconnect backoff |
+//! | [`mirror`] | effect translation, script bodies for EVALSHA retries, the mirror backlog bound |
+//! | [`repair`] | key copies to the mirror, in-flight counters, the mirror-failure journal |
+//! | [`tools`] | offline `verify` and `backfill` |
+//! | [`backfill`] | the in-proxy backfill (admin API), exact against live writes |
+//! | [`control`] | phase decisions (config file, admin flips), persisted state file, auto-cutover |
+//! | [`metrics`] | the Prometheus text |
+//! | [`auth`] | `[auth]` users |
+//! | [`shared`] | what every session and task shares |
+//! | [`session`] | one client: plan each command, one ordered queue per cache, reply order, mirrored writes, transactions, pub/sub, state replay |
+//! | [`admin`] | the admin HTTP API: status, phase flips, metrics, backfill |
+//! | [`reload`] | SIGHUP / file-change reload of the routing table |
+//! | [`server`] | accept loops (TLS and plain), `maxclients`, upstream check at start, graceful shutdown |
 //!
 //! # Data path
 //!
 //! ```text
-//! client bytes -> RequestParser (raw Bytes kept) -> lookup + classify + key positions
-//!   -> route (one ArcSwap load) -> phase
-//!   -> authoritative side: raw bytes appended to its write buffer; reply framed by
-//!      ReplyScanner and returned to the client in order (Slot FIFO)
-//!   -> mirror side (dual phases): same raw bytes; reply counted, never shown
-//!      (or, for a blocking/random write or an EXEC, the effect derived from the
-//!      authoritative reply; later mirrored writes wait behind it to keep order)
+//! client bytes -> RequestParser (raw Bytes kept) -> commands::entry (spec + Traits)
+//!   -> session::plan: route (one ArcSwap load), phase, answering side, mirror, how
+//!   -> answering side: raw bytes onto its SideConn queue (what the reply is for
+//!      travels with it); reply framed by ReplyScanner, returned to the client
+//!      in order (ReplyOrder)
+//!   -> mirror side (dual phases): same raw bytes; reply compared (compare),
+//!      a difference copied (repair), never shown; or, for a blocking/random
+//!      write or an EXEC, the effect derived from the authoritative reply
+//!      (MirrorQueue; later mirrored writes wait behind it to keep order)
 //! ```
+//!
+//! README's Development section follows one mirrored write through these
+//! files.
 
 pub mod admin;
 pub mod auth;

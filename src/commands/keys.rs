@@ -26,76 +26,11 @@ pub fn key_positions(spec: &CommandSpec, cmd: &Command) -> KeyPositions {
         return sort_keys(cmd);
     }
     for ks in spec.key_specs {
-        let first = match ks.begin {
-            BeginSearch::Index(i) => i as i64,
-            BeginSearch::Keyword {
-                keyword,
-                start_from,
-            } => {
-                let start_from = start_from as i64;
-                let (start, end, step) = if start_from > 0 {
-                    (start_from, argc - 1, 1)
-                } else {
-                    (argc + start_from, 1, -1)
-                };
-                let mut i = start;
-                let mut found = None;
-                while if step > 0 { i <= end } else { i >= end } {
-                    if i >= argc || i < 1 {
-                        break;
-                    }
-                    if cmd
-                        .arg(i as usize)
-                        .is_some_and(|a| a.eq_ignore_ascii_case(keyword.as_bytes()))
-                    {
-                        found = Some(i + 1);
-                        break;
-                    }
-                    i += step;
-                }
-                match found {
-                    Some(f) => f,
-                    None => continue,
-                }
-            }
-            BeginSearch::Unknown => continue,
+        let Some(first) = begin(&ks.begin, cmd, argc) else {
+            continue;
         };
-        let (first, last, step) = match ks.find {
-            FindKeys::Range {
-                last_key,
-                step,
-                limit,
-            } => {
-                let (last_key, limit) = (last_key as i64, limit as i64);
-                let last = if last_key >= 0 {
-                    first + last_key
-                } else if limit == 0 {
-                    argc + last_key
-                } else {
-                    first + ((argc - first) / limit + last_key)
-                };
-                (first, last, step as i64)
-            }
-            FindKeys::KeyNum {
-                keynum_idx,
-                first_key,
-                step,
-            } => {
-                let idx = first + keynum_idx as i64;
-                if keynum_idx as i64 >= argc - first {
-                    continue;
-                }
-                let Some(numkeys) = cmd
-                    .arg(idx as usize)
-                    .and_then(string2ll)
-                    .filter(|&n| n >= 0)
-                else {
-                    continue;
-                };
-                let first = first + first_key as i64;
-                (first, first + numkeys - 1, step as i64)
-            }
-            FindKeys::Unknown => continue,
+        let Some((first, last, step)) = range(&ks.find, first, cmd, argc) else {
+            continue;
         };
         if last >= argc || last < first || first >= argc || step <= 0 {
             continue;
@@ -107,6 +42,81 @@ pub fn key_positions(spec: &CommandSpec, cmd: &Command) -> KeyPositions {
         }
     }
     out
+}
+
+/// Where a key spec's keys begin (`None`: not in this command), as Redis's
+/// `getKeysUsingKeySpecs` finds it.
+#[inline]
+fn begin(begin: &BeginSearch, cmd: &Command, argc: i64) -> Option<i64> {
+    match begin {
+        BeginSearch::Index(i) => Some(*i as i64),
+        BeginSearch::Keyword {
+            keyword,
+            start_from,
+        } => {
+            let start_from = *start_from as i64;
+            let (start, end, step) = if start_from > 0 {
+                (start_from, argc - 1, 1)
+            } else {
+                (argc + start_from, 1, -1)
+            };
+            let mut i = start;
+            while if step > 0 { i <= end } else { i >= end } {
+                if i >= argc || i < 1 {
+                    break;
+                }
+                if cmd
+                    .arg(i as usize)
+                    .is_some_and(|a| a.eq_ignore_ascii_case(keyword.as_bytes()))
+                {
+                    return Some(i + 1);
+                }
+                i += step;
+            }
+            None
+        }
+        BeginSearch::Unknown => None,
+    }
+}
+
+/// The first and last key and the step between keys of a key spec whose
+/// keys begin at `first` (`None`: no keys here).
+#[inline]
+fn range(find: &FindKeys, first: i64, cmd: &Command, argc: i64) -> Option<(i64, i64, i64)> {
+    match find {
+        FindKeys::Range {
+            last_key,
+            step,
+            limit,
+        } => {
+            let (last_key, limit) = (*last_key as i64, *limit as i64);
+            let last = if last_key >= 0 {
+                first + last_key
+            } else if limit == 0 {
+                argc + last_key
+            } else {
+                first + ((argc - first) / limit + last_key)
+            };
+            Some((first, last, *step as i64))
+        }
+        FindKeys::KeyNum {
+            keynum_idx,
+            first_key,
+            step,
+        } => {
+            let idx = first + *keynum_idx as i64;
+            if *keynum_idx as i64 >= argc - first {
+                return None;
+            }
+            let numkeys = cmd
+                .arg(idx as usize)
+                .and_then(string2ll)
+                .filter(|&n| n >= 0)?;
+            let first = first + *first_key as i64;
+            Some((first, first + numkeys - 1, *step as i64))
+        }
+        FindKeys::Unknown => None,
+    }
 }
 
 /// Redis's `sortGetKeys`: the source key, plus the last `STORE` destination,

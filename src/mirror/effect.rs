@@ -152,18 +152,32 @@ fn translate_inner(effect: &Effect, cmd: &Command, reply: &Value) -> Option<Vec<
     if matches!(reply, Value::Nil | Value::Error(_)) {
         return None;
     }
-    let one = |c: Command| Some(vec![c]);
+    match effect {
+        Effect::Pop { .. } | Effect::LMove | Effect::RPopLPush | Effect::LMPop { .. } => {
+            list_effect(effect, cmd, reply).map(|c| vec![c])
+        }
+        Effect::ZPop | Effect::ZMPop | Effect::SPop => {
+            removal_effect(effect, cmd, reply).map(|c| vec![c])
+        }
+        Effect::XAdd { .. } | Effect::XReadGroup | Effect::XClaim { .. } | Effect::XAutoClaim => {
+            stream_effect(effect, cmd, reply)
+        }
+    }
+}
+
+/// Blocking list pops and moves: the non-blocking command of the same keys.
+fn list_effect(effect: &Effect, cmd: &Command, reply: &Value) -> Option<Command> {
     match effect {
         Effect::Pop { left } => {
             let [key, _elem] = reply.as_array()? else {
                 return None;
             };
             let verb: &[u8] = if *left { b"LPOP" } else { b"RPOP" };
-            one(Command::from_args(&[verb, key.as_bytes()?]))
+            Some(Command::from_args(&[verb, key.as_bytes()?]))
         }
         Effect::LMove => {
             reply.as_bytes()?;
-            one(Command::from_args(&[
+            Some(Command::from_args(&[
                 &b"LMOVE"[..],
                 cmd.arg(1)?,
                 cmd.arg(2)?,
@@ -173,7 +187,7 @@ fn translate_inner(effect: &Effect, cmd: &Command, reply: &Value) -> Option<Vec<
         }
         Effect::RPopLPush => {
             reply.as_bytes()?;
-            one(Command::from_args(&[
+            Some(Command::from_args(&[
                 &b"RPOPLPUSH"[..],
                 cmd.arg(1)?,
                 cmd.arg(2)?,
@@ -185,13 +199,20 @@ fn translate_inner(effect: &Effect, cmd: &Command, reply: &Value) -> Option<Vec<
             };
             let n = elems.as_array()?.len().to_string();
             let verb: &[u8] = if *left { b"LPOP" } else { b"RPOP" };
-            one(Command::from_args(&[verb, key.as_bytes()?, n.as_bytes()]))
+            Some(Command::from_args(&[verb, key.as_bytes()?, n.as_bytes()]))
         }
+        _ => None,
+    }
+}
+
+/// Pops of members (sorted sets, sets): removal of the members popped.
+fn removal_effect(effect: &Effect, cmd: &Command, reply: &Value) -> Option<Command> {
+    match effect {
         Effect::ZPop => {
             let [key, member, _score] = reply.as_array()? else {
                 return None;
             };
-            one(Command::from_args(&[
+            Some(Command::from_args(&[
                 &b"ZREM"[..],
                 key.as_bytes()?,
                 member.as_bytes()?,
@@ -205,7 +226,7 @@ fn translate_inner(effect: &Effect, cmd: &Command, reply: &Value) -> Option<Vec<
             for pair in pairs.as_array()? {
                 args.push(pair.as_array()?.first()?.as_bytes()?);
             }
-            (args.len() > 2).then(|| vec![Command::from_args(&args)])
+            (args.len() > 2).then(|| Command::from_args(&args))
         }
         Effect::SPop => {
             let key = cmd.arg(1)?;
@@ -219,8 +240,16 @@ fn translate_inner(effect: &Effect, cmd: &Command, reply: &Value) -> Option<Vec<
                 }
                 _ => return None,
             }
-            (args.len() > 2).then(|| vec![Command::from_args(&args)])
+            (args.len() > 2).then(|| Command::from_args(&args))
         }
+        _ => None,
+    }
+}
+
+/// Streams: the ID assigned, the entries delivered or claimed.
+fn stream_effect(effect: &Effect, cmd: &Command, reply: &Value) -> Option<Vec<Command>> {
+    let one = |c: Command| Some(vec![c]);
+    match effect {
         Effect::XAdd { id_at } => {
             let id = reply.as_bytes()?;
             let args: Vec<&[u8]> = cmd
@@ -258,6 +287,7 @@ fn translate_inner(effect: &Effect, cmd: &Command, reply: &Value) -> Option<Vec<
             }
             one(Command::from_args(&args))
         }
+        _ => None,
     }
 }
 

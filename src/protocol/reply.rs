@@ -131,71 +131,86 @@ impl ReplyScanner {
                 });
             }
             let next = line_end + 2;
-            match ty {
-                b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => {
-                    self.pos = next;
-                    if self.element_done() {
-                        return Ok(Some(self.finish(buf)));
-                    }
-                }
-                b'$' | b'!' | b'=' => {
-                    if header == b"?" {
-                        return Err(ReplyError::Streamed);
-                    }
-                    let len = string2ll(header).ok_or(ReplyError::BadLength)?;
-                    if len < 0 {
-                        // RESP2 null bulk `$-1`.
-                        if ty != b'$' || len != -1 {
-                            return Err(ReplyError::BadLength);
-                        }
-                        self.pos = next;
-                        if self.element_done() {
-                            return Ok(Some(self.finish(buf)));
-                        }
-                    } else {
-                        self.pos = next;
-                        self.bulk_end = Some(next + len as usize + 2);
-                    }
-                }
-                b'*' | b'~' | b'>' | b'%' | b'|' => {
-                    if header == b"?" {
-                        return Err(ReplyError::Streamed);
-                    }
-                    let n = string2ll(header).ok_or(ReplyError::BadLength)?;
-                    self.pos = next;
-                    if n < 0 {
-                        // RESP2 null array `*-1`.
-                        if ty != b'*' || n != -1 {
-                            return Err(ReplyError::BadLength);
-                        }
-                        if self.element_done() {
-                            return Ok(Some(self.finish(buf)));
-                        }
-                        continue;
-                    }
-                    let mut n = n as u64;
-                    if ty == b'%' || ty == b'|' {
-                        n *= 2;
-                    }
-                    if ty == b'|' {
-                        // An attribute annotates the element after it and is
-                        // not counted as one itself.
-                        *self.stack.last_mut().expect("root level") += 1;
-                    }
-                    if n == 0 {
-                        if self.element_done() {
-                            return Ok(Some(self.finish(buf)));
-                        }
-                    } else {
-                        if depth > self.max_depth {
-                            return Err(ReplyError::TooDeep(self.max_depth));
-                        }
-                        self.stack.push(n);
-                    }
-                }
-                other => return Err(ReplyError::BadType(other)),
+            if self.header(ty, header, next, depth)? {
+                return Ok(Some(self.finish(buf)));
             }
         }
+    }
+
+    /// Takes one header line (type `ty`, its text `header`, the next line
+    /// at `next`); true when it completed the frame.
+    #[inline]
+    fn header(
+        &mut self,
+        ty: u8,
+        header: &[u8],
+        next: usize,
+        depth: usize,
+    ) -> Result<bool, ReplyError> {
+        match ty {
+            b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => {
+                self.pos = next;
+                Ok(self.element_done())
+            }
+            b'$' | b'!' | b'=' => {
+                if header == b"?" {
+                    return Err(ReplyError::Streamed);
+                }
+                let len = string2ll(header).ok_or(ReplyError::BadLength)?;
+                self.pos = next;
+                if len >= 0 {
+                    self.bulk_end = Some(next + len as usize + 2);
+                    return Ok(false);
+                }
+                // RESP2 null bulk `$-1`.
+                if ty != b'$' || len != -1 {
+                    return Err(ReplyError::BadLength);
+                }
+                Ok(self.element_done())
+            }
+            b'*' | b'~' | b'>' | b'%' | b'|' => self.aggregate(ty, header, next, depth),
+            other => Err(ReplyError::BadType(other)),
+        }
+    }
+
+    /// An aggregate's header: its elements are counted on the stack.
+    #[inline]
+    fn aggregate(
+        &mut self,
+        ty: u8,
+        header: &[u8],
+        next: usize,
+        depth: usize,
+    ) -> Result<bool, ReplyError> {
+        if header == b"?" {
+            return Err(ReplyError::Streamed);
+        }
+        let n = string2ll(header).ok_or(ReplyError::BadLength)?;
+        self.pos = next;
+        if n < 0 {
+            // RESP2 null array `*-1`.
+            if ty != b'*' || n != -1 {
+                return Err(ReplyError::BadLength);
+            }
+            return Ok(self.element_done());
+        }
+        let mut n = n as u64;
+        if ty == b'%' || ty == b'|' {
+            n *= 2;
+        }
+        if ty == b'|' {
+            // An attribute annotates the element after it and is not
+            // counted as one itself.
+            *self.stack.last_mut().expect("root level") += 1;
+        }
+        if n == 0 {
+            return Ok(self.element_done());
+        }
+        if depth > self.max_depth {
+            return Err(ReplyError::TooDeep(self.max_depth));
+        }
+        self.stack.push(n);
+        Ok(false)
     }
 
     /// Marks one element complete; true when the whole frame is.

@@ -71,42 +71,7 @@ fn match_impl(mut p: &[u8], mut s: &[u8], skip_longer: &mut bool, nesting: usize
             }
             b'?' => s = &s[1..],
             b'[' => {
-                p = &p[1..];
-                let not = p.first() == Some(&b'^');
-                if not {
-                    p = &p[1..];
-                }
-                let mut matched = false;
-                loop {
-                    if p.first() == Some(&b'\\') && p.len() >= 2 {
-                        p = &p[1..];
-                        if p[0] == s[0] {
-                            matched = true;
-                        }
-                    } else if p.first() == Some(&b']') {
-                        break;
-                    } else if p.is_empty() {
-                        // Unterminated class: Redis steps back onto the last
-                        // byte so the outer advance consumes it.
-                        break;
-                    } else if p.len() >= 3 && p[1] == b'-' {
-                        let (mut lo, mut hi) = (p[0], p[2]);
-                        if lo > hi {
-                            std::mem::swap(&mut lo, &mut hi);
-                        }
-                        p = &p[2..];
-                        if (lo..=hi).contains(&s[0]) {
-                            matched = true;
-                        }
-                    } else if p[0] == s[0] {
-                        matched = true;
-                    }
-                    p = &p[1..];
-                }
-                if not {
-                    matched = !matched;
-                }
-                if !matched {
+                if !class(&mut p, s[0]) {
                     return false;
                 }
                 s = &s[1..];
@@ -137,6 +102,46 @@ fn match_impl(mut p: &[u8], mut s: &[u8], skip_longer: &mut bool, nesting: usize
         }
     }
     p.is_empty() && s.is_empty()
+}
+
+/// Whether byte `c` is in the `[...]` class at the head of `p` (`[^...]`
+/// negates); `p` is left on the closing `]`, or empty when the class is
+/// unterminated.
+#[inline]
+fn class(p: &mut &[u8], c: u8) -> bool {
+    *p = &p[1..];
+    let not = p.first() == Some(&b'^');
+    if not {
+        *p = &p[1..];
+    }
+    let mut matched = false;
+    loop {
+        if p.first() == Some(&b'\\') && p.len() >= 2 {
+            *p = &p[1..];
+            if p[0] == c {
+                matched = true;
+            }
+        } else if p.first() == Some(&b']') {
+            break;
+        } else if p.is_empty() {
+            // Unterminated class: Redis steps back onto the last byte so
+            // the outer advance consumes it.
+            break;
+        } else if p.len() >= 3 && p[1] == b'-' {
+            let (mut lo, mut hi) = (p[0], p[2]);
+            if lo > hi {
+                std::mem::swap(&mut lo, &mut hi);
+            }
+            *p = &p[2..];
+            if (lo..=hi).contains(&c) {
+                matched = true;
+            }
+        } else if p[0] == c {
+            matched = true;
+        }
+        *p = &p[1..];
+    }
+    matched != not
 }
 
 #[cfg(test)]
