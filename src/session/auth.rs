@@ -43,7 +43,7 @@ where
         // Inside MULTI, or subscribed in RESP2, the client is authenticated;
         // AUTH and HELLO there meet the refusals of those states.
         let subscribed = !self.subs.is_empty() && !self.resp3();
-        if self.tx.is_some() || (subscribed && !is(&cmd, b"reset")) {
+        if self.tx.open.is_some() || (subscribed && !is(&cmd, b"reset")) {
             return Some(cmd);
         }
         let Some(users) = self.shared.auth.load_full() else {

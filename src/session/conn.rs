@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::plan::display_name;
 use super::refusal::Refusal;
+use super::tx::TxState;
 use super::{state, Session, Target};
 use crate::commands::StateCmd;
 use crate::protocol::Command;
@@ -86,15 +87,14 @@ where
     /// the reply from the default route's read side; connections opened later
     /// get the state replayed.
     pub(super) fn send_state(&mut self, kind: StateCmd, cmd: &Command, reply_side: Side) {
-        if self.tx.is_some() && kind != StateCmd::Reset {
+        if self.tx.open.is_some() && kind != StateCmd::Reset {
             return self.refuse(Refusal::StateInMulti {
                 name: display_name(cmd),
             });
         }
         if kind == StateCmd::Reset {
             // RESET also drops every subscription, silently.
-            self.tx = None;
-            self.watch_side = None;
+            self.tx = TxState::default();
             self.subs.clear();
         }
         // Sent before it is recorded as pending, so a connection this opens

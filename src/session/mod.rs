@@ -52,7 +52,7 @@ use crate::shared::Shared;
 use order::{Drained, ReplyOrder};
 use side::{Link, Outbound, Sent, SideConn};
 pub use state::ConnState;
-use tx::Tx;
+use tx::TxState;
 
 /// One shadow read in flight, released when its reply came or was lost.
 #[derive(Debug)]
@@ -146,7 +146,7 @@ pub struct Session<R, W> {
     /// State commands sent but not yet answered, with the side that answers.
     /// A connection opened meanwhile gets them after its setup.
     pending_state: VecDeque<(Side, StateCmd, Command)>,
-    tx: Option<Tx>,
+    tx: TxState,
     /// Mirrored writes waiting for an authoritative reply, and those queued
     /// behind them.
     held: held::MirrorQueue,
@@ -154,8 +154,6 @@ pub struct Session<R, W> {
     /// it passes 1 (evenly spaced, no randomness needed).
     shadow_credit: f64,
     subs: pubsub::Subscriptions,
-    /// The side WATCH went to; MULTI must follow it there.
-    watch_side: Option<Side>,
     /// The side the connection's SCAN iteration runs on.
     scan_side: Option<Side>,
     /// Mirrored writes whose two replies are being compared.
@@ -206,11 +204,10 @@ where
             sides: PerSide::from_fn(|side| SideConn::new(side, depth)),
             state: ConnState::default(),
             pending_state: VecDeque::new(),
-            tx: None,
+            tx: TxState::default(),
             held: held::MirrorQueue::default(),
             shadow_credit: 0.0,
             subs: pubsub::Subscriptions::default(),
-            watch_side: None,
             scan_side: None,
             compares: compare::Compares::default(),
             tracking_table: None,

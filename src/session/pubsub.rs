@@ -218,7 +218,7 @@ where
     W: AsyncWrite + Unpin,
 {
     pub(super) fn pubsub(&mut self, what: PubSubCmd, cmd: &Command) {
-        if self.tx.is_some() {
+        if self.tx.open.is_some() {
             // Redis queues these and runs them at EXEC; a proxy cannot split
             // a transaction's replies into pushes.
             return self.refuse(Refusal::PubSubInMulti { name: what.name() });

@@ -22,7 +22,7 @@ where
     pub(super) fn dispatch(&mut self, cmd: Command) {
         let entry = commands::entry(&cmd);
         let conn = ConnView {
-            in_tx: self.tx.is_some(),
+            in_tx: self.tx.open.is_some(),
             subscribed_resp2: !self.subs.is_empty() && !self.resp3(),
             tracking: self.state.is_tracking(),
             scan_side: self.scan_side,
@@ -203,7 +203,7 @@ where
     /// queueing errors abort the transaction.
     pub(super) fn refuse(&mut self, refusal: Refusal) {
         if refusal.aborts_tx() {
-            if let Some(tx) = &mut self.tx {
+            if let Some(tx) = &mut self.tx.open {
                 tx.aborted = true;
             }
         }

@@ -50,6 +50,28 @@ pub(super) struct Tx {
     pub(super) mirror: Vec<TxItem>,
 }
 
+/// The connection's transaction state: the open MULTI, and the side
+/// WATCH went to (MULTI must follow it there).
+#[derive(Debug, Default)]
+pub(super) struct TxState {
+    pub(super) open: Option<Tx>,
+    pub(super) watch_side: Option<Side>,
+}
+
+impl TxState {
+    /// The connection to `side` dropped: a MULTI open there is gone (EXEC
+    /// aborts, nothing more is sent), and so are the keys watched there.
+    pub(super) fn side_lost(&mut self, side: Side) {
+        if let Some(tx) = self.open.as_mut().filter(|t| t.side == Some(side)) {
+            tx.lost = true;
+            tx.aborted = true;
+        }
+        if self.watch_side == Some(side) {
+            self.watch_side = None;
+        }
+    }
+}
+
 impl<R, W> Session<R, W>
 where
     R: AsyncRead + Unpin,
@@ -77,7 +99,7 @@ where
             });
         };
         if side != authoritative && arity_ok {
-            let tx = self.tx.as_mut().expect("in a transaction");
+            let tx = self.tx.open.as_mut().expect("in a transaction");
             tx.crossroute.get_or_insert_with(|| Refusal::CrossRouteTx {
                 name: display_name(&cmd),
                 route: route_desc,
@@ -86,7 +108,7 @@ where
             });
             return self.local(Bytes::from_static(b"+QUEUED\r\n"));
         }
-        let tx = self.tx.as_mut().expect("in a transaction");
+        let tx = self.tx.open.as_mut().expect("in a transaction");
         let index = tx.queued;
         tx.queued += 1;
         if let Some(m) = mirror.filter(|_| side == authoritative) {
@@ -105,7 +127,7 @@ where
     /// there) if no command decided it yet. `None` when its connection was
     /// lost.
     pub(super) fn tx_side(&mut self, want: Side) -> Option<Side> {
-        let tx = self.tx.as_mut()?;
+        let tx = self.tx.open.as_mut()?;
         if tx.lost {
             return None;
         }
@@ -139,20 +161,20 @@ where
     }
 
     pub(super) fn multi(&mut self, cmd: &Command) {
-        if self.tx.is_some() {
+        if self.tx.open.is_some() {
             return self.refuse(Refusal::NestedMulti);
         }
         // After WATCH the side is known: MULTI goes there now.
-        match self.watch_side {
+        match self.tx.watch_side {
             Some(side) => {
-                self.tx = Some(Tx {
+                self.tx.open = Some(Tx {
                     side: Some(side),
                     ..Tx::default()
                 });
                 self.send(side, cmd, CLIENT);
             }
             None => {
-                self.tx = Some(Tx::default());
+                self.tx.open = Some(Tx::default());
                 self.local(Bytes::from_static(b"+OK\r\n"));
             }
         }
@@ -161,8 +183,8 @@ where
     /// EXEC or DISCARD: runs (or drops) the block on its side; EXEC's
     /// reply releases the block held for the mirror.
     pub(super) fn exec(&mut self, t: TxCmd, cmd: &Command, default_side: Side) {
-        self.watch_side = None;
-        let Some(tx) = self.tx.take() else {
+        self.tx.watch_side = None;
+        let Some(tx) = self.tx.open.take() else {
             self.send(default_side, cmd, CLIENT);
             return;
         };
@@ -210,7 +232,7 @@ where
 
     /// WATCH goes to the side its keys are read from; MULTI follows it.
     pub(super) fn watch(&mut self, cmd: &Command, table: &RouteTable) {
-        if self.tx.is_some() {
+        if self.tx.open.is_some() {
             return self.refuse(Refusal::WatchInMulti);
         }
         let positions: Vec<usize> = (1..cmd.len()).collect();
@@ -219,25 +241,25 @@ where
             // Not queued (WATCH inside MULTI was refused above).
             Err(refusal) => return self.local(refusal.reply()),
         };
-        if self.watch_side.is_some_and(|w| w != side) {
+        if self.tx.watch_side.is_some_and(|w| w != side) {
             return self.refuse(Refusal::WatchOtherCache);
         }
-        self.watch_side = Some(side);
+        self.tx.watch_side = Some(side);
         self.send(side, cmd, CLIENT);
     }
 
     pub(super) fn unwatch(&mut self, cmd: &Command, default_side: Side) {
-        if self.tx.is_some() {
+        if self.tx.open.is_some() {
             // Queued like any command.
             return match self.tx_side(default_side) {
                 Some(side) => {
-                    self.tx.as_mut().expect("in a transaction").queued += 1;
+                    self.tx.open.as_mut().expect("in a transaction").queued += 1;
                     self.send(side, cmd, CLIENT);
                 }
                 None => self.refuse(Refusal::TxLost { name: None }),
             };
         }
-        let side = self.watch_side.take().unwrap_or(default_side);
+        let side = self.tx.watch_side.take().unwrap_or(default_side);
         self.send(side, cmd, CLIENT);
     }
 }

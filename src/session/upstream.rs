@@ -237,13 +237,7 @@ where
         self.compares.abandon();
         // Their replies will never come: they were not applied.
         self.pending_state.retain(|(s, _, _)| *s != side);
-        if let Some(tx) = self.tx.as_mut().filter(|t| t.side == Some(side)) {
-            tx.lost = true;
-            tx.aborted = true;
-        }
-        if self.watch_side == Some(side) {
-            self.watch_side = None;
-        }
+        self.tx.side_lost(side);
         for ticket in lost.effects {
             self.resolve_effect(ticket, None);
         }
