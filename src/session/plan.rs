@@ -64,7 +64,9 @@ pub(super) enum Plan {
     /// MULTI/EXEC/DISCARD/WATCH/UNWATCH; the side is the default route's
     /// read side.
     Tx(TxCmd, Side),
-    Routed(Box<Routed>),
+    // Not boxed: one allocation per command is what the data path avoids.
+    #[allow(clippy::large_enum_variant)]
+    Routed(Routed),
 }
 
 /// A read or write with its route decided.
@@ -74,7 +76,6 @@ pub(super) struct Routed {
     /// Its table entry (`None`: unknown, forwarded by policy).
     pub(super) spec: Option<&'static CommandSpec>,
     pub(super) stats: Arc<RouteStats>,
-    pub(super) route_name: Arc<str>,
     pub(super) phase: Phase,
     pub(super) authoritative: Side,
     pub(super) mirror: Option<Side>,
@@ -96,7 +97,11 @@ pub(super) struct Routed {
 pub(super) enum How {
     /// Inside MULTI: queued on the transaction's side; a mirrored write
     /// is held for the mirror's MULTI block (as its effect, if it has one).
-    Queue(Option<Effect>),
+    /// `route`: the route and phase, for a CROSSROUTE at EXEC.
+    Queue {
+        effect: Option<Effect>,
+        route: String,
+    },
     /// To the answering side; the mirror gets the effect derived from its
     /// reply.
     Effect(Effect),
@@ -324,7 +329,10 @@ fn routed(
         _ => None,
     };
     let how = if conn.in_tx {
-        How::Queue(effect)
+        How::Queue {
+            effect,
+            route: format!("route '{}' ({})", route.name, phase),
+        }
     } else if blocking && mirror.is_some() && effect.is_none() {
         return Plan::Refuse(Refusal::BlockingWrite {
             name: display_name(cmd),
@@ -344,11 +352,10 @@ fn routed(
         };
         how(&carried, effect)
     };
-    Plan::Routed(Box::new(Routed {
+    Plan::Routed(Routed {
         traits,
         spec,
         stats: route.stats.clone(),
-        route_name: route.name.clone(),
         phase,
         authoritative,
         mirror,
@@ -360,7 +367,7 @@ fn routed(
         shadow_fraction: route.shadow_reads,
         shadow_repair: route.shadow_repair,
         how,
-    }))
+    })
 }
 
 #[cfg(test)]
@@ -400,7 +407,7 @@ mod tests {
 
     fn routed(p: Plan) -> Routed {
         match p {
-            Plan::Routed(r) => *r,
+            Plan::Routed(r) => r,
             other => panic!("not routed: {other:?}"),
         }
     }
@@ -486,7 +493,13 @@ mod tests {
             ..NONE
         };
         let r = routed(plan_of(&dual, &["SPOP", "s:set"], tx));
-        assert_eq!(r.how, How::Queue(Some(Effect::SPop)));
+        assert!(matches!(
+            r.how,
+            How::Queue {
+                effect: Some(Effect::SPop),
+                ..
+            }
+        ));
         let r = routed(plan_of(&dual, &["BLPOP", "s:q", "0"], NONE));
         assert!(r.blocking);
         assert_eq!(r.how, How::Effect(Effect::Pop { left: true }));

@@ -43,7 +43,7 @@ where
             Plan::Tx(t, default_side) => self.transaction(t, &cmd, &table, default_side),
             Plan::Routed(r) => {
                 drop(table);
-                self.execute(cmd, *r)
+                self.execute(cmd, r)
             }
         }
     }
@@ -55,8 +55,8 @@ where
         if r.scan_side.is_some() {
             self.scan_side = r.scan_side;
         }
-        if let How::Queue(effect) = r.how {
-            let route_desc = format!("route '{}' ({})", r.route_name, r.phase);
+        if let How::Queue { effect, route } = r.how {
+            let route_desc = route;
             return self.queue_in_tx(
                 cmd,
                 r.authoritative,
