@@ -119,6 +119,7 @@ fn reload_once(path: &std::path::Path, running: &Settings, shared: &Shared, trig
         Ok(s) => s,
         Err(e) => {
             error!(?trigger, error = %e, "config reload rejected; the running routing table stays");
+            shared.control.reload_rejected();
             return;
         }
     };

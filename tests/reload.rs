@@ -102,8 +102,18 @@ async fn invalid_file_keeps_the_running_table() {
     let mut c = proxy.conn().await;
     let good = config_text(&old.addr(), &new.addr(), &routes(Phase::ReadNew), "");
     proxy.rewrite_config(&good.replace("phase = \"read-new\"", "phase = \"read_new\""));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the proxy has read it and turned it down, the table is the same.
+    let control = &proxy.proxy.as_ref().unwrap().shared().control;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while control.reloads().rejected == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the invalid file was never read"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(proxy.phase("k"), Phase::DualWrite);
+    assert_eq!(control.reloads().applied, 0);
     let _: () = c.set("k:still", "serving").await.unwrap();
     // A later valid file is picked up.
     proxy.rewrite_config(&good);
@@ -156,6 +166,11 @@ async fn sighup_reloads() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(phase(), Phase::ReadNew);
+    assert_eq!(
+        proxy.shared().control.reloads().applied,
+        1,
+        "one reload, the signal's: the edit itself fired none"
+    );
     // The connection carries on under the new table.
     let v: String = c.get("k:a").await.unwrap();
     assert_eq!(v, "1");

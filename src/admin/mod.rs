@@ -126,6 +126,10 @@ pub struct RouteStatusView {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StatusView {
     pub table_version: u64,
+    /// Config reloads since start: applied, and rejected (the running
+    /// table stayed).
+    #[serde(default)]
+    pub config_reloads: crate::control::Reloads,
     pub state_file: Option<String>,
     pub journal_file: Option<String>,
     pub routes: Vec<RouteView>,
@@ -221,6 +225,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<StatusView> {
     let table_version = shared.router.load().version;
     Json(StatusView {
         table_version,
+        config_reloads: shared.control.reloads(),
         state_file: shared.control.state_path().map(|p| p.display().to_string()),
         journal_file: shared
             .repairer

@@ -18,6 +18,7 @@ pub mod auto;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -121,6 +122,16 @@ struct Inner {
 pub struct Control {
     state_path: Option<PathBuf>,
     inner: Mutex<Inner>,
+    /// Config reloads since start: installed, and rejected (an invalid
+    /// file; the running table stayed). Shown in `/status`.
+    reloads: [AtomicU64; 2],
+}
+
+/// Config reloads since start, as `GET /status` shows them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reloads {
+    pub applied: u64,
+    pub rejected: u64,
 }
 
 fn now_ms() -> u64 {
@@ -153,6 +164,7 @@ impl Control {
                 commands: commands.clone(),
                 routes,
             }),
+            reloads: Default::default(),
         };
         let inner = control.lock();
         if let Err(e) = control.persist(&inner.routes) {
@@ -186,7 +198,20 @@ impl Control {
         inner.config = config.to_vec();
         inner.commands = commands.clone();
         inner.routes = routes;
+        self.reloads[0].fetch_add(1, Ordering::Relaxed);
         router.replace(&effective(&inner.config, &inner.routes), &inner.commands)
+    }
+
+    /// A reload was rejected (the file did not load); nothing changed.
+    pub fn reload_rejected(&self) {
+        self.reloads[1].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn reloads(&self) -> Reloads {
+        Reloads {
+            applied: self.reloads[0].load(Ordering::Relaxed),
+            rejected: self.reloads[1].load(Ordering::Relaxed),
+        }
     }
 
     /// Moves `route` to `phase` (with a ramp, for `read-new`), persisted
