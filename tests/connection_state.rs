@@ -189,3 +189,46 @@ async fn pipelined_select_reaches_a_connection_opened_by_the_same_pipeline() {
         assert_eq!(n, 2, "both keys in db 3 on {name}");
     }
 }
+
+/// Mirrored writes held for an authoritative reply (a transaction's block,
+/// an effect) run on the mirror in the database the client was in when it
+/// sent them, though a SELECT pipelined after them reached the mirror's
+/// connection first.
+#[tokio::test]
+async fn held_mirror_writes_run_in_the_database_they_were_sent_in() {
+    let (old, new) = support::start_pair();
+    let proxy = TestProxy::start(&old, &new, &[("default", None, Phase::DualWrite)]).await;
+    new.run(&["SADD", "set", "m"]);
+    old.run(&["SADD", "set", "m"]);
+    let mut raw = proxy.raw().await;
+    raw.send(
+        b"MULTI\r\nSET tx 1\r\nEXEC\r\nSELECT 1\r\nSELECT 0\r\nSPOP set\r\nSELECT 2\r\nSET after 1\r\n",
+    )
+    .await;
+    let got = raw.read_replies(8).await;
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n+OK\r\n+OK\r\n$1\r\nm\r\n+OK\r\n+OK\r\n"
+    );
+    proxy.wait_mirrors_settled().await;
+    let in_db = |server: &RedisServer, db: &str, key: &str| -> i64 {
+        let mut c = server.sync();
+        redis::cmd("SELECT").arg(db).query::<()>(&mut c).unwrap();
+        redis::cmd("EXISTS").arg(key).query(&mut c).unwrap()
+    };
+    for (server, name) in [(&old, "old"), (&new, "new")] {
+        assert_eq!(in_db(server, "0", "tx"), 1, "{name}: the block ran in db 0");
+        assert_eq!(in_db(server, "1", "tx"), 0, "{name}: not in db 1");
+        assert_eq!(
+            in_db(server, "0", "set"),
+            0,
+            "{name}: SPOP's effect in db 0"
+        );
+        assert_eq!(
+            in_db(server, "2", "after"),
+            1,
+            "{name}: later writes in db 2"
+        );
+    }
+    assert_eq!(proxy.stat("default", "mirror_errors"), 0);
+}

@@ -38,10 +38,13 @@ pub(super) enum Pending {
     Tx(Vec<TxItem>),
 }
 
+/// Commands for the mirror, sent together (a MULTI block is never split).
+type Batch = Vec<(Command, Target)>;
+
 #[derive(Debug)]
 enum Work {
     Waiting(Pending),
-    Ready(Vec<(Command, Target)>),
+    Ready(Batch),
 }
 
 #[derive(Debug)]
@@ -78,12 +81,12 @@ impl MirrorQueue {
     }
 
     /// Holds mirrored commands ready to go, behind those waiting.
-    fn push_ready(&mut self, side: Side, batch: Vec<(Command, Target)>) {
+    fn push_ready(&mut self, side: Side, db: Option<u32>, batch: Batch) {
         let ticket = self.next_ticket();
         self.held.push_back(Held {
             ticket,
             side,
-            db: None,
+            db,
             _keys: None,
             work: Work::Ready(batch),
         });
@@ -122,23 +125,25 @@ impl MirrorQueue {
     }
 
     /// What the write waiting for `ticket` became.
-    fn ready(&mut self, ticket: u64, batch: Vec<(Command, Target)>) {
+    fn ready(&mut self, ticket: u64, batch: Batch) {
         if let Some(h) = self.held.iter_mut().find(|h| h.ticket == ticket) {
             h.work = Work::Ready(batch);
         }
     }
 
-    /// The oldest batch, once nothing before it waits.
-    fn pop_ready(&mut self) -> Option<(Side, Vec<(Command, Target)>)> {
+    /// The oldest batch, once nothing before it waits, with its mirror and
+    /// the database it was sent in.
+    fn pop_ready(&mut self) -> Option<(Side, Option<u32>, Batch)> {
         if matches!(self.held.front()?.work, Work::Waiting(_)) {
             return None;
         }
         match self.held.pop_front()? {
             Held {
                 side,
+                db,
                 work: Work::Ready(batch),
                 ..
-            } => Some((side, batch)),
+            } => Some((side, db, batch)),
             Held { .. } => None,
         }
     }
@@ -153,7 +158,7 @@ fn resolve_tx(
     mirror: Side,
     db: Option<u32>,
     inflight: &Arc<InFlight>,
-) -> Vec<(Command, Target)> {
+) -> Batch {
     let Some(results) = reply.and_then(Value::as_array) else {
         return Vec::new();
     };
@@ -236,7 +241,8 @@ where
             }
             self.send(side, cmd, Outbound::from(target).compared(compare))
         } else {
-            self.held.push_ready(side, vec![(cmd.clone(), target)]);
+            let db = self.current_db();
+            self.held.push_ready(side, db, vec![(cmd.clone(), target)]);
             None
         }
     }
@@ -292,7 +298,7 @@ where
         db: Option<u32>,
         (effect, cmd, stats): (Effect, Command, Arc<RouteStats>),
         value: Option<&Value>,
-    ) -> Vec<(Command, Target)> {
+    ) -> Batch {
         let Some(v) = value else {
             // Unknown outcome: the mirror may now differ.
             RouteStats::bump(&stats.mirror_failed);
@@ -337,13 +343,21 @@ where
         }
     }
 
-    /// Sends every held batch nothing before it waits for.
+    /// Sends every held batch nothing before it waits for, in the
+    /// database it was sent in: a SELECT the client pipelined after it
+    /// reached the mirror's connection already, so the batch goes between a
+    /// SELECT of its database and a SELECT back.
     fn flush_held(&mut self) {
-        while let Some((side, batch)) = self.held.pop_ready() {
+        while let Some((side, db, batch)) = self.held.pop_ready() {
             // A batch is all or nothing: never half a MULTI block.
             let unreachable = self.sides[side].is_idle() && !self.shared.upstreams[side].may_try();
             let bytes = batch.iter().map(|(c, _)| c.raw().len()).sum();
             let shed = !unreachable && self.backlog_full(bytes, batch.len());
+            let (then, now) = (self.db_on(side, db), self.db_on(side, self.current_db()));
+            let switch = then != now && !batch.is_empty() && !unreachable && !shed;
+            if switch {
+                self.send(side, &select(then), Target::Quiet("SELECT of held writes"));
+            }
             for (cmd, target) in batch {
                 if let Target::Mirror(w) | Target::MirrorEvalSha(w, _) = &target {
                     RouteStats::bump(&w.stats.mirrored);
@@ -363,6 +377,23 @@ where
                 debug!(%side, "sending a mirrored effect");
                 self.send(side, &cmd, target);
             }
+            if switch {
+                self.send(
+                    side,
+                    &select(now),
+                    Target::Quiet("SELECT after held writes"),
+                );
+            }
         }
     }
+
+    /// The database number `db` (as [`Session::current_db`] gives it:
+    /// `None` for the upstreams' own) is on `side`.
+    fn db_on(&self, side: Side, db: Option<u32>) -> u32 {
+        db.unwrap_or(self.shared.upstream(side).config.db)
+    }
+}
+
+fn select(db: u32) -> Command {
+    Command::from_args(&[b"SELECT", db.to_string().as_bytes()])
 }
