@@ -56,7 +56,6 @@ where
             self.scan_side = r.scan_side;
         }
         if let How::Queue { effect, route } = r.how {
-            let route_desc = route;
             return self.queue_in_tx(
                 cmd,
                 r.authoritative,
@@ -64,7 +63,7 @@ where
                 effect,
                 r.stats,
                 r.arity_ok,
-                route_desc,
+                route,
             );
         }
         RouteStats::bump(if r.write {
