@@ -199,3 +199,46 @@ async fn mirrored_block_keeps_the_clients_write_order() {
     assert_eq!(get(&mut new.sync(), "k:o").as_deref(), Some("234"));
     assert_same_keyspace(&old, &new, 0);
 }
+
+/// A command the proxy refuses while queueing (unknown, not carried)
+/// aborts the transaction as a queueing error does in Redis: EXEC answers
+/// EXECABORT and nothing runs.
+#[tokio::test]
+async fn a_refused_command_inside_multi_aborts_it_like_redis() {
+    let (old, new) = support::start_pair();
+    let proxy = proxy(&old, &new).await;
+    let reference = RedisServer::start();
+    // Redis refuses an unknown command itself: the same replies, but for
+    // the refusal's text (the proxy's own).
+    let script = b"MULTI\r\nFOOBAR x\r\nSET k:a 1\r\nEXEC\r\n";
+    let (want, _) = exchange(reference.addr(), script).await;
+    let (got, _) = exchange(proxy.addr, script).await;
+    let shape = |t: &str| {
+        t.split("\r\n")
+            .map(|l| l.split(' ').next().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+    };
+    let (want, got) = (text(&want), text(&got));
+    assert_eq!(shape(&got), shape(&want), "{got:?} vs {want:?}");
+    // A command Redis would take but the proxy does not carry aborts too,
+    // rather than run the rest without it.
+    let (got, _) = exchange(
+        proxy.addr,
+        b"MULTI\r\nCLIENT REPLY OFF\r\nSET k:a 1\r\nEXEC\r\n",
+    )
+    .await;
+    let got = text(&got);
+    assert!(
+        got.starts_with("+OK\r\n-ERR cutover does not support 'client reply'"),
+        "{got}"
+    );
+    assert!(
+        got.ends_with(
+            "+QUEUED\r\n-EXECABORT Transaction discarded because of previous errors.\r\n"
+        ),
+        "{got}"
+    );
+    for server in [&old, &new, &reference] {
+        assert_eq!(get(&mut server.sync(), "k:a"), None, "nothing ran");
+    }
+}

@@ -93,6 +93,8 @@ impl Refusal {
             self,
             Refusal::Denied { .. }
                 | Refusal::AdminNotAllowed { .. }
+                | Refusal::Unknown { .. }
+                | Refusal::Unsupported { .. }
                 | Refusal::CrossRoute { .. }
                 | Refusal::StateInMulti { .. }
                 | Refusal::PubSubInMulti { .. }
@@ -293,7 +295,8 @@ mod tests {
             detail: String::new()
         }
         .aborts_tx());
-        assert!(!Refusal::Unknown { name: "x".into() }.aborts_tx());
+        // Redis aborts a transaction on an unknown command too.
+        assert!(Refusal::Unknown { name: "x".into() }.aborts_tx());
         assert!(!Refusal::NestedMulti.aborts_tx());
     }
 }
