@@ -352,3 +352,27 @@ async fn a_pop_the_mirror_cannot_repeat_is_caught_and_the_key_copied() {
         .unwrap();
     assert_eq!(on_new, ["b"]);
 }
+
+/// A write mirrored as its effect that the answering cache refused (SPOP of
+/// a string, BLPOP of a hash) changed nothing anywhere: nothing is mirrored,
+/// nothing counted as failed, nothing journalled.
+#[tokio::test]
+async fn an_effect_refused_by_the_answering_cache_is_no_mirror_failure() {
+    let (old, new) = support::start_pair();
+    let proxy = proxy(&old, &new, Phase::DualWrite).await;
+    let mut c = proxy.conn().await;
+    let _: () = c.set("k:str", "v").await.unwrap();
+    let _: () = c.hset("k:hash", "f", "v").await.unwrap();
+    let spop: redis::RedisResult<Option<String>> = c.spop("k:str").await;
+    assert!(spop.unwrap_err().to_string().contains("WRONGTYPE"));
+    let blpop: redis::RedisResult<redis::Value> = redis::cmd("BLPOP")
+        .arg("k:hash")
+        .arg(1)
+        .query_async(&mut c)
+        .await;
+    assert!(blpop.unwrap_err().to_string().contains("WRONGTYPE"));
+    proxy.wait_mirrors_settled().await;
+    assert_eq!(proxy.stat("k", "mirror_failed"), 0, "not a mirror failure");
+    assert_eq!(proxy.stat("k", "journalled"), 0, "nothing to repair");
+    assert_same_keyspace(&old, &new, 1000);
+}

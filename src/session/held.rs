@@ -258,7 +258,8 @@ where
     }
 
     /// The authoritative reply for `ticket` arrived (`None`: it never will,
-    /// the connection failed): derive the mirror's commands, then send
+    /// the connection failed; an error reply means nothing happened, so
+    /// nothing is mirrored): derive the mirror's commands, then send
     /// everything no longer waiting.
     pub(super) fn resolve_effect(&mut self, ticket: u64, reply: Option<&bytes::Bytes>) {
         let depth = self.shared.limits.max_reply_depth;

@@ -146,8 +146,9 @@ where
                 self.sides[side].ready.push_back(Ready::Done(reply.bytes));
             }
             Target::Effect(ticket) => {
-                let value = (!reply.is_error()).then_some(&reply.bytes);
-                self.resolve_effect(ticket, value);
+                // An error reply is an answer too: the write changed
+                // nothing, so the mirror gets nothing (not a failure).
+                self.resolve_effect(ticket, Some(&reply.bytes));
                 self.sides[side].ready.push_back(Ready::Done(reply.bytes));
             }
             Target::MirrorEvalSha(w, cmd) if reply.bytes.starts_with(b"-NOSCRIPT") => {
