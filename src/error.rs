@@ -58,6 +58,9 @@ pub enum UpstreamError {
     },
     #[error("upstream {side} ({addr}): unavailable, reconnecting")]
     Backoff { side: Side, addr: String },
+    /// The client left while this connection was blocked in its command.
+    #[error("upstream {side} ({addr}): abandoned, the client left while blocked")]
+    Abandoned { side: Side, addr: String },
 }
 
 impl UpstreamError {
@@ -72,7 +75,8 @@ impl UpstreamError {
             | UpstreamError::Closed { side, .. }
             | UpstreamError::Timeout { side, .. }
             | UpstreamError::Protocol { side, .. }
-            | UpstreamError::Backoff { side, .. } => *side,
+            | UpstreamError::Backoff { side, .. }
+            | UpstreamError::Abandoned { side, .. } => *side,
         }
     }
 

@@ -176,7 +176,7 @@ fn counter_help(name: &str) -> &'static str {
         "mirror_errors" => "Mirrored writes the mirror answered with an error",
         "mirror_failed" => "Mirrored writes that never got a reply (mirror down, lost, timed out)",
         "mirror_shed" => "Mirrored writes not sent because the mirror backlog was full (journalled for repair)",
-        "script_retries" => "EVALSHA retried on the mirror with the script body after NOSCRIPT",
+        "script_retries" => "EVALSHA sent to the mirror as EVAL with the script body the proxy saw",
         "script_unknown" => "EVALSHA the mirror did not know and whose body the proxy never saw",
         "compared" => "Mirrored writes whose two replies were compared",
         "mismatches" => "Compared writes whose replies differed (the key is copied to the mirror)",

@@ -12,9 +12,13 @@ use bytes::{Bytes, BytesMut};
 
 use super::request::string2ll;
 
-/// Deepest aggregate nesting accepted from an upstream. Real replies stay
-/// under ten levels (COMMAND DOCS is the deepest); this only stops runaways.
-pub const DEFAULT_MAX_DEPTH: usize = 512;
+/// Deepest aggregate nesting accepted from an upstream. Most replies stay
+/// under ten levels, but Redis itself sends far deeper ones (a Lua table
+/// that contains itself comes back about 8,000 levels deep, ending in
+/// `-ERR reached lua stack limit`), and the client must get them exactly.
+/// The scanner is iterative and each level costs a few bytes of reply, so
+/// the bound only stops a runaway stream.
+pub const DEFAULT_MAX_DEPTH: usize = 1 << 20;
 
 /// What the top-level frame is, as far as the proxy cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -315,12 +319,24 @@ mod tests {
     #[test]
     fn deep_nesting_is_an_error_not_a_crash() {
         let deep = b"*1\r\n".repeat(10_000);
-        let mut s = ReplyScanner::default();
+        let mut s = ReplyScanner::new(512);
         let mut buf = BytesMut::from(&deep[..]);
         assert_eq!(
             s.next(&mut buf),
-            Err(ReplyError::TooDeep(DEFAULT_MAX_DEPTH))
+            Err(ReplyError::TooDeep(512))
         );
+    }
+
+    #[test]
+    fn the_default_depth_admits_what_redis_sends() {
+        // What Redis 7 answers to a self-containing Lua table.
+        let mut deep = b"*1\r\n".repeat(7_995);
+        deep.extend_from_slice(b"-ERR reached lua stack limit\r\n");
+        let mut s = ReplyScanner::default();
+        let mut buf = BytesMut::from(&deep[..]);
+        let r = s.next(&mut buf).expect("scanned").expect("complete");
+        assert_eq!(&r.bytes[..], &deep[..]);
+        assert!(buf.is_empty());
     }
 
     #[test]

@@ -42,11 +42,18 @@ impl Value {
     }
 }
 
+/// Deepest nesting [`decode`] builds a [`Value`] for, whatever it is given:
+/// decoding recurses, and a reply the scanner passes through may be far
+/// deeper. A deeper reply is not decoded (it is not compared, and a write
+/// whose effect it would tell is treated as of unknown outcome).
+pub const MAX_DECODE_DEPTH: usize = 512;
+
 /// Decodes the complete reply `frame` (as split off by the reply scanner).
-/// `None` if it is malformed or not complete; `depth` bounds nesting.
+/// `None` if it is malformed or not complete; `depth` bounds nesting (and
+/// [`MAX_DECODE_DEPTH`] bounds `depth`).
 pub fn decode(frame: &Bytes, depth: usize) -> Option<Value> {
     let mut pos = 0;
-    let v = decode_at(frame, &mut pos, depth)?;
+    let v = decode_at(frame, &mut pos, depth.min(MAX_DECODE_DEPTH))?;
     (pos == frame.len()).then_some(v)
 }
 
@@ -114,8 +121,9 @@ fn decode_at(frame: &Bytes, pos: &mut usize, depth: usize) -> Option<Value> {
                     map.push((k, v));
                 }
                 if ty == b'|' {
-                    // An attribute precedes the actual reply: skip it.
-                    return decode_at(frame, pos, depth);
+                    // An attribute precedes the actual reply: skip it
+                    // (one level down, so a chain of them is bounded too).
+                    return decode_at(frame, pos, depth - 1);
                 }
                 Value::Map(map)
             } else {
@@ -180,5 +188,15 @@ mod tests {
         assert_eq!(d("+a\r\n+b\r\n"), None);
         // A huge declared length is not preallocated.
         assert_eq!(d("*99999999999\r\n"), None);
+    }
+
+    #[test]
+    fn a_reply_deeper_than_decoding_goes_is_refused_without_recursing() {
+        let mut deep = "*1\r\n".repeat(100_000);
+        deep.push_str(":1\r\n");
+        let frame = Bytes::from(deep);
+        assert_eq!(decode(&frame, usize::MAX), None);
+        let attrs = "|1\r\n+k\r\n+v\r\n".repeat(100_000) + ":1\r\n";
+        assert_eq!(decode(&Bytes::from(attrs), usize::MAX), None);
     }
 }

@@ -26,10 +26,10 @@ pub struct RouteStats {
     /// Mirrored writes not sent because the mirror backlog was full
     /// (`limits.mirror_backlog_bytes`): journalled for repair instead.
     pub mirror_shed: AtomicU64,
-    /// EVALSHA the mirror did not know, retried there with the body.
+    /// EVALSHA sent to the mirror as EVAL with the body the proxy saw.
     pub script_retries: AtomicU64,
     /// EVALSHA the mirror did not know and whose body never passed through
-    /// the proxy: not applied on the mirror.
+    /// the proxy: not applied on the mirror, its keys copied.
     pub script_unknown: AtomicU64,
     /// Mirrored writes whose two replies were compared.
     pub compared: AtomicU64,

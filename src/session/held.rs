@@ -225,16 +225,20 @@ where
             keys: self.shared.repairer.inflight.hold(keys),
             check: None,
         };
-        let target = if evalsha {
-            Target::MirrorEvalSha(w, cmd.clone())
-        } else {
-            Target::Mirror(w)
-        };
+        // An EVALSHA goes to the mirror as EVAL with the body the proxy
+        // saw: a mirror that lacks the script (flushed, restarted) runs it
+        // in its place, not after writes sent behind it.
+        let eval = evalsha.then(|| self.as_eval(cmd)).flatten();
+        if eval.is_some() {
+            RouteStats::bump(&stats.script_retries);
+        }
+        let cmd = eval.as_ref().unwrap_or(cmd);
+        let target = Target::Mirror(w);
         if self.held.is_empty() {
             RouteStats::bump(&stats.mirrored);
             if self.backlog_full(cmd.raw().len(), 1) {
                 RouteStats::bump(&stats.mirror_shed);
-                if let Target::Mirror(w) | Target::MirrorEvalSha(w, _) = &target {
+                if let Target::Mirror(w) = &target {
                     self.journal_lost(w);
                 }
                 return None;
@@ -245,6 +249,15 @@ where
             self.held.push_ready(side, db, vec![(cmd.clone(), target)]);
             None
         }
+    }
+
+    /// `EVALSHA sha ...` as `EVAL body ...`, if the proxy saw the body.
+    pub(super) fn as_eval(&self, evalsha: &Command) -> Option<Command> {
+        let body = self.shared.scripts.body(evalsha.arg(1)?)?;
+        let mut args: Vec<&[u8]> = evalsha.args().collect();
+        args[0] = b"EVAL";
+        args[1] = &body;
+        Some(Command::from_args(&args))
     }
 
     /// Queues a mirrored write that waits for the authoritative reply to
@@ -360,7 +373,7 @@ where
                 self.send(side, &select(then), Target::Quiet("SELECT of held writes"));
             }
             for (cmd, target) in batch {
-                if let Target::Mirror(w) | Target::MirrorEvalSha(w, _) = &target {
+                if let Target::Mirror(w) = &target {
                     RouteStats::bump(&w.stats.mirrored);
                     if unreachable || shed {
                         let counter = match shed {

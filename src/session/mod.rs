@@ -85,9 +85,6 @@ enum Target {
     SubAck(u64),
     /// A mirrored write: counted on its route, never shown to the client.
     Mirror(MirrorWrite),
-    /// A mirrored EVALSHA (this command): on NOSCRIPT it is retried as
-    /// EVAL with the body the proxy saw.
-    MirrorEvalSha(MirrorWrite, Command),
     /// `EXISTS key` sent to the mirror ahead of compared write `id`, which
     /// changes its key in place: 0 means the mirror lacked the key.
     Probe(u64),
@@ -176,6 +173,10 @@ pub struct Session<R, W> {
     parse_paused: bool,
     /// Client output failed: replies are dropped, mirrors still drained.
     client_gone: bool,
+    /// The client closed its connection (or it failed): a blocking command
+    /// of its is abandoned at once, as Redis does, so nothing is popped on
+    /// its behalf.
+    client_closed: bool,
     drain_deadline: Option<Instant>,
     /// When the client last sent bytes (for `limits.idle_timeout_secs`).
     last_heard: Instant,
@@ -218,6 +219,7 @@ where
             reading: true,
             parse_paused: false,
             client_gone: false,
+            client_closed: false,
             drain_deadline: None,
             last_heard: Instant::now(),
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
@@ -240,6 +242,9 @@ where
         }
         loop {
             self.drain_ready();
+            if self.client_closed {
+                self.abandon_blocked();
+            }
             if !self.reading {
                 if self.done() {
                     break;
@@ -278,7 +283,10 @@ where
                 },
                 r = self.client_rd.read_buf(&mut self.cbuf), if can_read => match r {
                     Ok(n) if n > 0 => self.on_client_bytes(),
-                    _ => self.reading = false,
+                    _ => {
+                        self.reading = false;
+                        self.client_closed = true;
+                    }
                 },
                 () = &mut self.timer, if timer_armed => self.on_timer(),
                 r = self.table_changes.changed(), if tracking => match r {
@@ -330,8 +338,26 @@ where
 
     fn client_left(&mut self) {
         self.client_gone = true;
+        self.client_closed = true;
         self.reading = false;
         self.out.clear();
+    }
+
+    /// The client is gone: a connection blocked in its blocking command
+    /// (a `BLPOP` waiting for a push) is closed now rather than drained,
+    /// or it would pop an element into nowhere when one arrives. What was
+    /// queued behind it never ran: mirrored writes among it are journalled.
+    fn abandon_blocked(&mut self) {
+        for side in Side::BOTH {
+            if self.sides[side].blocked() {
+                debug!(%side, "client left while blocked: closing its upstream connection");
+                let err = UpstreamError::Abandoned {
+                    side,
+                    addr: self.shared.upstream(side).addr().into(),
+                };
+                self.fail_side(side, err);
+            }
+        }
     }
 
     /// Gives up on whatever is still in flight when the drain times out.
@@ -412,7 +438,7 @@ where
     fn send(&mut self, side: Side, cmd: &Command, out: impl Into<Outbound>) -> Option<Sent> {
         let mut out = out.into();
         if self.sides[side].is_idle() {
-            if let Target::Mirror(w) | Target::MirrorEvalSha(w, _) = &out.target {
+            if let Target::Mirror(w) = &out.target {
                 if !self.shared.upstream(side).may_try() {
                     RouteStats::bump(&w.stats.mirror_failed);
                     self.journal_lost(w);
@@ -429,7 +455,7 @@ where
         }
         if matches!(
             out.target,
-            Target::Mirror(_) | Target::MirrorEvalSha(..) | Target::Quiet(_)
+            Target::Mirror(_) | Target::Quiet(_)
         ) {
             out.backlog = Some(self.shared.backlog.take(cmd.raw().len()));
         }

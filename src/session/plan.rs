@@ -193,9 +193,9 @@ fn how(c: &Carried<'_>, effect: Option<Effect>) -> How {
         How::Effect(effect)
     } else if c.mirror.is_some() {
         How::Mirror {
-            // An EVALSHA the mirror may answer NOSCRIPT (and run again as
-            // EVAL) is not compared.
-            compare: c.spec.is_some() && !traits.evalsha && traits.comparable && keys_comparable,
+            // (An EVALSHA reaches the mirror as EVAL when the proxy saw
+            // its body; a NOSCRIPT there differs, and its keys are copied.)
+            compare: c.spec.is_some() && traits.comparable && keys_comparable,
             // Not for tracking clients: a read there would make the mirror
             // send invalidations too.
             probe: traits.updates_in_place && !c.tracking,

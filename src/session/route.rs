@@ -132,7 +132,13 @@ where
         let keys = super::keys_at(&cmd, &r.positions);
         // In flight until both caches answered; reported once held (see
         // InFlight).
-        let hold = self.shared.repairer.inflight.hold(keys.clone());
+        let hold = super::MirrorWrite {
+            stats: r.stats.clone(),
+            from: r.authoritative,
+            db: self.current_db(),
+            keys: self.shared.repairer.inflight.hold(keys.clone()),
+            check: None,
+        };
         self.send(r.authoritative, &cmd, out.compared(compare).holding(hold));
         if let Some(id) = compare.filter(|_| probe) {
             // A key changed in place: ask the mirror first whether it has

@@ -22,7 +22,6 @@ use super::{MirrorWrite, Target};
 use crate::error::UpstreamError;
 use crate::mirror::backlog::Share;
 use crate::protocol::{Command, ReplyScanner};
-use crate::repair::Entered;
 use crate::routing::{Phase, RouteStats, Side};
 use crate::upstream::Conn;
 
@@ -35,9 +34,14 @@ pub(super) struct Expect {
     pub(super) timing: Option<Timing>,
     /// The comparison this reply settles, with the other side's.
     pub(super) compare: Option<u64>,
+    /// A blocking command: at the head of the queue, the connection is
+    /// blocked in it.
+    blocking: bool,
     /// For the authoritative half of a mirrored write: its keys, counted in
-    /// flight until this reply (a copy of one of them waits for both).
-    _hold: Option<Entered>,
+    /// flight until this reply (a copy of one of them waits for both), and
+    /// what to journal if this reply is lost (the mirror may have applied
+    /// the write, the authoritative side may or may not have).
+    write: Option<MirrorWrite>,
     /// A write to the mirror: its share of the mirror backlog until this
     /// reply (or its loss).
     _backlog: Option<Share>,
@@ -58,7 +62,8 @@ impl Expect {
             deadline: None,
             timing: None,
             compare: None,
-            _hold: None,
+            blocking: false,
+            write: None,
             _backlog: None,
         }
     }
@@ -68,7 +73,7 @@ impl Expect {
         let Some(t) = &self.timing else { return };
         match (&t.route, &self.target) {
             (Some((stats, phase)), _) => stats.latency(*phase, side).observe(t.sent.elapsed()),
-            (None, Target::Mirror(w) | Target::MirrorEvalSha(w, _)) => w
+            (None, Target::Mirror(w)) => w
                 .stats
                 .latency(Phase::mirroring_to(side), side)
                 .observe(t.sent.elapsed()),
@@ -87,7 +92,7 @@ pub(super) struct Outbound {
     pub(super) blocking: bool,
     pub(super) route: Option<(Arc<RouteStats>, Phase)>,
     pub(super) compare: Option<u64>,
-    pub(super) hold: Option<Entered>,
+    pub(super) hold: Option<MirrorWrite>,
     pub(super) backlog: Option<Share>,
 }
 
@@ -124,8 +129,10 @@ impl Outbound {
         self
     }
 
-    /// Its keys stay counted in flight until it is answered or lost.
-    pub(super) fn holding(mut self, hold: Entered) -> Outbound {
+    /// The authoritative half of mirrored write `hold`: its keys stay
+    /// counted in flight until it is answered, and are journalled if it is
+    /// lost.
+    pub(super) fn holding(mut self, hold: MirrorWrite) -> Outbound {
         self.hold = Some(hold);
         self
     }
@@ -152,6 +159,9 @@ pub(super) struct Lost {
     pub(super) acks: Vec<u64>,
     /// Mirrored writes never answered.
     pub(super) writes: Vec<MirrorWrite>,
+    /// Writes whose authoritative reply never came: the outcome there is
+    /// unknown, the mirror may have applied them.
+    pub(super) unknown: Vec<MirrorWrite>,
     /// Fallback reads on old never answered.
     pub(super) fallbacks: Vec<FallbackOld>,
 }
@@ -211,6 +221,12 @@ impl SideConn {
 
     pub(super) fn is_idle(&self) -> bool {
         matches!(self.link, Link::Idle)
+    }
+
+    /// Whether the connection is blocked in a client's blocking command:
+    /// everything sent before it was answered, so it is running now.
+    pub(super) fn blocked(&self) -> bool {
+        self.inflight.front().is_some_and(|e| e.blocking)
     }
 
     pub(super) fn settled(&self) -> bool {
@@ -277,7 +293,8 @@ impl SideConn {
             deadline,
             timing,
             compare: out.compare,
-            _hold: out.hold,
+            blocking: out.blocking,
+            write: out.hold,
             _backlog: out.backlog,
         });
         self.sent += 1;
@@ -295,8 +312,9 @@ impl SideConn {
 
     /// Drops the connection: every client-bound reply still expected
     /// becomes `reply` (in its place), buffers are cleared, and what else
-    /// was in flight is returned.
-    pub(super) fn fail(&mut self, reply: &Bytes, max_depth: usize) -> Lost {
+    /// was in flight is returned. `abandoned`: the proxy closed it (the
+    /// client left), so it is no upstream failure.
+    pub(super) fn fail(&mut self, reply: &Bytes, max_depth: usize, abandoned: bool) -> Lost {
         let mut lost = Lost {
             was_connecting: matches!(self.link, Link::Connecting(_)),
             ..Lost::default()
@@ -306,11 +324,12 @@ impl SideConn {
         }
         for e in self.inflight.drain(..) {
             let failed_route = e.timing.as_ref().and_then(|t| t.route.as_ref());
+            lost.unknown.extend(e.write);
             match e.target {
                 Target::Client { .. } | Target::FallbackNew(_) => {
                     self.ready.push_back(Ready::Done(reply.clone()));
                     lost.failed_replies += 1;
-                    if let Some((stats, _)) = failed_route {
+                    if let Some((stats, _)) = failed_route.filter(|_| !abandoned) {
                         RouteStats::bump(&stats.upstream_failed);
                     }
                 }
@@ -322,7 +341,7 @@ impl SideConn {
                 }
                 Target::SubAck(id) => lost.acks.push(id),
                 Target::Probe(_) | Target::Shadow(_) | Target::Quiet(_) => {}
-                Target::Mirror(w) | Target::MirrorEvalSha(w, _) => {
+                Target::Mirror(w) => {
                     RouteStats::bump(&w.stats.mirror_failed);
                     lost.writes.push(w);
                 }

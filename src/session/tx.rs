@@ -113,9 +113,16 @@ where
         tx.queued += 1;
         if let Some(m) = mirror.filter(|_| side == authoritative) {
             debug_assert_ne!(m, side);
+            let evalsha = crate::commands::entry(&cmd).is_some_and(|e| e.traits.evalsha);
+            // As outside MULTI: EVAL with the body, when the proxy saw it.
+            let eval = evalsha.then(|| self.as_eval(&cmd)).flatten();
+            if eval.is_some() {
+                RouteStats::bump(&stats.script_retries);
+            }
+            let tx = self.tx.open.as_mut().expect("in a transaction");
             tx.mirror.push(TxItem {
                 index,
-                cmd: cmd.clone(),
+                cmd: eval.unwrap_or_else(|| cmd.clone()),
                 effect,
                 stats,
             });

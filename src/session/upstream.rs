@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 use super::side::{Expect, Link, Ready, SideEvent};
 use super::{pubsub, MirrorWrite, Session, Target};
 use crate::error::UpstreamError;
-use crate::protocol::{text, Command, Reply, ReplyKind};
+use crate::protocol::{text, Reply, ReplyKind};
 use crate::routing::{RouteStats, Side};
 
 impl<R, W> Session<R, W>
@@ -151,10 +151,7 @@ where
                 self.resolve_effect(ticket, Some(&reply.bytes));
                 self.sides[side].ready.push_back(Ready::Done(reply.bytes));
             }
-            Target::MirrorEvalSha(w, cmd) if reply.bytes.starts_with(b"-NOSCRIPT") => {
-                self.retry_script(side, w, &cmd);
-            }
-            Target::Mirror(w) | Target::MirrorEvalSha(w, _) => {
+            Target::Mirror(w) => {
                 self.on_mirror_reply(side, &w, expect.compare.is_some(), &reply)
             }
             Target::FallbackNew(read) if !reply.is_error() => {
@@ -203,6 +200,11 @@ where
         }
         if reply.is_error() {
             RouteStats::bump(&w.stats.mirror_errors);
+            if reply.bytes.starts_with(b"-NOSCRIPT") {
+                // An EVALSHA whose body never passed through the proxy.
+                RouteStats::bump(&w.stats.script_unknown);
+                warn!(%side, "EVALSHA of a script the mirror lacks and the proxy never saw; its keys are copied instead");
+            }
             // A compared or checked write is copied if the authoritative
             // side did not fail alike.
             if !compared && w.check.is_none() {
@@ -219,17 +221,24 @@ where
     pub(super) fn fail_side(&mut self, side: Side, err: UpstreamError) {
         let reply = err.reply();
         let depth = self.shared.limits.max_reply_depth;
-        let lost = self.sides[side].fail(&reply, depth);
+        let abandoned = matches!(err, UpstreamError::Abandoned { .. });
+        let lost = self.sides[side].fail(&reply, depth, abandoned);
         let (lost_mirrors, failed_replies) = (lost.writes.len(), lost.failed_replies);
         // Failures while connecting are logged once per outage by the
         // upstream; a dropped connection is worth a warning when it cost
         // something.
-        if (lost_mirrors > 0 || failed_replies > 0) && !lost.was_connecting {
+        if (lost_mirrors > 0 || failed_replies > 0) && !lost.was_connecting && !abandoned {
             warn!(error = %err, lost_mirrors, failed_replies, "upstream connection dropped");
         } else {
             debug!(error = %err, lost_mirrors, failed_replies, "upstream connection dropped");
         }
         for w in &lost.writes {
+            self.journal_lost(w);
+        }
+        // The mirror may hold what the authoritative side never confirmed
+        // (a cache paused for failover, then the connection dropped):
+        // copied from the authoritative side once it answers.
+        for w in &lost.unknown {
             self.journal_lost(w);
         }
         for f in lost.fallbacks {
@@ -251,25 +260,5 @@ where
             warn!(%side, "upstream holding this client's subscriptions dropped; closing the client");
             self.close_after_replies();
         }
-    }
-
-    /// The mirror does not know the script an EVALSHA named: run it there as
-    /// EVAL with the body seen earlier (which also loads it), or count it.
-    pub(super) fn retry_script(&mut self, side: Side, w: MirrorWrite, evalsha: &Command) {
-        let stats = &w.stats;
-        let body = evalsha.arg(1).and_then(|sha| self.shared.scripts.body(sha));
-        let Some(body) = body else {
-            RouteStats::bump(&stats.script_unknown);
-            RouteStats::bump(&stats.mirror_errors);
-            self.journal_lost(&w);
-            warn!(%side, "EVALSHA of a script the mirror lacks and the proxy never saw; not applied on the mirror");
-            return;
-        };
-        RouteStats::bump(&stats.script_retries);
-        // The retry stands in for the original: counted when it is answered.
-        let mut args: Vec<&[u8]> = evalsha.args().collect();
-        args[0] = b"EVAL";
-        args[1] = &body;
-        self.send(side, &Command::from_args(&args), Target::Mirror(w));
     }
 }

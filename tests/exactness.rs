@@ -1,0 +1,167 @@
+//! Reproduced ways a write could be lost or old and new diverge silently
+//! (issue 16), each against real servers: the proxy must behave as Redis
+//! does, and whatever it cannot apply on both caches must be repaired.
+
+mod support;
+
+use std::time::Duration;
+
+use cutover::routing::Phase;
+use redis::AsyncCommands;
+use support::{RawClient, RedisServer, TestProxy};
+
+fn resp(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    out
+}
+
+async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Case 1: a worker that sends `BLPOP q 0` and closes its socket must not
+/// leave an upstream connection blocked on its behalf: a job pushed
+/// afterwards stays in the list, as it does with Redis directly.
+#[tokio::test]
+async fn a_blocked_pop_is_abandoned_when_its_client_leaves() {
+    for phase in [Phase::OldOnly, Phase::DualWrite, Phase::ReadNew] {
+        let (old, new) = support::start_pair();
+        let proxy = TestProxy::start(&old, &new, &[("default", None, phase)]).await;
+        let mut worker = proxy.raw().await;
+        worker.send(&resp(&["BLPOP", "q", "0"])).await;
+        // It is blocked upstream before it leaves.
+        let side = phase.authoritative();
+        let blocked_on = match side {
+            cutover::routing::Side::Old => &old,
+            cutover::routing::Side::New => &new,
+        };
+        wait_for("the pop blocked upstream", async || {
+            let info: String = redis::cmd("INFO")
+                .arg("clients")
+                .query(&mut blocked_on.sync())
+                .unwrap();
+            info.contains("blocked_clients:1")
+        })
+        .await;
+        drop(worker);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Pushed on the cache the pop was blocked on (and, in a dual phase,
+        // through the proxy, so both caches get it).
+        let mut c = proxy.conn().await;
+        let _: i64 = c.rpush("q", "job1").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        proxy.wait_mirrors_settled().await;
+        let len: i64 = blocked_on.conn().await.llen("q").await.unwrap();
+        assert_eq!(len, 1, "{phase}: the job was popped for a client that left");
+        if phase.mirror().is_some() {
+            let other = match side {
+                cutover::routing::Side::Old => &new,
+                cutover::routing::Side::New => &old,
+            };
+            let len: i64 = other.conn().await.llen("q").await.unwrap();
+            assert_eq!(len, 1, "{phase}: the mirror lost the job");
+        }
+        assert_eq!(proxy.stat("default", "upstream_failed"), 0, "{phase}");
+    }
+}
+
+/// Case 16: Redis answers a self-containing Lua table with an array nested
+/// about 8,000 levels deep; the client gets exactly those bytes, and the
+/// connection's next reply is its own.
+#[tokio::test]
+async fn a_reply_as_deep_as_redis_sends_passes_exactly() {
+    let (old, new) = support::start_pair();
+    let direct = RedisServer::start();
+    let proxy = TestProxy::start(&old, &new, &[("default", None, Phase::DualWrite)]).await;
+    let eval = resp(&[
+        "EVAL",
+        "local a = {}; local b = {a}; a[1] = b; return a",
+        "0",
+    ]);
+    let mut d = RawClient::connect(direct.addr()).await;
+    d.send(&eval).await;
+    let want = d.read_replies(1).await;
+    assert!(want.len() > 30_000, "Redis nests it deep");
+    let mut p = proxy.raw().await;
+    p.send(&eval).await;
+    p.send(&resp(&["PING"])).await;
+    let got = p.read_replies(2).await;
+    assert_eq!(got.len(), want.len() + 7);
+    assert!(got[..want.len()] == want[..], "the deep reply differs");
+    assert_eq!(&got[want.len()..], b"+PONG\r\n");
+}
+
+/// Case 3: the answering cache pauses writes (a managed cache's failover)
+/// and the proxy gives up on its reply, but the mirror applied the write.
+/// The write's outcome is unknown: its keys are journalled and copied
+/// from the authoritative side, so old and new agree again.
+#[tokio::test]
+async fn a_write_whose_authoritative_reply_is_lost_is_repaired() {
+    let (old, new) = support::start_pair();
+    for s in [&old, &new] {
+        let _: () = s.conn().await.set("session:p", "old").await.unwrap();
+    }
+    let text = support::Config::new(&old.addr(), &new.addr())
+        .routes(&[("default", None, Phase::DualWrite)])
+        .command_timeout(cutover::routing::Side::Old, 500)
+        .text();
+    let proxy = TestProxy::start_text(&text).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3000)
+        .arg("WRITE")
+        .query_async(&mut old.conn().await)
+        .await
+        .unwrap();
+    let mut c = proxy.conn().await;
+    let r: redis::RedisResult<()> = c.set("session:p", "new").await;
+    let err = r.expect_err("old never answered");
+    assert!(err.to_string().contains("no reply within"), "{err}");
+    assert!(proxy.stat("default", "journalled") >= 1, "nothing journalled");
+    // Copied from old once it answers: new holds old's value again.
+    wait_for("new repaired from old", async || {
+        let v: Option<String> = new.conn().await.get("session:p").await.unwrap();
+        v.as_deref() == Some("old")
+    })
+    .await;
+    let v: Option<String> = old.conn().await.get("session:p").await.unwrap();
+    assert_eq!(v.as_deref(), Some("old"));
+}
+
+/// Case 4: an `EVALSHA` the mirror does not know (its script cache was
+/// flushed) must still run there before the writes pipelined after it.
+#[tokio::test]
+async fn a_mirrored_evalsha_keeps_its_place_when_the_mirror_lacks_the_script() {
+    let (old, new) = support::start_pair();
+    let proxy = TestProxy::start(&old, &new, &[("default", None, Phase::DualWrite)]).await;
+    let mut c = proxy.conn().await;
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg("return redis.call('SET', KEYS[1], ARGV[1])")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    proxy.wait_mirrors_settled().await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut new.sync())
+        .unwrap();
+    let mut raw = proxy.raw().await;
+    let mut pipeline = resp(&["EVALSHA", &sha, "1", "session:e", "v1"]);
+    pipeline.extend(resp(&["SET", "session:e", "v2"]));
+    raw.send(&pipeline).await;
+    assert_eq!(raw.read_replies(2).await, b"+OK\r\n+OK\r\n");
+    proxy.wait_mirrors_settled().await;
+    for s in [&old, &new] {
+        let v: Option<String> = s.conn().await.get("session:e").await.unwrap();
+        assert_eq!(v.as_deref(), Some("v2"), "{}", s.addr());
+    }
+    assert_eq!(proxy.stat("default", "mismatches"), 0);
+}
