@@ -124,7 +124,10 @@ async fn a_write_whose_authoritative_reply_is_lost_is_repaired() {
     let r: redis::RedisResult<()> = c.set("session:p", "new").await;
     let err = r.expect_err("old never answered");
     assert!(err.to_string().contains("no reply within"), "{err}");
-    assert!(proxy.stat("default", "journalled") >= 1, "nothing journalled");
+    assert!(
+        proxy.stat("default", "journalled") >= 1,
+        "nothing journalled"
+    );
     // Copied from old once it answers: new holds old's value again.
     wait_for("new repaired from old", async || {
         let v: Option<String> = new.conn().await.get("session:p").await.unwrap();
@@ -164,4 +167,98 @@ async fn a_mirrored_evalsha_keeps_its_place_when_the_mirror_lacks_the_script() {
         assert_eq!(v.as_deref(), Some("v2"), "{}", s.addr());
     }
     assert_eq!(proxy.stat("default", "mismatches"), 0);
+}
+
+/// The frames in `bytes`, split as a client would.
+fn frames(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut scanner = cutover::protocol::ReplyScanner::new(64);
+    let mut buf = bytes::BytesMut::from(bytes);
+    let mut out = Vec::new();
+    while let Ok(Some(f)) = scanner.next(&mut buf) {
+        out.push(f.bytes.to_vec());
+    }
+    assert!(buf.is_empty(), "a partial frame: {buf:?}");
+    out
+}
+
+/// Case 13: a RESP2 `RESET` while messages keep coming. Whatever messages
+/// come before it, `RESET`'s reply is `+RESET`, the next command's reply is
+/// its own and the connection stays up.
+#[tokio::test]
+async fn reset_while_subscribed_takes_no_message_as_its_reply() {
+    let (old, new) = support::start_pair();
+    let proxy = TestProxy::start(&old, &new, &[("default", None, Phase::OldOnly)]).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let stop = stop.clone();
+        let mut p = old.conn().await;
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _: i64 = p.publish("ch", "hello").await.unwrap();
+            }
+        })
+    };
+    for round in 0..20 {
+        let mut c = proxy.raw().await;
+        // (Nothing is read until RESET: while messages flow, reads never
+        // go quiet.)
+        c.send(&resp(&["SUBSCRIBE", "ch"])).await;
+        // Let messages flow, then reset in the middle of them.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        c.send(&[resp(&["RESET"]), resp(&["PING"])].concat()).await;
+        let got = c.read_until("+PONG\r\n").await;
+        // Drop the tail of a message cut by the read (before the RESET).
+        let at = got
+            .find("+RESET\r\n")
+            .unwrap_or_else(|| panic!("round {round}: no +RESET"));
+        let after = frames(&got.as_bytes()[at..]);
+        assert_eq!(
+            after,
+            [b"+RESET\r\n".to_vec(), b"+PONG\r\n".to_vec()],
+            "round {round}"
+        );
+        c.send(&resp(&["ECHO", "still here"])).await;
+        assert_eq!(
+            c.read_replies(1).await,
+            b"$10\r\nstill here\r\n",
+            "round {round}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    publisher.await.unwrap();
+}
+
+/// Case 14: in RESP2 a message is an array like any reply: one published
+/// on new must not reach the client ahead of the reply to a `BLPOP` on old
+/// it pipelined before its `SUBSCRIBE`, nor ahead of the confirmation.
+#[tokio::test]
+async fn a_resp2_message_waits_for_the_replies_before_its_subscription() {
+    let (old, new) = support::start_pair();
+    let routes = [
+        ("a", Some(&["a:*"][..]), Phase::OldOnly),
+        ("default", None, Phase::NewOnly),
+    ];
+    let proxy = TestProxy::start(&old, &new, &routes).await;
+    let mut c = proxy.raw().await;
+    c.send(&[resp(&["BLPOP", "a:q", "1"]), resp(&["SUBSCRIBE", "ch"])].concat())
+        .await;
+    // Subscribed on new (the confirmation is held behind the BLPOP).
+    wait_for("subscribed on new", async || {
+        let n: Vec<(String, i64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("ch")
+            .query(&mut new.sync())
+            .unwrap();
+        n[0].1 == 1
+    })
+    .await;
+    let mut p = proxy.conn().await;
+    let _: i64 = p.publish("ch", "hello").await.unwrap();
+    let got = frames(&c.read_replies(3).await);
+    assert_eq!(got[0], b"*-1\r\n", "the BLPOP's reply comes first");
+    assert_eq!(got[1], b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n");
+    assert_eq!(
+        got[2],
+        b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n"
+    );
 }

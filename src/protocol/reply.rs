@@ -321,10 +321,7 @@ mod tests {
         let deep = b"*1\r\n".repeat(10_000);
         let mut s = ReplyScanner::new(512);
         let mut buf = BytesMut::from(&deep[..]);
-        assert_eq!(
-            s.next(&mut buf),
-            Err(ReplyError::TooDeep(512))
-        );
+        assert_eq!(s.next(&mut buf), Err(ReplyError::TooDeep(512)));
     }
 
     #[test]

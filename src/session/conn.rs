@@ -33,6 +33,13 @@ where
         self.state.is_resp3()
     }
 
+    /// A `RESET` was sent and not yet answered.
+    pub(super) fn resetting(&self) -> bool {
+        self.pending_state
+            .iter()
+            .any(|(_, kind, _)| *kind == StateCmd::Reset)
+    }
+
     /// The reply to the oldest state command answered by `side` arrived.
     pub(super) fn confirm_state(&mut self, side: Side, accepted: bool) {
         if let Some(i) = self.pending_state.iter().position(|(s, _, _)| *s == side) {
@@ -93,9 +100,7 @@ where
             });
         }
         if kind == StateCmd::Reset {
-            // RESET also drops every subscription, silently.
             self.tx = TxState::default();
-            self.subs.clear();
         }
         // Sent before it is recorded as pending, so a connection this opens
         // is not set up with the very command it is about to carry.
@@ -110,6 +115,10 @@ where
             }
         }
         if kind == StateCmd::Reset {
+            // RESET also drops every subscription, silently: cleared once
+            // it is sent, so messages that still come ahead of its reply
+            // are known for what they are.
+            self.subs.clear();
             // RESET logs the upstream connection out and selects db 0:
             // give it back the proxy's own credentials and database.
             for side in Side::BOTH {

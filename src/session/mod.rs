@@ -453,12 +453,10 @@ where
         ) {
             self.order.upstream(side);
         }
-        if matches!(
-            out.target,
-            Target::Mirror(_) | Target::Quiet(_)
-        ) {
+        if matches!(out.target, Target::Mirror(_) | Target::Quiet(_)) {
             out.backlog = Some(self.shared.backlog.take(cmd.raw().len()));
         }
+        out.subscribed = self.subs.on(side) && !self.resp3();
         let timeout = self.shared.upstream(side).config.command_timeout();
         Some(self.sides[side].push(cmd, out, timeout))
     }

@@ -37,6 +37,9 @@ pub(super) struct Expect {
     /// A blocking command: at the head of the queue, the connection is
     /// blocked in it.
     blocking: bool,
+    /// Sent while this connection held subscriptions in RESP2: its reply
+    /// cannot be a `message` array, so one arriving now is a message.
+    pub(super) subscribed: bool,
     /// For the authoritative half of a mirrored write: its keys, counted in
     /// flight until this reply (a copy of one of them waits for both), and
     /// what to journal if this reply is lost (the mirror may have applied
@@ -63,6 +66,7 @@ impl Expect {
             timing: None,
             compare: None,
             blocking: false,
+            subscribed: false,
             write: None,
             _backlog: None,
         }
@@ -93,6 +97,8 @@ pub(super) struct Outbound {
     pub(super) route: Option<(Arc<RouteStats>, Phase)>,
     pub(super) compare: Option<u64>,
     pub(super) hold: Option<MirrorWrite>,
+    /// Sent while the connection holds RESP2 subscriptions.
+    pub(super) subscribed: bool,
     pub(super) backlog: Option<Share>,
 }
 
@@ -105,6 +111,7 @@ impl From<Target> for Outbound {
             compare: None,
             hold: None,
             backlog: None,
+            subscribed: false,
         }
     }
 }
@@ -294,6 +301,7 @@ impl SideConn {
             timing,
             compare: out.compare,
             blocking: out.blocking,
+            subscribed: out.subscribed,
             write: out.hold,
             _backlog: out.backlog,
         });

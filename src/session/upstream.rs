@@ -61,7 +61,7 @@ where
             };
             let Some(expect) = self.sides[side].inflight.pop_front() else {
                 let addr = self.shared.upstream(side).addr().into();
-                warn!(%side, "reply with no command waiting for it; dropping the connection");
+                warn!(%side, frame = %text(&reply.bytes), "reply with no command waiting for it; dropping the connection");
                 return self.fail_side(side, UpstreamError::Closed { side, addr });
             };
             self.on_reply(side, expect, reply);
@@ -80,7 +80,10 @@ where
                 ..
             })
         );
-        let pubsub = self.subs.on(side) || awaiting_ack;
+        // A RESET that dropped the subscriptions is still due: messages
+        // may come ahead of its reply.
+        let head_subscribed = sc.inflight.front().is_some_and(|e| e.subscribed);
+        let pubsub = self.subs.on(side) || awaiting_ack || head_subscribed;
         if reply.kind != ReplyKind::Push && !pubsub {
             return Some(reply);
         }
@@ -98,12 +101,16 @@ where
             }
             // A message can only follow the replies to everything sent
             // before the subscription; in RESP2 an array is a message only
-            // when no other reply is due.
+            // when no other reply is due, or the one due is to a command
+            // sent while subscribed (which cannot answer `message`).
             pubsub::FrameKind::Message
-                if reply.kind == ReplyKind::Push || sc.inflight.is_empty() || awaiting_ack =>
+                if reply.kind == ReplyKind::Push
+                    || sc.inflight.is_empty()
+                    || awaiting_ack
+                    || head_subscribed =>
             {
                 if !self.client_gone {
-                    self.out.extend_from_slice(&reply.bytes);
+                    self.message(reply);
                 }
                 None
             }
@@ -132,6 +139,22 @@ where
         }
     }
 
+    /// A pub/sub message for the client. A RESP3 push goes out as it
+    /// comes; in RESP2 a message is an array like any reply, so it takes
+    /// its place after the replies the client is still waiting for (a
+    /// `BLPOP` on the other cache pipelined before the `SUBSCRIBE`). One
+    /// that arrives while a `RESET` is due is dropped: in RESP2 it would
+    /// read as the reply to the client's next command.
+    fn message(&mut self, reply: Reply) {
+        if reply.kind == ReplyKind::Push || self.order.is_empty() {
+            self.out.extend_from_slice(&reply.bytes);
+        } else if self.resetting() {
+            debug!("pub/sub message while RESET is due: dropped");
+        } else {
+            self.order.local(reply.bytes);
+        }
+    }
+
     /// The reply to the command `expect` describes arrived from `side`.
     pub(super) fn on_reply(&mut self, side: Side, expect: Expect, reply: Reply) {
         expect.observe(side);
@@ -151,9 +174,7 @@ where
                 self.resolve_effect(ticket, Some(&reply.bytes));
                 self.sides[side].ready.push_back(Ready::Done(reply.bytes));
             }
-            Target::Mirror(w) => {
-                self.on_mirror_reply(side, &w, expect.compare.is_some(), &reply)
-            }
+            Target::Mirror(w) => self.on_mirror_reply(side, &w, expect.compare.is_some(), &reply),
             Target::FallbackNew(read) if !reply.is_error() => {
                 self.fallback_reply(*read, reply.bytes);
             }
