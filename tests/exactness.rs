@@ -262,3 +262,48 @@ async fn a_resp2_message_waits_for_the_replies_before_its_subscription() {
         b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n"
     );
 }
+
+/// Case 8: a mirrored write the proxy sends to a cache where the client's
+/// own MULTI is open must not be queued in it: EXEC's reply is the
+/// client's alone, and a DISCARD does not drop the mirrored write.
+#[tokio::test]
+async fn proxy_commands_wait_for_the_clients_open_multi() {
+    for end in ["EXEC", "DISCARD"] {
+        let (old, new) = support::start_pair();
+        for s in [&old, &new] {
+            let _: i64 = s.conn().await.sadd("a:s", "m").await.unwrap();
+        }
+        let routes = [
+            ("a", Some(&["a:*"][..]), Phase::DualWrite),
+            ("b", Some(&["b:*"][..]), Phase::ReadNew),
+            ("default", None, Phase::OldOnly),
+        ];
+        let proxy = TestProxy::start(&old, &new, &routes).await;
+        let mut c = proxy.raw().await;
+        c.send(
+            &[
+                resp(&["SPOP", "a:s"]),
+                resp(&["MULTI"]),
+                resp(&["SET", "b:1", "1"]),
+            ]
+            .concat(),
+        )
+        .await;
+        assert_eq!(c.read_replies(3).await, b"$1\r\nm\r\n+OK\r\n+QUEUED\r\n");
+        // The SPOP's effect (SREM on new) is due while the MULTI is open.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        c.send(&resp(&[end])).await;
+        let want: &[u8] = match end {
+            "EXEC" => b"*1\r\n+OK\r\n",
+            _ => b"+OK\r\n",
+        };
+        assert_eq!(c.read_replies(1).await, want, "{end}");
+        proxy.wait_mirrors_settled().await;
+        for s in [&old, &new] {
+            let n: i64 = s.conn().await.scard("a:s").await.unwrap();
+            assert_eq!(n, 0, "{end}: SPOP's effect on {}", s.addr());
+        }
+        let b: Option<String> = new.conn().await.get("b:1").await.unwrap();
+        assert_eq!(b.is_some(), end == "EXEC", "{end}");
+    }
+}

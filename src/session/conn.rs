@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::plan::display_name;
 use super::refusal::Refusal;
+use super::side::{Outbound, TxMark};
 use super::tx::TxState;
 use super::{state, Session, Target};
 use crate::commands::StateCmd;
@@ -104,14 +105,19 @@ where
         }
         // Sent before it is recorded as pending, so a connection this opens
         // is not set up with the very command it is about to carry.
-        self.send(reply_side, cmd, Target::Client { state: true });
+        // RESET ends a transaction the client has open there.
+        let mark = |out: Outbound| match kind {
+            StateCmd::Reset => out.in_tx(TxMark::Close),
+            _ => out,
+        };
+        self.send(reply_side, cmd, mark(Target::Client { state: true }.into()));
         self.pending_state
             .push_back((reply_side, kind, cmd.clone()));
         let other = reply_side.other();
         let own_credentials = self.shared.upstreams[other].config.password.is_some();
         if !self.sides[other].is_idle() {
             if let Some(cmd) = state::for_other_side(kind, cmd, own_credentials) {
-                self.send(other, &cmd, Target::Quiet("connection state"));
+                self.send(other, &cmd, mark(Target::Quiet("connection state").into()));
             }
         }
         if kind == StateCmd::Reset {

@@ -59,6 +59,8 @@ where
         let can = missed
             && self.held.is_empty()
             && !self.shared.repairer.inflight.busy(&read.key)
+            // (It would be queued in the client's MULTI open there.)
+            && !self.sides[old].in_client_tx()
             && (!self.sides[old].is_idle() || self.shared.upstream(old).may_try());
         let sc = &mut self.sides[Side::New];
         if !can {

@@ -348,6 +348,15 @@ where
     /// or it would pop an element into nowhere when one arrives. What was
     /// queued behind it never ran: mirrored writes among it are journalled.
     fn abandon_blocked(&mut self) {
+        // A transaction it left open is discarded, as Redis does, and what
+        // waited behind it on that connection goes out.
+        if let Some(tx) = self.tx.open.take() {
+            if let (Some(side), false) = (tx.side, tx.lost) {
+                let discard = Outbound::from(Target::Quiet("DISCARD of a client that left"))
+                    .in_tx(side::TxMark::Close);
+                self.send(side, &Command::from_args(&[b"DISCARD"]), discard);
+            }
+        }
         for side in Side::BOTH {
             if self.sides[side].blocked() {
                 debug!(%side, "client left while blocked: closing its upstream connection");

@@ -86,6 +86,17 @@ impl Expect {
     }
 }
 
+/// A command's part in the client's own transaction on its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum TxMark {
+    /// The client's `MULTI`: from here the connection queues commands.
+    Open,
+    /// A command queued in it.
+    Inside,
+    /// `EXEC`, `DISCARD` or `RESET`: the transaction ends here.
+    Close,
+}
+
 /// What a command about to be sent expects of its reply, decided before it
 /// is sent: whom the reply is for, whether it may block, the route whose
 /// latency it counts in, the comparison it settles, the keys it holds in
@@ -100,6 +111,9 @@ pub(super) struct Outbound {
     /// Sent while the connection holds RESP2 subscriptions.
     pub(super) subscribed: bool,
     pub(super) backlog: Option<Share>,
+    /// Its part in the client's transaction; `None` for everything else,
+    /// which waits while one is open there.
+    pub(super) tx: Option<TxMark>,
 }
 
 impl From<Target> for Outbound {
@@ -111,6 +125,7 @@ impl From<Target> for Outbound {
             compare: None,
             hold: None,
             backlog: None,
+            tx: None,
             subscribed: false,
         }
     }
@@ -127,6 +142,12 @@ impl Outbound {
     /// latency is recorded there.
     pub(super) fn routed(mut self, stats: &Arc<RouteStats>, phase: Phase) -> Outbound {
         self.route = Some((stats.clone(), phase));
+        self
+    }
+
+    /// Its part in the client's transaction.
+    pub(super) fn in_tx(mut self, mark: TxMark) -> Outbound {
+        self.tx = Some(mark);
         self
     }
 
@@ -207,6 +228,13 @@ pub(super) struct SideConn {
     pub(super) ready: VecDeque<Ready>,
     /// Replies taken from `ready` so far: absolute positions for fills.
     pub(super) ready_base: u64,
+    /// The client's MULTI is open on this connection: anything else sent
+    /// here would be queued in it (and run at its EXEC, or be dropped by
+    /// its DISCARD), so it waits in `deferred` until the transaction ends.
+    client_tx: bool,
+    /// Commands held back while `client_tx`, with their command timeout
+    /// (their deadline runs from when they are sent).
+    deferred: VecDeque<(Bytes, Expect, Option<Duration>)>,
     /// Commands queued here so far.
     sent: u64,
 }
@@ -222,6 +250,8 @@ impl SideConn {
             inflight: VecDeque::new(),
             ready: VecDeque::new(),
             ready_base: 0,
+            client_tx: false,
+            deferred: VecDeque::new(),
             sent: 0,
         }
     }
@@ -237,7 +267,12 @@ impl SideConn {
     }
 
     pub(super) fn settled(&self) -> bool {
-        self.inflight.is_empty() && self.wbuf.is_empty()
+        self.inflight.is_empty() && self.wbuf.is_empty() && self.deferred.is_empty()
+    }
+
+    /// The client's MULTI is open on this connection.
+    pub(super) fn in_client_tx(&self) -> bool {
+        self.client_tx
     }
 
     /// Whether the reply at the head of this connection's queue goes to
@@ -294,8 +329,7 @@ impl SideConn {
             };
             (timeout.map(|t| now + t), Some(timing))
         };
-        self.wbuf.extend_from_slice(cmd.raw());
-        self.inflight.push_back(Expect {
+        let expect = Expect {
             target: out.target,
             deadline,
             timing,
@@ -304,7 +338,19 @@ impl SideConn {
             subscribed: out.subscribed,
             write: out.hold,
             _backlog: out.backlog,
-        });
+        };
+        if self.client_tx && out.tx.is_none() {
+            self.deferred
+                .push_back((cmd.raw().clone(), expect, timeout));
+        } else {
+            self.wbuf.extend_from_slice(cmd.raw());
+            self.inflight.push_back(expect);
+        }
+        match out.tx {
+            Some(TxMark::Open) => self.client_tx = true,
+            Some(TxMark::Close) => self.end_client_tx(),
+            Some(TxMark::Inside) | None => {}
+        }
         self.sent += 1;
         Sent {
             side: self.side,
@@ -315,7 +361,29 @@ impl SideConn {
     /// One more reply frame to the command queued last (a (un)subscribe
     /// is confirmed once per channel), untimed.
     pub(super) fn expect_another(&mut self, target: Target) {
-        self.inflight.push_back(Expect::untimed(target));
+        match self.client_tx {
+            true => self
+                .deferred
+                .push_back((Bytes::new(), Expect::untimed(target), None)),
+            false => self.inflight.push_back(Expect::untimed(target)),
+        }
+    }
+
+    /// The client's transaction ended: what waited for it goes out now,
+    /// in order, its deadlines running from now.
+    fn end_client_tx(&mut self) {
+        self.client_tx = false;
+        let now = Instant::now();
+        for (raw, mut expect, timeout) in self.deferred.drain(..) {
+            if expect.deadline.is_some() {
+                expect.deadline = timeout.map(|t| now + t);
+            }
+            if let Some(t) = &mut expect.timing {
+                t.sent = now;
+            }
+            self.wbuf.extend_from_slice(&raw);
+            self.inflight.push_back(expect);
+        }
     }
 
     /// Drops the connection: every client-bound reply still expected
@@ -330,7 +398,10 @@ impl SideConn {
         if let Link::Connecting(task) = &self.link {
             task.abort();
         }
-        for e in self.inflight.drain(..) {
+        self.client_tx = false;
+        let deferred = self.deferred.drain(..).map(|(_, e, _)| e);
+        let expects: Vec<Expect> = self.inflight.drain(..).chain(deferred).collect();
+        for e in expects {
             let failed_route = e.timing.as_ref().and_then(|t| t.route.as_ref());
             lost.unknown.extend(e.write);
             match e.target {

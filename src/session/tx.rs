@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::held::{Pending, TxItem};
 use super::plan::{self, display_name};
 use super::refusal::Refusal;
+use super::side::{Outbound, TxMark};
 use super::{Session, Target};
 use crate::commands::TxCmd;
 use crate::mirror;
@@ -25,6 +26,16 @@ use crate::routing::{RouteStats, RouteTable, Side};
 
 /// A client-bound reply, not a connection-state command.
 const CLIENT: Target = Target::Client { state: false };
+
+/// A command queued in the client's transaction.
+fn inside() -> Outbound {
+    Outbound::from(CLIENT).in_tx(TxMark::Inside)
+}
+
+/// The command that ends the client's transaction on its connection.
+fn closing(target: Target) -> Outbound {
+    Outbound::from(target).in_tx(TxMark::Close)
+}
 
 /// An open MULTI.
 ///
@@ -127,7 +138,7 @@ where
                 stats,
             });
         }
-        self.send(side, &cmd, Target::Client { state: false });
+        self.send(side, &cmd, inside());
     }
 
     /// The side of the open transaction, fixed to `want` (and MULTI sent
@@ -142,11 +153,8 @@ where
             return Some(side);
         }
         tx.side = Some(want);
-        self.send(
-            want,
-            &Command::from_args(&[b"MULTI"]),
-            Target::Quiet("MULTI"),
-        );
+        let multi = Outbound::from(Target::Quiet("MULTI")).in_tx(TxMark::Open);
+        self.send(want, &Command::from_args(&[b"MULTI"]), multi);
         Some(want)
     }
 
@@ -178,7 +186,7 @@ where
                     side: Some(side),
                     ..Tx::default()
                 });
-                self.send(side, cmd, CLIENT);
+                self.send(side, cmd, Outbound::from(CLIENT).in_tx(TxMark::Open));
             }
             None => {
                 self.tx.open = Some(Tx::default());
@@ -197,17 +205,14 @@ where
         };
         let discard = |s: &mut Self| {
             if let (Some(side), false) = (tx.side, tx.lost) {
-                s.send(
-                    side,
-                    &Command::from_args(&[b"DISCARD"]),
-                    Target::Quiet("DISCARD of a transaction that cannot run"),
-                );
+                let quiet = Target::Quiet("DISCARD of a transaction that cannot run");
+                s.send(side, &Command::from_args(&[b"DISCARD"]), closing(quiet));
             }
         };
         if t == TxCmd::Discard {
             return match tx.side.filter(|_| !tx.lost) {
                 Some(side) => {
-                    self.send(side, cmd, CLIENT);
+                    self.send(side, cmd, closing(CLIENT));
                 }
                 None => self.local(Bytes::from_static(b"+OK\r\n")),
             };
@@ -225,7 +230,7 @@ where
             return self.local(Bytes::from_static(b"*0\r\n"));
         };
         if tx.mirror.is_empty() {
-            self.send(side, cmd, CLIENT);
+            self.send(side, cmd, closing(CLIENT));
             return;
         }
         let keys = tx
@@ -234,7 +239,7 @@ where
             .flat_map(|item| super::written_keys(&item.cmd))
             .collect();
         let ticket = self.defer_mirror(side.other(), Pending::Tx(tx.mirror), Some(keys));
-        self.send(side, cmd, Target::Effect(ticket));
+        self.send(side, cmd, closing(Target::Effect(ticket)));
     }
 
     /// WATCH goes to the side its keys are read from; MULTI follows it.
@@ -261,7 +266,7 @@ where
             return match self.tx_side(default_side) {
                 Some(side) => {
                     self.tx.open.as_mut().expect("in a transaction").queued += 1;
-                    self.send(side, cmd, CLIENT);
+                    self.send(side, cmd, inside());
                 }
                 None => self.refuse(Refusal::TxLost { name: None }),
             };
