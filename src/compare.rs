@@ -92,6 +92,12 @@ pub fn replies_agree(a: &Bytes, b: &Bytes, depth: usize) -> bool {
     }
 }
 
+/// Whether two decoded replies to the same write say the same (errors
+/// agreeing on their code).
+pub fn values_agree(a: &Value, b: Value) -> bool {
+    normal(a.clone(), Order::AsIs, Errors::Code) == normal(b, Order::AsIs, Errors::Code)
+}
+
 /// Whether the mirror's reply to a write mirrored as its effect is the one
 /// it gives when it held what the authoritative side did.
 pub fn effect_agrees(expected: &Value, reply: &Bytes, depth: usize) -> bool {

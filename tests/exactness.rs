@@ -307,3 +307,37 @@ async fn proxy_commands_wait_for_the_clients_open_multi() {
         assert_eq!(b.is_some(), end == "EXEC", "{end}");
     }
 }
+
+/// Writes inside MULTI are compared element by element: a counter that
+/// existed on old only (redis-py pipelines use MULTI), and errors inside
+/// the mirror's EXEC array (case 7), each get their keys copied.
+#[tokio::test]
+async fn a_mirrored_transaction_is_compared_element_by_element() {
+    let (old, new) = support::start_pair();
+    let _: () = old.conn().await.set("session:ctr", 10).await.unwrap();
+    // On new only the list is a string: WRONGTYPE inside new's EXEC.
+    let _: () = new.conn().await.set("session:l", "x").await.unwrap();
+    let proxy = TestProxy::start(&old, &new, &[("default", None, Phase::DualWrite)]).await;
+    let mut c = proxy.conn().await;
+    let (ctr, _, pushed): (i64, bool, i64) = redis::pipe()
+        .atomic()
+        .incr("session:ctr", 1)
+        .expire("session:ctr", 100)
+        .lpush("session:l", "a")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!((ctr, pushed), (11, 1));
+    proxy.wait_mirrors_settled().await;
+    assert!(proxy.stat("default", "compared") >= 3);
+    assert_eq!(proxy.stat("default", "mismatches"), 2);
+    wait_for("new repaired", async || {
+        let mut n = new.conn().await;
+        let ctr: Option<i64> = n.get("session:ctr").await.unwrap_or(None);
+        let l: redis::RedisResult<Vec<String>> = n.lrange("session:l", 0, -1).await;
+        ctr == Some(11) && l.is_ok_and(|l| l == ["a"])
+    })
+    .await;
+    let ttl: i64 = new.conn().await.ttl("session:ctr").await.unwrap();
+    assert!(ttl > 0, "the copy keeps the TTL: {ttl}");
+}

@@ -6,8 +6,10 @@
 //! as compared; different ones count a mismatch and queue a copy of each
 //! key from the authoritative side to the mirror. A write mirrored as its
 //! effect (one command) is checked against the reply the authoritative side
-//! implies instead ([`Session::check_effect`]). Writes inside a transaction
-//! or held behind an effect are not compared in this version; neither are
+//! implies instead ([`Session::check_effect`]), and a mirrored transaction
+//! element by element against the authoritative EXEC array
+//! ([`Session::check_exec`]). Writes held behind an effect are not
+//! compared in this version; neither are
 //! `PUBLISH`/`SPUBLISH` (receiver counts differ by design, and their "key"
 //! is a channel).
 
@@ -17,9 +19,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{MirrorWrite, Session, ShadowSlot};
+use super::{Element, MirrorWrite, Session, ShadowSlot};
 use crate::commands::{self, CommandSpec};
-use crate::compare::{effect_agrees, replies_agree};
+use crate::compare::{effect_agrees, replies_agree, values_agree};
 use crate::protocol::{Command, Value};
 use crate::repair::RepairJob;
 use crate::routing::{PerSide, RouteStats, Side};
@@ -238,6 +240,48 @@ where
                 key: key.clone(),
                 stats: w.stats.clone(),
             });
+        }
+    }
+
+    /// The mirror answered the EXEC of a mirrored transaction: each
+    /// element of its array is checked against what the authoritative
+    /// side's implies, and the keys of each that differs (an error there,
+    /// a key that held something else) are copied. An EXEC that did not
+    /// run the block copies every key.
+    pub(super) fn check_exec(&self, w: &MirrorWrite, elements: &[Element], reply: &Bytes) {
+        let depth = self.shared.limits.max_reply_depth;
+        let got = crate::protocol::value::decode(reply, depth);
+        let got = match got {
+            Some(Value::Array(items)) if items.len() == elements.len() => Some(items),
+            _ => None,
+        };
+        let copy = |keys: &[Bytes]| {
+            for key in keys.iter().take(MAX_KEYS) {
+                self.shared.repairer.submit(RepairJob {
+                    from: w.from,
+                    db: w.db,
+                    key: key.clone(),
+                    stats: w.stats.clone(),
+                });
+            }
+        };
+        let Some(got) = got else {
+            RouteStats::bump(&w.stats.compared);
+            RouteStats::bump(&w.stats.mismatches);
+            for e in elements {
+                copy(&e.keys);
+            }
+            return;
+        };
+        for (e, got) in elements.iter().zip(got) {
+            let Some(expected) = &e.expected else {
+                continue;
+            };
+            RouteStats::bump(&w.stats.compared);
+            if !values_agree(expected, got) {
+                RouteStats::bump(&w.stats.mismatches);
+                copy(&e.keys);
+            }
         }
     }
 

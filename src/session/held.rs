@@ -13,7 +13,9 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
-use super::{written_keys, Entered, Keys, MirrorWrite, Outbound, Sent, Session, Target};
+use super::{
+    written_keys, Check, Element, Entered, Keys, MirrorWrite, Outbound, Sent, Session, Target,
+};
 use crate::mirror::{self, Effect};
 use crate::protocol::{value, Command, Value};
 use crate::repair::InFlight;
@@ -164,17 +166,30 @@ fn resolve_tx(
     };
     let mut body = Vec::with_capacity(items.len());
     let mut keys = Keys::new();
+    let mut checks = Vec::with_capacity(items.len());
     let mut last_stats = None;
     for item in items {
         let Some(result) = results.get(item.index) else {
             continue;
         };
-        let cmds = match &item.effect {
-            Some(effect) => mirror::translate(effect, &item.cmd, result),
-            None => vec![item.cmd],
+        // Its element of the mirror's EXEC array must say what the
+        // authoritative one did (for an effect of one command, what that
+        // command answers when the mirror held the same).
+        let (cmds, mut expected) = match &item.effect {
+            Some(effect) => {
+                let cmds = mirror::translate(effect, &item.cmd, result);
+                let one = (cmds.len() == 1).then(|| mirror::effect::expected(effect, result));
+                (cmds, one.flatten())
+            }
+            None => (vec![item.cmd], Some(result.clone())),
         };
         for cmd in cmds {
-            keys.extend(written_keys(&cmd));
+            let written = written_keys(&cmd);
+            keys.extend(written.iter().cloned());
+            checks.push(Element {
+                expected: expected.take(),
+                keys: written,
+            });
             body.push((cmd, Target::Quiet("write queued in a mirrored MULTI")));
         }
         last_stats = Some(item.stats);
@@ -195,7 +210,7 @@ fn resolve_tx(
         from: mirror.other(),
         db,
         keys: inflight.hold(keys),
-        check: None,
+        check: Some(Box::new(Check::Exec(checks))),
     };
     out.push((Command::from_args(&[b"EXEC"]), Target::Mirror(exec)));
     out
@@ -335,7 +350,7 @@ where
                     from: side.other(),
                     db,
                     keys: inflight.hold(written_keys(&c)),
-                    check: check.take(),
+                    check: check.take().map(|v| Box::new(Check::Effect(*v))),
                 };
                 (c, Target::Mirror(w))
             })

@@ -110,9 +110,28 @@ struct MirrorWrite {
     /// Its keys, counted in flight until it is answered or lost (a copy of
     /// one of them waits).
     keys: Entered,
-    /// For a write mirrored as its effect, the reply that shows the mirror
-    /// held what the authoritative side did; another one queues a copy.
-    check: Option<Box<Value>>,
+    /// What the mirror's reply must be to show it held what the
+    /// authoritative side did; another one queues a copy.
+    check: Option<Box<Check>>,
+}
+
+/// What a mirrored write's reply is checked against.
+#[derive(Debug)]
+enum Check {
+    /// A write mirrored as its effect: the reply it gives when the mirror
+    /// held what the authoritative side did.
+    Effect(Value),
+    /// The EXEC of a mirrored transaction: one check per command in it, in
+    /// order (each element of the mirror's EXEC array against it).
+    Exec(Vec<Element>),
+}
+
+/// One command of a mirrored transaction: the reply it must get (`None`:
+/// not checked, an effect of several commands) and the keys it writes.
+#[derive(Debug)]
+struct Element {
+    expected: Option<Value>,
+    keys: Keys,
 }
 
 /// The keys `cmd` writes, by the command table (for commands the proxy

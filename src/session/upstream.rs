@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
 use super::side::{Expect, Link, Ready, SideEvent};
-use super::{pubsub, MirrorWrite, Session, Target};
+use super::{pubsub, Check, MirrorWrite, Session, Target};
 use crate::error::UpstreamError;
 use crate::protocol::{text, Reply, ReplyKind};
 use crate::routing::{RouteStats, Side};
@@ -216,8 +216,10 @@ where
         compared: bool,
         reply: &Reply,
     ) {
-        if let Some(expected) = &w.check {
-            self.check_effect(w, expected, &reply.bytes);
+        match w.check.as_deref() {
+            Some(Check::Effect(expected)) => self.check_effect(w, expected, &reply.bytes),
+            Some(Check::Exec(elements)) => self.check_exec(w, elements, &reply.bytes),
+            None => {}
         }
         if reply.is_error() {
             RouteStats::bump(&w.stats.mirror_errors);
