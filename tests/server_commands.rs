@@ -197,3 +197,65 @@ async fn scan_cursor_stays_on_the_cache_that_issued_it() {
         .unwrap();
     assert!(keys.is_empty(), "new has no keys: {keys:?}");
 }
+
+/// Case 11 of issue 16: HSCAN, SSCAN and ZSCAN cursors stay on the cache
+/// that issued them too, per key, across a flip.
+#[tokio::test]
+async fn key_scan_cursors_stay_on_the_cache_that_issued_them() {
+    let (old, new) = support::start_pair();
+    let routes = |phase: Phase| {
+        support::config_text(&old.addr(), &new.addr(), &[("default", None, phase)], "")
+    };
+    // Only old has the keys: a cursor carried to new returns nothing.
+    let mut o = old.sync();
+    for i in 0..3000 {
+        let _: () = redis::pipe()
+            .hset("h", format!("f{i}"), i)
+            .ignore()
+            .sadd("s", format!("m{i}"))
+            .ignore()
+            .zadd("z", format!("m{i}"), i)
+            .ignore()
+            .query(&mut o)
+            .unwrap();
+    }
+    let proxy = TestProxy::start_text(&routes(Phase::DualWrite)).await;
+    let mut c = proxy.conn().await;
+    // Three iterations at once, one step each before the flip.
+    let step =
+        async |c: &mut redis::aio::MultiplexedConnection, cmd: &str, key: &str, cursor: u64| {
+            let (next, items): (u64, Vec<String>) = redis::cmd(cmd)
+                .arg(key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(100)
+                .query_async(c)
+                .await
+                .unwrap();
+            (next, items)
+        };
+    let scans = [("HSCAN", "h", 2), ("SSCAN", "s", 1), ("ZSCAN", "z", 2)];
+    let mut state = Vec::new();
+    for (cmd, key, per) in scans {
+        let (cursor, items) = step(&mut c, cmd, key, 0).await;
+        assert_ne!(cursor, 0, "{cmd}");
+        let mut seen: Vec<String> = items.chunks(per).map(|x| x[0].clone()).collect();
+        seen.sort();
+        state.push((cmd, key, per, cursor, seen));
+    }
+    proxy.rewrite_config(&routes(Phase::ReadNew));
+    proxy.wait_phase("default", Phase::ReadNew).await;
+    for (cmd, key, per, mut cursor, mut seen) in state {
+        while cursor != 0 {
+            let (next, items) = step(&mut c, cmd, key, cursor).await;
+            seen.extend(items.chunks(per).map(|x| x[0].clone()));
+            cursor = next;
+        }
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 3000, "{cmd}: the whole scan ran on old");
+        // A new iteration starts on the route's read side: new is empty.
+        let (next, items) = step(&mut c, cmd, key, 0).await;
+        assert_eq!((next, items.len()), (0, 0), "{cmd}");
+    }
+}

@@ -41,9 +41,11 @@ pub struct Traits {
     /// How a shadowed read is compared, `None` when it is never shadowed
     /// (the table and its reasons: [`crate::shadow`]).
     pub shadow: Option<Order>,
-    /// `SCAN`: its cursor only means something on the cache that issued
-    /// it, so an iteration stays on that cache across flips.
-    pub sticky_cursor: bool,
+    /// `SCAN`, `HSCAN`, `SSCAN`, `ZSCAN`: the position of the cursor, which
+    /// only means something on the cache that issued it, so an iteration
+    /// stays on that cache across flips. `SCAN`'s is 1; the others' is 2,
+    /// after their key.
+    pub sticky_cursor: Option<usize>,
     /// `CLIENT CACHING`: its effect moves to the cache serving the next
     /// command.
     pub client_caching: bool,
@@ -70,7 +72,11 @@ impl Traits {
             updates_in_place: updates_in_place(spec),
             falls_back: falls_back(name),
             shadow: shadow::order_for(name),
-            sticky_cursor: name == "scan",
+            sticky_cursor: match name {
+                "scan" => Some(1),
+                "hscan" | "sscan" | "zscan" => Some(2),
+                _ => None,
+            },
             client_caching: name == "client|caching",
             ping: name == "ping",
         }

@@ -172,6 +172,9 @@ pub struct Session<R, W> {
     subs: pubsub::Subscriptions,
     /// The side the connection's SCAN iteration runs on.
     scan_side: Option<Side>,
+    /// The side each HSCAN/SSCAN/ZSCAN iteration runs on, by database and
+    /// key.
+    key_scans: std::collections::HashMap<(Option<u32>, Bytes), Side>,
     /// Mirrored writes whose two replies are being compared.
     compares: compare::Compares,
     /// With client tracking on: the table reads were routed by, to tell
@@ -229,6 +232,7 @@ where
             shadow_credit: 0.0,
             subs: pubsub::Subscriptions::default(),
             scan_side: None,
+            key_scans: std::collections::HashMap::new(),
             compares: compare::Compares::default(),
             tracking_table: None,
             table_changes,

@@ -45,7 +45,8 @@ pub(super) struct ConnView {
     pub(super) subscribed_resp2: bool,
     /// `CLIENT TRACKING` is on: nothing may read on the client's behalf.
     pub(super) tracking: bool,
-    /// The cache the connection's SCAN iteration runs on.
+    /// The cache this command's cursor iteration runs on (the
+    /// connection's SCAN, or the HSCAN/SSCAN/ZSCAN of its key).
     pub(super) scan_side: Option<Side>,
 }
 
@@ -165,9 +166,9 @@ fn shown(name: &str) -> String {
 /// The cache a SCAN runs on: a cursor only means something on the cache
 /// that issued it, so an iteration stays there even if the route flips;
 /// cursor 0 starts one on the route's read side.
-fn scan_side(conn: &ConnView, cmd: &Command, read_side: Side) -> Side {
+fn scan_side(conn: &ConnView, cmd: &Command, cursor_at: usize, read_side: Side) -> Side {
     match conn.scan_side {
-        Some(side) if cmd.arg(1) != Some(b"0") => side,
+        Some(side) if cmd.arg(cursor_at) != Some(b"0") => side,
         _ => read_side,
     }
 }
@@ -311,7 +312,7 @@ fn routed(
     let blocking = traits.blocking;
     let scan_side = traits
         .sticky_cursor
-        .then(|| scan_side(conn, cmd, phase.authoritative()));
+        .map(|at| scan_side(conn, cmd, at, phase.authoritative()));
     let authoritative = scan_side.unwrap_or(phase.authoritative());
     let arity_ok = spec.is_none_or(|s| commands::arity_ok(s, cmd.len()));
     // Mirroring a command Redis will reject for its arity only doubles the

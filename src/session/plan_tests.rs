@@ -196,4 +196,17 @@ fn crossroute_and_sticky_scan() {
     );
     let restart = routed(plan_of(&r, &["SCAN", "0"], on_new));
     assert_eq!(restart.authoritative, Side::Old);
+    // A key's iteration: its cursor is the third argument.
+    let hmore = routed(plan_of(&r, &["HSCAN", "other", "17"], on_new));
+    assert_eq!(
+        (hmore.authoritative, hmore.scan_side),
+        (Side::New, Some(Side::New))
+    );
+    let hstart = routed(plan_of(&r, &["ZSCAN", "other", "0"], on_new));
+    assert_eq!(
+        (hstart.authoritative, hstart.scan_side),
+        (Side::Old, Some(Side::Old))
+    );
+    let get = routed(plan_of(&r, &["GET", "other"], on_new));
+    assert_eq!((get.authoritative, get.scan_side), (Side::Old, None));
 }

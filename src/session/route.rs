@@ -14,6 +14,9 @@ use crate::mirror;
 use crate::protocol::Command;
 use crate::routing::{RouteStats, Side};
 
+/// Keys whose HSCAN/SSCAN/ZSCAN iteration a connection keeps pinned.
+const MAX_KEY_SCANS: usize = 1024;
+
 impl<R, W> Session<R, W>
 where
     R: AsyncRead + Unpin,
@@ -25,7 +28,7 @@ where
             in_tx: self.tx.open.is_some(),
             subscribed_resp2: !self.subs.is_empty() && !self.resp3(),
             tracking: self.state.is_tracking(),
-            scan_side: self.scan_side,
+            scan_side: self.scan_side_of(entry, &cmd),
         };
         let table = self.shared.router.load();
         match plan::plan(&table, entry, &cmd, &conn) {
@@ -52,8 +55,8 @@ where
         if let Some(body) = r.traits.script_body_at.and_then(|i| cmd.arg(i)) {
             self.shared.scripts.remember(body);
         }
-        if r.scan_side.is_some() {
-            self.scan_side = r.scan_side;
+        if let Some(side) = r.scan_side {
+            self.pin_scan(r.traits.sticky_cursor, &cmd, side);
         }
         if let How::Queue { effect, route } = r.how {
             return self.queue_in_tx(
@@ -201,6 +204,36 @@ where
         let shadow = Outbound::from(Target::Shadow(slot)).compared(Some(id));
         if self.send(other, &cmd, shadow).is_none() {
             self.compare_drop(id);
+        }
+    }
+
+    /// The cache the iteration `cmd` continues runs on: the connection's
+    /// SCAN, or the HSCAN/SSCAN/ZSCAN of its key in the current database.
+    fn scan_side_of(&self, entry: Option<&commands::Entry>, cmd: &Command) -> Option<Side> {
+        match entry?.traits.sticky_cursor? {
+            1 => self.scan_side,
+            _ => self
+                .key_scans
+                .get(&(self.current_db(), cmd.arg_bytes(1)?))
+                .copied(),
+        }
+    }
+
+    /// Records the cache an iteration runs on. Key iterations are kept for
+    /// at most [`MAX_KEY_SCANS`] keys at once (past it every key's pin is
+    /// dropped: an iteration over one of them that spans a flip continues
+    /// on the route's read side).
+    fn pin_scan(&mut self, cursor_at: Option<usize>, cmd: &Command, side: Side) {
+        match cursor_at {
+            Some(1) => self.scan_side = Some(side),
+            Some(_) => {
+                let Some(key) = cmd.arg_bytes(1) else { return };
+                if self.key_scans.len() >= MAX_KEY_SCANS {
+                    self.key_scans.clear();
+                }
+                self.key_scans.insert((self.current_db(), key), side);
+            }
+            None => {}
         }
     }
 
