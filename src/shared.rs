@@ -9,12 +9,19 @@
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{info, warn};
 
 use crate::auth::Users;
 use crate::backfill::Backfills;
 use crate::config::Limits;
 use crate::control::Control;
+use crate::error::UpstreamError;
 use crate::mirror::{Backlog, ScriptCache};
+use crate::protocol::{text, Command, ReplyScanner};
 use crate::repair::Repairer;
 use crate::routing::{PerSide, Router, Side};
 use crate::upstream::Upstream;
@@ -50,4 +57,52 @@ impl Shared {
     pub fn upstream(&self, side: Side) -> &Upstream {
         &self.upstreams[side]
     }
+
+    /// Kills the script running on `side` (a mirrored one whose
+    /// authoritative run was killed), over a connection of its own: the
+    /// session's is the one busy running it. Redis takes the kill once the
+    /// script has run past its busy threshold, so this waits up to
+    /// [`KILL_WAIT`] for the answer.
+    pub fn kill_script(&self, side: Side) {
+        let upstreams = self.upstreams.clone();
+        let depth = self.limits.max_reply_depth;
+        tokio::spawn(async move {
+            let upstream = &upstreams[side];
+            let kill = async {
+                let mut conn = upstream.connect(upstream.base_setup(), depth).await?;
+                let mut out = Vec::new();
+                out.extend_from_slice(Command::from_args(&[&b"SCRIPT"[..], b"KILL"]).raw());
+                out.extend_from_slice(Command::from_args(&[&b"FUNCTION"[..], b"KILL"]).raw());
+                conn.wr
+                    .write_all(&out)
+                    .await
+                    .map_err(|e| upstream.io_error(e))?;
+                let (mut scanner, mut buf) = (ReplyScanner::new(depth), BytesMut::new());
+                let mut replies = Vec::new();
+                while replies.len() < 2 {
+                    match scanner.next(&mut buf) {
+                        Ok(Some(r)) => replies.push(text(&r.bytes)),
+                        Ok(None) => {
+                            let n = conn.rd.read_buf(&mut buf).await;
+                            if n.map_err(|e| upstream.io_error(e))? == 0 {
+                                break;
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+                Ok::<_, UpstreamError>(replies)
+            };
+            match tokio::time::timeout(KILL_WAIT, kill).await {
+                Ok(Ok(replies)) => {
+                    info!(%side, ?replies, "killed a mirrored script whose authoritative run was killed")
+                }
+                Ok(Err(e)) => warn!(%side, error = %e, "could not kill a mirrored script"),
+                Err(_) => warn!(%side, "no answer to SCRIPT KILL within {KILL_WAIT:?}"),
+            }
+        });
+    }
 }
+
+/// How long [`Shared::kill_script`] waits for the cache's answer.
+pub const KILL_WAIT: Duration = Duration::from_secs(30);

@@ -341,3 +341,69 @@ async fn a_mirrored_transaction_is_compared_element_by_element() {
     let ttl: i64 = new.conn().await.ttl("session:ctr").await.unwrap();
     assert!(ttl > 0, "the copy keeps the TTL: {ttl}");
 }
+
+/// Whether `server` answers commands again (no script keeps it BUSY).
+async fn responsive(server: &RedisServer) -> bool {
+    let r: redis::RedisResult<String> = redis::cmd("PING").query(&mut server.sync());
+    r.is_ok_and(|p| p == "PONG")
+}
+
+/// Case 15: a runaway script mirrored to new must not wedge new. The
+/// client's `SCRIPT KILL` through cutover reaches both caches, and a script
+/// killed on the authoritative side directly is killed on the mirror by
+/// cutover.
+#[tokio::test]
+async fn a_runaway_mirrored_script_is_killed_on_both_caches() {
+    let (old, new) = support::start_pair();
+    for s in [&old, &new] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("busy-reply-threshold")
+            .arg(200)
+            .query(&mut s.sync())
+            .unwrap();
+    }
+    let proxy = TestProxy::start(&old, &new, &[("default", None, Phase::DualWrite)]).await;
+    let runaway = resp(&[
+        "EVAL",
+        "local i=0 while true do i=i+1 end",
+        "1",
+        "session:k",
+    ]);
+    for how in ["through cutover", "directly on old"] {
+        let mut a = proxy.raw().await;
+        a.send(&runaway).await;
+        // Both caches run it past their busy threshold.
+        wait_for("old busy", async || !responsive(&old).await).await;
+        wait_for("new busy", async || !responsive(&new).await).await;
+        match how {
+            "through cutover" => {
+                let mut b = proxy.conn().await;
+                let r: String = redis::cmd("SCRIPT")
+                    .arg("KILL")
+                    .query_async(&mut b)
+                    .await
+                    .unwrap();
+                assert_eq!(r, "OK");
+            }
+            _ => {
+                let _: () = redis::cmd("SCRIPT")
+                    .arg("KILL")
+                    .query(&mut old.sync())
+                    .unwrap();
+            }
+        }
+        let got = a.read_replies(1).await;
+        assert!(
+            String::from_utf8_lossy(&got).contains("killed by user"),
+            "{how}: {}",
+            String::from_utf8_lossy(&got)
+        );
+        wait_for("new answers again", async || responsive(&new).await).await;
+        let mut c = proxy.conn().await;
+        let _: () = c.set("session:after", how).await.unwrap();
+        proxy.wait_mirrors_settled().await;
+        let v: Option<String> = new.conn().await.get("session:after").await.unwrap();
+        assert_eq!(v.as_deref(), Some(how), "{how}: new took the next write");
+    }
+}

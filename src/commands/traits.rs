@@ -49,6 +49,9 @@ pub struct Traits {
     /// `CLIENT CACHING`: its effect moves to the cache serving the next
     /// command.
     pub client_caching: bool,
+    /// `SCRIPT KILL`, `FUNCTION KILL`: the script may run on both caches
+    /// (a mirrored one), so the kill goes to both.
+    pub kills_script: bool,
     /// `PING`: answered by the proxy in the RESP2 subscribed state.
     pub ping: bool,
 }
@@ -78,6 +81,7 @@ impl Traits {
                 _ => None,
             },
             client_caching: name == "client|caching",
+            kills_script: matches!(name, "script|kill" | "function|kill"),
             ping: name == "ping",
         }
     }

@@ -94,9 +94,21 @@ where
                 },
                 _,
             ) => self.execute_shadowed(cmd, &r, *order, out),
+            _ if r.traits.kills_script => self.execute_kill(cmd, &r, out),
             _ => {
                 self.send(r.authoritative, &cmd, out);
             }
+        }
+    }
+
+    /// `SCRIPT KILL`, `FUNCTION KILL`: a script a client runs in a dual
+    /// phase runs on both caches, so the kill goes to both (the other's
+    /// `NOTBUSY` is only logged); the reply is the read side's.
+    fn execute_kill(&mut self, cmd: Command, r: &Routed, out: Outbound) {
+        let other = r.authoritative.other();
+        self.send(r.authoritative, &cmd, out);
+        if !self.sides[other].is_idle() || self.shared.upstream(other).may_try() {
+            self.send(other, &cmd, Target::Quiet("script kill"));
         }
     }
 

@@ -44,7 +44,7 @@ pub(super) struct Expect {
     /// flight until this reply (a copy of one of them waits for both), and
     /// what to journal if this reply is lost (the mirror may have applied
     /// the write, the authoritative side may or may not have).
-    write: Option<MirrorWrite>,
+    pub(super) write: Option<MirrorWrite>,
     /// A write to the mirror: its share of the mirror backlog until this
     /// reply (or its loss).
     _backlog: Option<Share>,

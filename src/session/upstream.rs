@@ -166,6 +166,13 @@ where
                 if state {
                     self.confirm_state(side, !reply.is_error());
                 }
+                if let Some(w) = &expect.write {
+                    if reply.is_error() && killed(&reply.bytes) {
+                        // Killed here; the mirror runs the same script and
+                        // would stay busy (answering BUSY to every write).
+                        self.shared.kill_script(w.from.other());
+                    }
+                }
                 self.sides[side].ready.push_back(Ready::Done(reply.bytes));
             }
             Target::Effect(ticket) => {
@@ -199,7 +206,9 @@ where
                 self.sub_ack(id, Some(reply.bytes));
             }
             Target::Quiet(what) => {
-                if reply.is_error() {
+                if reply.bytes.starts_with(b"-NOTBUSY") {
+                    debug!(%side, what, "no script to kill there");
+                } else if reply.is_error() {
                     warn!(%side, what, reply = %text(&reply.bytes), "upstream refused a command the proxy sent");
                 }
             }
@@ -284,4 +293,9 @@ where
             self.close_after_replies();
         }
     }
+}
+
+/// Whether an error reply says the script it answers was killed.
+fn killed(reply: &[u8]) -> bool {
+    memchr::memmem::find(reply, b"killed by user").is_some()
 }
