@@ -143,6 +143,7 @@ impl Proxy {
             repairer,
             upstreams,
             depth,
+            router: shared.router.clone(),
         };
         tasks.push(tokio::spawn(repair::run(
             copier.clone(),

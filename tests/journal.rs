@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cutover::routing::Phase;
+use redis::AsyncCommands;
 use support::{assert_same_keyspace, config_text, RedisServer, TestProxy};
 
 /// The route's `journal_keys` and `needs_verify` as `GET /status` shows them.
@@ -136,4 +137,37 @@ async fn a_full_journal_marks_the_route_needs_verify_until_cleared() {
         .admin("DELETE", "/routes/nope/needs-verify", None)
         .await;
     assert_eq!(code, 404);
+}
+
+/// A copy journalled while old was authoritative must not run once the
+/// route no longer writes old (read-new, then new-only before the journal
+/// drained): old's value is older than new's, and copying it would
+/// overwrite newer data on new. Here the journal on disk holds an old→new
+/// copy and the proxy starts with the route in new-only.
+#[tokio::test]
+async fn a_journalled_copy_from_a_side_the_route_no_longer_writes_is_dropped() {
+    let (old, new) = support::start_pair();
+    let _: () = old.conn().await.set("k", "stale").await.unwrap();
+    let _: () = new.conn().await.set("k", "newer").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("journal.json");
+    std::fs::write(
+        &file,
+        r#"{"version":1,"keys":[{"route":"default","db":null,"from":"old","key":"6b"}],"needs_verify":[]}"#,
+    )
+    .unwrap();
+    let text = support::Config::new(&old.addr(), &new.addr())
+        .routes(&[("default", None, Phase::NewOnly)])
+        .with(&format!("[journal]\nfile = {:?}\n", file.to_str().unwrap()))
+        .text();
+    let proxy = TestProxy::start_text(&text).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while journal_status(&proxy).await.0 > 0 {
+        assert!(Instant::now() < deadline, "the journal never drained");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(proxy.stat("default", "repaired"), 0);
+    assert_eq!(proxy.stat("default", "repair_skipped"), 1);
+    let v: Option<String> = new.conn().await.get("k").await.unwrap();
+    assert_eq!(v.as_deref(), Some("newer"));
 }

@@ -242,3 +242,56 @@ async fn a_refused_command_inside_multi_aborts_it_like_redis() {
         assert_eq!(get(&mut server.sync(), "k:a"), None, "nothing ran");
     }
 }
+
+/// A flip takes effect for a connection at its transaction boundary: a
+/// MULTI (or WATCH) begun under one table finishes under it, both ways,
+/// instead of failing with CROSSROUTE.
+#[tokio::test]
+async fn a_transaction_spanning_a_flip_finishes_under_its_table() {
+    let (old, new) = support::start_pair();
+    let config = |phase: Phase| {
+        support::config_text(
+            &old.addr(),
+            &new.addr(),
+            &[
+                ("r", Some(&["r:*"]), phase),
+                ("default", None, Phase::OldOnly),
+            ],
+            "",
+        )
+    };
+    let proxy = TestProxy::start_text(&config(Phase::DualWrite)).await;
+    let flip = async |phase: Phase| {
+        proxy.rewrite_config(&config(phase));
+        proxy.wait_phase("r", phase).await;
+    };
+    let mut a = proxy.raw().await;
+    // MULTI under dual-write, EXEC after the flip to read-new.
+    a.send(b"MULTI\r\nSET r:1 a\r\n").await;
+    assert_eq!(a.read_replies(2).await, b"+OK\r\n+QUEUED\r\n");
+    flip(Phase::ReadNew).await;
+    a.send(b"INCR r:n\r\nEXEC\r\n").await;
+    assert_eq!(a.read_replies(2).await, b"+QUEUED\r\n*2\r\n+OK\r\n:1\r\n");
+    // WATCH under read-new, MULTI and EXEC after the flip back.
+    a.send(b"WATCH r:1\r\nGET r:1\r\n").await;
+    assert_eq!(a.read_replies(2).await, b"+OK\r\n$1\r\na\r\n");
+    flip(Phase::DualWrite).await;
+    a.send(b"MULTI\r\nSET r:1 b\r\nINCR r:n\r\nEXEC\r\n").await;
+    assert_eq!(
+        a.read_replies(4).await,
+        b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n+OK\r\n:2\r\n"
+    );
+    // The next transaction runs under the table of its own time.
+    a.send(b"MULTI\r\nGET r:1\r\nEXEC\r\n").await;
+    assert_eq!(
+        a.read_replies(3).await,
+        b"+OK\r\n+QUEUED\r\n*1\r\n$1\r\nb\r\n"
+    );
+    proxy.wait_mirrors_settled().await;
+    for s in [&old, &new] {
+        let mut c = s.sync();
+        assert_eq!(get(&mut c, "r:1").as_deref(), Some("b"), "{}", s.addr());
+        assert_eq!(get(&mut c, "r:n").as_deref(), Some("2"), "{}", s.addr());
+    }
+    assert_eq!(proxy.stat("r", "mismatches"), 0);
+}

@@ -22,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
         loop {
             match parser.parse(&mut buf) {
                 Ok(Some(cmd)) => {
+                    let _ = commands::entry(&cmd).map(|e| e.traits.sticky_cursor);
                     if let Some(spec) = commands::lookup(&cmd) {
                         let _ = commands::classify(spec, &cmd);
                         let _ = commands::key_positions(spec, &cmd);

@@ -180,6 +180,14 @@ impl Journal {
         self.len() == 0
     }
 
+    /// Whether `key` waits for a copy here.
+    pub fn contains(&self, db: Option<u32>, key: &Bytes) -> bool {
+        if self.len.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        self.lock().keys.contains_key(&(db, key.clone()))
+    }
+
     /// Records that a mirrored write to `key` was lost. `stamp` orders it
     /// against copies (see [`Journal::copied`]).
     pub fn record(

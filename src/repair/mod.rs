@@ -39,7 +39,7 @@ use crate::backoff::Backoff;
 use crate::error::UpstreamError;
 use crate::protocol::{text, value, Command, Value};
 use crate::routing::PerSide;
-use crate::routing::{RouteStats, Side};
+use crate::routing::{RouteStats, Router, Side};
 use crate::upstream::client::Client;
 use crate::upstream::Upstream;
 
@@ -143,6 +143,18 @@ impl Repairer {
         for key in keys {
             self.journal.record(stats, from, db, key, self.next_seq());
         }
+    }
+
+    /// Whether a copy of `key` is queued, under way or journalled: the two
+    /// caches may differ on it until it lands (a read must not fall back
+    /// to old for it, which could bring back what a lost DEL removed).
+    pub fn pending_for(&self, db: DbKey, key: &Bytes) -> bool {
+        let queued = self.pending_keys.load(Ordering::SeqCst) > 0
+            && self
+                .lock()
+                .get(&db)
+                .is_some_and(|m| m.get(&key[..]).is_some_and(|p| p.jobs > 0));
+        queued || self.journal.contains(db, key)
     }
 
     /// A write to `key` went through the proxy (called for mirrored writes).
@@ -309,6 +321,9 @@ pub struct Copier {
     pub repairer: Arc<Repairer>,
     pub upstreams: Arc<PerSide<Upstream>>,
     pub depth: usize,
+    /// The live routes: a copy runs only while its route still writes the
+    /// side it copies from.
+    pub router: Arc<Router>,
 }
 
 async fn call_in(
@@ -346,6 +361,19 @@ pub async fn run(
         let repairer = &copier.repairer;
         let stats = q.job.stats.clone();
         let (from, to) = (q.job.from, q.job.from.other());
+        if !still_written(&copier.router, &q.job) {
+            // Queued when `from` was authoritative; the route has since
+            // moved on (read-new to new-only, or a rollback to old-only)
+            // and `from` no longer gets its writes: copying from it could
+            // overwrite newer data with older.
+            debug!(%from, "repair copy dropped: its route no longer writes the side it copies from");
+            RouteStats::bump(&stats.repair_skipped);
+            repairer.finish(&q.job);
+            repairer
+                .journal
+                .copied(q.job.db, &q.job.key, repairer.start());
+            continue;
+        }
         if !repairer.side_usable(from) || !repairer.side_usable(to) {
             // A cache that just failed copies: keep the key for later
             // instead of waiting out a timeout per key.
@@ -405,6 +433,14 @@ pub async fn run(
             },
         }
     }
+}
+
+/// Whether the route that serves `job`'s key now still writes the side the
+/// copy reads from (its authoritative side or its mirror).
+fn still_written(router: &Router, job: &RepairJob) -> bool {
+    let table = router.load();
+    let phase = table.routes[table.route_of(&job.key)].phase_for(&job.key);
+    phase.authoritative() == job.from || phase.mirror() == Some(job.from)
 }
 
 /// Feeds the journal's keys to the copier while their mirror may be tried,
@@ -579,5 +615,28 @@ mod tests {
         assert!(r.written_since(&job(b"k"), seq));
         r.finish(&job(b"k"));
         assert_eq!(r.pending(), 0);
+    }
+
+    #[test]
+    fn a_key_waiting_for_a_copy_is_pending_until_it_lands() {
+        let (r, _rx) = Repairer::new(Journal::new(None, 10));
+        let k = Bytes::from_static(b"k");
+        assert!(!r.pending_for(None, &k));
+        let job = || RepairJob {
+            from: Side::New,
+            db: None,
+            key: k.clone(),
+            stats: Arc::default(),
+        };
+        assert!(r.submit(job()));
+        assert!(r.pending_for(None, &k));
+        assert!(!r.pending_for(Some(1), &k), "another database");
+        r.finish(&job());
+        assert!(!r.pending_for(None, &k));
+        // A lost mirrored DEL, journalled: pending until copied.
+        r.lost(&Arc::default(), Side::New, None, std::slice::from_ref(&k));
+        assert!(r.pending_for(None, &k));
+        r.journal.copied(None, &k, r.start());
+        assert!(!r.pending_for(None, &k));
     }
 }

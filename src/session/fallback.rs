@@ -59,6 +59,9 @@ where
         let can = missed
             && self.held.is_empty()
             && !self.shared.repairer.inflight.busy(&read.key)
+            // The caches may differ on it until a pending copy lands (old
+            // may still hold what a lost DEL removed from new).
+            && !self.shared.repairer.pending_for(read.db, &read.key)
             // (It would be queued in the client's MULTI open there.)
             && !self.sides[old].in_client_tx()
             && (!self.sides[old].is_idle() || self.shared.upstream(old).may_try());

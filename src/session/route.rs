@@ -30,7 +30,11 @@ where
             tracking: self.state.is_tracking(),
             scan_side: self.scan_side_of(entry, &cmd),
         };
-        let table = self.shared.router.load();
+        // Inside a transaction (or after WATCH), the table it began under.
+        let table = match self.tx.table() {
+            Some(pinned) => arc_swap::Guard::from_inner(pinned),
+            None => self.shared.router.load(),
+        };
         match plan::plan(&table, entry, &cmd, &conn) {
             Plan::Refuse(refusal) => self.refuse(refusal),
             Plan::Reply(reply) => self.local(reply),

@@ -7,9 +7,12 @@
 //! returned an array (each as its effect, given its element of that
 //! array); an aborted or failed EXEC mirrors nothing. A command served by
 //! the other cache is answered QUEUED and EXEC fails for the whole block
-//! with CROSSROUTE (as CROSSSLOT in a Redis cluster).
+//! with CROSSROUTE (as CROSSSLOT in a Redis cluster). A flip takes effect at
+//! the transaction boundary: from WATCH or MULTI to EXEC, commands are
+//! routed by the table the transaction began under.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -61,15 +64,47 @@ pub(super) struct Tx {
     pub(super) mirror: Vec<TxItem>,
 }
 
-/// The connection's transaction state: the open MULTI, and the side
-/// WATCH went to (MULTI must follow it there).
+/// The connection's transaction state: the open MULTI, the side WATCH
+/// went to (MULTI must follow it there), and the routing table both run
+/// under.
 #[derive(Debug, Default)]
 pub(super) struct TxState {
     pub(super) open: Option<Tx>,
     pub(super) watch_side: Option<Side>,
+    /// The table when the WATCH or MULTI began, and when: a flip takes
+    /// effect for this connection at its transaction boundary, so every
+    /// command up to the EXEC is routed by it. A WATCH left without MULTI
+    /// for longer than [`MAX_PIN`] lets go of it.
+    pinned: Option<(Arc<RouteTable>, Instant)>,
 }
 
+/// How long a WATCH with no MULTI keeps the connection on the table it
+/// began under.
+const MAX_PIN: Duration = Duration::from_secs(30);
+
 impl TxState {
+    /// The table commands are routed by while a transaction is under way.
+    pub(super) fn table(&mut self) -> Option<Arc<RouteTable>> {
+        let (table, since) = self.pinned.as_ref()?;
+        if self.open.is_none() && since.elapsed() > MAX_PIN {
+            self.pinned = None;
+            return None;
+        }
+        Some(table.clone())
+    }
+
+    /// A WATCH or MULTI began under `table` (kept if one already did).
+    fn pin(&mut self, table: impl FnOnce() -> Arc<RouteTable>) {
+        if self.pinned.is_none() {
+            self.pinned = Some((table(), Instant::now()));
+        }
+    }
+
+    /// The transaction is over (EXEC, DISCARD, UNWATCH).
+    fn unpin(&mut self) {
+        self.pinned = None;
+    }
+
     /// The connection to `side` dropped: a MULTI open there is gone (EXEC
     /// aborts, nothing more is sent), and so are the keys watched there.
     pub(super) fn side_lost(&mut self, side: Side) {
@@ -179,6 +214,8 @@ where
         if self.tx.open.is_some() {
             return self.refuse(Refusal::NestedMulti);
         }
+        let router = &self.shared.router;
+        self.tx.pin(|| router.current());
         // After WATCH the side is known: MULTI goes there now.
         match self.tx.watch_side {
             Some(side) => {
@@ -199,6 +236,7 @@ where
     /// reply releases the block held for the mirror.
     pub(super) fn exec(&mut self, t: TxCmd, cmd: &Command, default_side: Side) {
         self.tx.watch_side = None;
+        self.tx.unpin();
         let Some(tx) = self.tx.open.take() else {
             self.send(default_side, cmd, CLIENT);
             return;
@@ -257,6 +295,8 @@ where
             return self.refuse(Refusal::WatchOtherCache);
         }
         self.tx.watch_side = Some(side);
+        let router = &self.shared.router;
+        self.tx.pin(|| router.current());
         self.send(side, cmd, CLIENT);
     }
 
@@ -272,6 +312,7 @@ where
             };
         }
         let side = self.tx.watch_side.take().unwrap_or(default_side);
+        self.tx.unpin();
         self.send(side, cmd, CLIENT);
     }
 }
