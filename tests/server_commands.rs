@@ -259,3 +259,41 @@ async fn key_scan_cursors_stay_on_the_cache_that_issued_them() {
         assert_eq!((next, items.len()), (0, 0), "{cmd}");
     }
 }
+
+/// Case 9 of issue 16: FLUSHALL, FLUSHDB and SWAPDB reach every cache some
+/// route writes to, not only the default route's: flushed keys of a route
+/// on new must not come back after a flip.
+#[tokio::test]
+async fn keyless_writes_reach_every_cache_a_route_writes() {
+    for cmd in ["FLUSHALL", "FLUSHDB", "SWAPDB"] {
+        let (old, new) = support::start_pair();
+        let routes = [
+            ("a", Some(&["a:*"][..]), Phase::NewOnly),
+            ("default", None, Phase::OldOnly),
+        ];
+        let proxy = TestProxy::start(&old, &new, &routes).await;
+        let mut c = proxy.conn().await;
+        let _: () = redis::cmd("SET")
+            .arg("a:1")
+            .arg("x")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("SET")
+            .arg("d")
+            .arg("y")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let mut flush = redis::cmd(cmd);
+        if cmd == "SWAPDB" {
+            flush.arg(0).arg(1);
+        }
+        let _: () = flush.query_async(&mut c).await.unwrap();
+        proxy.wait_mirrors_settled().await;
+        for s in [&old, &new] {
+            let n: i64 = redis::cmd("DBSIZE").query(&mut s.sync()).unwrap();
+            assert_eq!(n, 0, "{cmd}: {} kept keys in db 0", s.addr());
+        }
+    }
+}

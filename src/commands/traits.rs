@@ -49,6 +49,11 @@ pub struct Traits {
     /// `CLIENT CACHING`: its effect moves to the cache serving the next
     /// command.
     pub client_caching: bool,
+    /// `FLUSHALL`, `FLUSHDB`, `SWAPDB`: writes to the whole keyspace, so
+    /// they reach every cache some route writes to, whatever the default
+    /// route's phase (flushed keys of other routes must not come back
+    /// after a flip).
+    pub keyless_write: bool,
     /// `SCRIPT KILL`, `FUNCTION KILL`: the script may run on both caches
     /// (a mirrored one), so the kill goes to both.
     pub kills_script: bool,
@@ -82,6 +87,7 @@ impl Traits {
             },
             client_caching: name == "client|caching",
             kills_script: matches!(name, "script|kill" | "function|kill"),
+            keyless_write: matches!(name, "flushall" | "flushdb" | "swapdb"),
             ping: name == "ping",
         }
     }

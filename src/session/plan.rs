@@ -322,7 +322,8 @@ fn routed(
         .mirror()
         .or_else(|| {
             let other = authoritative.other();
-            (traits.loads_code && table.uses(other)).then_some(other)
+            let everywhere = traits.loads_code || traits.keyless_write;
+            (everywhere && table.uses(other)).then_some(other)
         })
         .filter(|_| write && arity_ok);
     let effect = match (spec, mirror) {
