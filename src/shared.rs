@@ -62,47 +62,87 @@ impl Shared {
     /// authoritative run was killed), over a connection of its own: the
     /// session's is the one busy running it. Redis takes the kill once the
     /// script has run past its busy threshold, so this waits up to
-    /// [`KILL_WAIT`] for the answer.
+    /// [`ASIDE_WAIT`] for the answer.
     pub fn kill_script(&self, side: Side) {
+        let cmds = vec![
+            Command::from_args(&[&b"SCRIPT"[..], b"KILL"]),
+            Command::from_args(&[&b"FUNCTION"[..], b"KILL"]),
+        ];
+        self.aside(
+            side,
+            cmds,
+            "killed a mirrored script whose authoritative run was killed",
+            |_| true,
+        );
+    }
+
+    /// Unblocks connection `id` on `side` (blocked in a command a flip
+    /// moves to the other cache), as if its command timed out. It may not
+    /// have blocked yet (its command still on the wire): tried again a few
+    /// times while the cache answers that it unblocked nothing.
+    pub fn unblock(&self, side: Side, id: i64) {
+        let id = id.to_string();
+        let cmd = Command::from_args(&[&b"CLIENT"[..], b"UNBLOCK", id.as_bytes(), b"TIMEOUT"]);
+        self.aside(side, vec![cmd], "unblocked a command to move it", |r| {
+            r != b":0\r\n"
+        });
+    }
+
+    /// Sends `cmds` to `side` over a connection of its own, in the
+    /// background, until `done` says the (last) reply is what was wanted
+    /// (at most [`ASIDE_TRIES`] times, [`ASIDE_GAP`] apart); logs the outcome.
+    fn aside(&self, side: Side, cmds: Vec<Command>, what: &'static str, done: fn(&[u8]) -> bool) {
         let upstreams = self.upstreams.clone();
         let depth = self.limits.max_reply_depth;
         tokio::spawn(async move {
             let upstream = &upstreams[side];
-            let kill = async {
+            let exchange = async {
                 let mut conn = upstream.connect(upstream.base_setup(), depth).await?;
                 let mut out = Vec::new();
-                out.extend_from_slice(Command::from_args(&[&b"SCRIPT"[..], b"KILL"]).raw());
-                out.extend_from_slice(Command::from_args(&[&b"FUNCTION"[..], b"KILL"]).raw());
-                conn.wr
-                    .write_all(&out)
-                    .await
-                    .map_err(|e| upstream.io_error(e))?;
+                for c in &cmds {
+                    out.extend_from_slice(c.raw());
+                }
                 let (mut scanner, mut buf) = (ReplyScanner::new(depth), BytesMut::new());
                 let mut replies = Vec::new();
-                while replies.len() < 2 {
-                    match scanner.next(&mut buf) {
-                        Ok(Some(r)) => replies.push(text(&r.bytes)),
-                        Ok(None) => {
-                            let n = conn.rd.read_buf(&mut buf).await;
-                            if n.map_err(|e| upstream.io_error(e))? == 0 {
-                                break;
+                for _ in 0..ASIDE_TRIES {
+                    conn.wr
+                        .write_all(&out)
+                        .await
+                        .map_err(|e| upstream.io_error(e))?;
+                    replies.clear();
+                    while replies.len() < cmds.len() {
+                        match scanner.next(&mut buf) {
+                            Ok(Some(r)) => replies.push(r.bytes),
+                            Ok(None) => {
+                                let n = conn.rd.read_buf(&mut buf).await;
+                                if n.map_err(|e| upstream.io_error(e))? == 0 {
+                                    return Ok(replies);
+                                }
                             }
+                            Err(_) => return Ok(replies),
                         }
-                        Err(_) => break,
                     }
+                    if replies.last().is_some_and(|r| done(r)) {
+                        break;
+                    }
+                    tokio::time::sleep(ASIDE_GAP).await;
                 }
                 Ok::<_, UpstreamError>(replies)
             };
-            match tokio::time::timeout(KILL_WAIT, kill).await {
+            match tokio::time::timeout(ASIDE_WAIT, exchange).await {
                 Ok(Ok(replies)) => {
-                    info!(%side, ?replies, "killed a mirrored script whose authoritative run was killed")
+                    let replies: Vec<String> = replies.iter().map(|r| text(r)).collect();
+                    info!(%side, ?replies, "{what}");
                 }
-                Ok(Err(e)) => warn!(%side, error = %e, "could not kill a mirrored script"),
-                Err(_) => warn!(%side, "no answer to SCRIPT KILL within {KILL_WAIT:?}"),
+                Ok(Err(e)) => warn!(%side, error = %e, "could not reach the cache: {what}"),
+                Err(_) => warn!(%side, "no answer within {ASIDE_WAIT:?}: {what}"),
             }
         });
     }
 }
 
-/// How long [`Shared::kill_script`] waits for the cache's answer.
-pub const KILL_WAIT: Duration = Duration::from_secs(30);
+/// How long a command sent aside waits for the cache's answer.
+pub const ASIDE_WAIT: Duration = Duration::from_secs(30);
+/// How often it is tried while the answer is not the one wanted.
+const ASIDE_TRIES: usize = 10;
+const ASIDE_GAP: Duration = Duration::from_millis(50);

@@ -407,3 +407,91 @@ async fn a_runaway_mirrored_script_is_killed_on_both_caches() {
         assert_eq!(v.as_deref(), Some(how), "{how}: new took the next write");
     }
 }
+
+/// `blocked_clients` in `server`'s INFO.
+fn blocked_clients(server: &RedisServer) -> usize {
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query(&mut server.sync())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("blocked_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Case 2: job-queue workers blocked across a flip. Consumers blocked
+/// before the flip are moved to the cache the route now reads from, so
+/// with more consumers blocked after it and a producer pushing through
+/// cutover, each element reaches exactly one consumer and both caches end
+/// empty: both ways.
+#[tokio::test]
+async fn consumers_blocked_across_a_flip_get_each_element_once() {
+    use cutover::routing::Side;
+    for (before, after) in [
+        (Phase::DualWrite, Phase::ReadNew),
+        (Phase::ReadNew, Phase::DualWrite),
+    ] {
+        let (old, new) = support::start_pair();
+        let config = |phase: Phase| {
+            support::config_text(
+                &old.addr(),
+                &new.addr(),
+                &[
+                    ("session", Some(&["session:*"]), phase),
+                    ("default", None, Phase::OldOnly),
+                ],
+                "",
+            )
+        };
+        let proxy = TestProxy::start_text(&config(before)).await;
+        let on = |side: Side| match side {
+            Side::Old => &old,
+            Side::New => &new,
+        };
+        let consumer = |mut c: RawClient| {
+            tokio::spawn(async move {
+                c.send(&resp(&["BLPOP", "session:jobs", "0"])).await;
+                String::from_utf8(c.read_replies(1).await).unwrap()
+            })
+        };
+        let mut consumers = Vec::new();
+        for _ in 0..3 {
+            consumers.push(consumer(proxy.raw().await));
+        }
+        let first = on(before.authoritative());
+        wait_for("3 blocked before the flip", async || {
+            blocked_clients(first) == 3
+        })
+        .await;
+        proxy.rewrite_config(&config(after));
+        proxy.wait_phase("session", after).await;
+        for _ in 0..2 {
+            consumers.push(consumer(proxy.raw().await));
+        }
+        let now = on(after.authoritative());
+        wait_for("all 5 blocked where the route reads now", async || {
+            blocked_clients(now) == 5 && blocked_clients(first) == 0
+        })
+        .await;
+        let mut p = proxy.conn().await;
+        let jobs: Vec<String> = (1..=5).map(|i| format!("e{i}")).collect();
+        let _: i64 = p.rpush("session:jobs", &jobs).await.unwrap();
+        let mut got = Vec::new();
+        for c in consumers {
+            let reply = tokio::time::timeout(Duration::from_secs(10), c)
+                .await
+                .expect("every consumer is served")
+                .unwrap();
+            let element = reply.rsplit("\r\n").nth(1).unwrap().to_string();
+            got.push(element);
+        }
+        got.sort();
+        assert_eq!(got, jobs, "{before} -> {after}: each element exactly once");
+        proxy.wait_mirrors_settled().await;
+        for s in [&old, &new] {
+            let n: i64 = s.conn().await.llen("session:jobs").await.unwrap();
+            assert_eq!(n, 0, "{before} -> {after}: {} kept elements", s.addr());
+        }
+    }
+}

@@ -16,7 +16,7 @@
 //! lose), when this client has mirrored writes held for old (old would not
 //! have them yet), or for clients using `CLIENT TRACKING`.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::side::Ready;
@@ -102,22 +102,6 @@ where
             }
             _ => f.new_reply,
         };
-        let sc = &mut self.sides[Side::New];
-        let Some(i) = f
-            .pos
-            .checked_sub(sc.ready_base)
-            .and_then(|i| usize::try_from(i).ok())
-        else {
-            return;
-        };
-        if let Some(slot) = sc.ready.get_mut(i) {
-            if let Ready::Pending(pushes) = slot {
-                let mut joined = BytesMut::from(&answer[..]);
-                for p in pushes.iter() {
-                    joined.extend_from_slice(p);
-                }
-                *slot = Ready::Done(joined.freeze());
-            }
-        }
+        self.sides[Side::New].fill(f.pos, answer);
     }
 }

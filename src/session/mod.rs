@@ -19,6 +19,7 @@ mod compare;
 mod conn;
 mod fallback;
 mod held;
+mod moving;
 mod order;
 mod plan;
 mod pubsub;
@@ -98,6 +99,11 @@ enum Target {
     /// Proxy-internal (state propagated to the other side, a DISCARD in
     /// place of an aborted EXEC): dropped, errors logged.
     Quiet(&'static str),
+    /// `CLIENT ID`, asked ahead of a movable blocking command: recorded.
+    ClientId,
+    /// A blocking command moved here at a flip: its reply fills the
+    /// client's slot on the side it was first sent to.
+    Moved(Box<moving::MovedSlot>),
 }
 
 /// A write sent to the mirror side.
@@ -291,7 +297,8 @@ where
             let can_read = self.reading && room && !self.parse_paused;
             let write_client = !self.out.is_empty() && !self.client_gone;
             let timer_armed = self.timer_at.is_some();
-            let tracking = self.tracking_table.is_some();
+            let watch_table =
+                self.tracking_table.is_some() || self.sides.iter().any(SideConn::blocked);
             let backpressured = self.backpressured();
             let (old, new) = self.sides.both_mut();
             let read_old = !backpressured || !old.head_feeds_client();
@@ -312,8 +319,13 @@ where
                     }
                 },
                 () = &mut self.timer, if timer_armed => self.on_timer(),
-                r = self.table_changes.changed(), if tracking => match r {
-                    Ok(()) => self.on_table_change(),
+                r = self.table_changes.changed(), if watch_table => match r {
+                    Ok(()) => {
+                        if self.tracking_table.is_some() {
+                            self.on_table_change();
+                        }
+                        self.move_blocked();
+                    }
                     Err(_) => self.tracking_table = None,
                 },
                 () = &mut stop, if !stopping => {
@@ -490,6 +502,12 @@ where
         }
         out.subscribed = self.subs.on(side) && !self.resp3();
         let timeout = self.shared.upstream(side).config.command_timeout();
+        if out.movable.is_some() && !self.sides[side].asked_id {
+            // Its id lets a flip unblock it from another connection.
+            self.sides[side].asked_id = true;
+            let id = Command::from_args(&[&b"CLIENT"[..], b"ID"]);
+            self.sides[side].push(&id, Target::ClientId.into(), timeout);
+        }
         Some(self.sides[side].push(cmd, out, timeout))
     }
 

@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::held::Pending;
 use super::plan::{self, ConnView, How, Plan, Routed};
 use super::refusal::Refusal;
-use super::{Outbound, Session, Target};
+use super::{moving, Outbound, Session, Target};
 use crate::commands;
 use crate::mirror;
 use crate::protocol::Command;
@@ -83,9 +83,11 @@ where
         } else {
             self.place_caching(r.authoritative);
         }
+        let movable = r.blocking.then(|| moving::Movable::of(&cmd)).flatten();
         let out = Outbound::from(Target::Client { state: false })
             .blocking(r.blocking)
-            .routed(&r.stats, r.phase);
+            .routed(&r.stats, r.phase)
+            .movable(movable);
         match (&r.how, r.mirror) {
             (How::Effect(effect), Some(m)) => self.execute_effect(cmd, &r, effect.clone(), m),
             (How::Mirror { compare, probe }, Some(m)) => {
@@ -128,9 +130,11 @@ where
         let ticket = self.defer_mirror(m, pending, keys);
         // Reported once its keys are held (see InFlight).
         self.note_write(&cmd, &r.positions);
+        let movable = r.blocking.then(|| moving::Movable::of(&cmd)).flatten();
         let out = Outbound::from(Target::Effect(ticket))
             .blocking(r.blocking)
-            .routed(&r.stats, r.phase);
+            .routed(&r.stats, r.phase)
+            .movable(movable);
         self.send(r.authoritative, &cmd, out);
     }
 

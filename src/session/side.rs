@@ -18,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
 use super::fallback::FallbackOld;
+use super::moving::{Movable, MovedSlot};
 use super::{MirrorWrite, Target};
 use crate::error::UpstreamError;
 use crate::mirror::backlog::Share;
@@ -40,6 +41,11 @@ pub(super) struct Expect {
     /// Sent while this connection held subscriptions in RESP2: its reply
     /// cannot be a `message` array, so one arriving now is a message.
     pub(super) subscribed: bool,
+    /// A blocking command that may move to the other cache at a flip.
+    pub(super) movable: Option<Box<Movable>>,
+    /// `CLIENT UNBLOCK` was sent for it (to move it): a nil reply means it
+    /// was not served here.
+    pub(super) unblocking: bool,
     /// For the authoritative half of a mirrored write: its keys, counted in
     /// flight until this reply (a copy of one of them waits for both), and
     /// what to journal if this reply is lost (the mirror may have applied
@@ -67,6 +73,8 @@ impl Expect {
             compare: None,
             blocking: false,
             subscribed: false,
+            movable: None,
+            unblocking: false,
             write: None,
             _backlog: None,
         }
@@ -114,6 +122,8 @@ pub(super) struct Outbound {
     /// Its part in the client's transaction; `None` for everything else,
     /// which waits while one is open there.
     pub(super) tx: Option<TxMark>,
+    /// A blocking command that may move at a flip.
+    pub(super) movable: Option<Box<Movable>>,
 }
 
 impl From<Target> for Outbound {
@@ -126,6 +136,7 @@ impl From<Target> for Outbound {
             hold: None,
             backlog: None,
             tx: None,
+            movable: None,
             subscribed: false,
         }
     }
@@ -142,6 +153,12 @@ impl Outbound {
     /// latency is recorded there.
     pub(super) fn routed(mut self, stats: &Arc<RouteStats>, phase: Phase) -> Outbound {
         self.route = Some((stats.clone(), phase));
+        self
+    }
+
+    /// A blocking command that may move to the other cache at a flip.
+    pub(super) fn movable(mut self, m: Option<Box<Movable>>) -> Outbound {
+        self.movable = m;
         self
     }
 
@@ -192,6 +209,8 @@ pub(super) struct Lost {
     pub(super) unknown: Vec<MirrorWrite>,
     /// Fallback reads on old never answered.
     pub(super) fallbacks: Vec<FallbackOld>,
+    /// Blocking commands moved here at a flip, never answered.
+    pub(super) moved: Vec<MovedSlot>,
 }
 
 /// A client-bound reply in its side's order.
@@ -237,6 +256,10 @@ pub(super) struct SideConn {
     deferred: VecDeque<(Bytes, Expect, Option<Duration>)>,
     /// Commands queued here so far.
     sent: u64,
+    /// The connection's id on the cache (`CLIENT ID`), asked for ahead of
+    /// its first movable blocking command.
+    pub(super) client_id: Option<i64>,
+    pub(super) asked_id: bool,
 }
 
 impl SideConn {
@@ -253,6 +276,8 @@ impl SideConn {
             client_tx: false,
             deferred: VecDeque::new(),
             sent: 0,
+            client_id: None,
+            asked_id: false,
         }
     }
 
@@ -287,6 +312,7 @@ impl SideConn {
                     | Target::SubAck(_)
                     | Target::FallbackNew(_)
                     | Target::FallbackOld(_)
+                    | Target::Moved(_)
             ),
         }
     }
@@ -336,6 +362,8 @@ impl SideConn {
             compare: out.compare,
             blocking: out.blocking,
             subscribed: out.subscribed,
+            movable: out.movable,
+            unblocking: false,
             write: out.hold,
             _backlog: out.backlog,
         };
@@ -366,6 +394,28 @@ impl SideConn {
                 .deferred
                 .push_back((Bytes::new(), Expect::untimed(target), None)),
             false => self.inflight.push_back(Expect::untimed(target)),
+        }
+    }
+
+    /// Fills the client's reply at absolute position `pos` of this side's
+    /// replies, left pending for an answer from elsewhere (a fallback read
+    /// on old, a blocking command moved at a flip). Push frames that came
+    /// after it, waiting with it, follow it.
+    pub(super) fn fill(&mut self, pos: u64, answer: Bytes) {
+        let Some(i) = pos
+            .checked_sub(self.ready_base)
+            .and_then(|i| usize::try_from(i).ok())
+        else {
+            return;
+        };
+        if let Some(slot) = self.ready.get_mut(i) {
+            if let Ready::Pending(pushes) = slot {
+                let mut joined = BytesMut::from(&answer[..]);
+                for p in pushes.iter() {
+                    joined.extend_from_slice(p);
+                }
+                *slot = Ready::Done(joined.freeze());
+            }
         }
     }
 
@@ -413,13 +463,14 @@ impl SideConn {
                     }
                 }
                 Target::FallbackOld(f) => lost.fallbacks.push(*f),
+                Target::Moved(slot) => lost.moved.push(*slot),
                 Target::Effect(ticket) => {
                     self.ready.push_back(Ready::Done(reply.clone()));
                     lost.failed_replies += 1;
                     lost.effects.push(ticket);
                 }
                 Target::SubAck(id) => lost.acks.push(id),
-                Target::Probe(_) | Target::Shadow(_) | Target::Quiet(_) => {}
+                Target::Probe(_) | Target::Shadow(_) | Target::Quiet(_) | Target::ClientId => {}
                 Target::Mirror(w) => {
                     RouteStats::bump(&w.stats.mirror_failed);
                     lost.writes.push(w);
@@ -427,6 +478,8 @@ impl SideConn {
             }
         }
         self.link = Link::Idle;
+        self.client_id = None;
+        self.asked_id = false;
         self.wbuf.clear();
         self.rbuf.clear();
         self.scanner = ReplyScanner::new(max_depth);

@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
 use super::side::{Expect, Link, Ready, SideEvent};
-use super::{pubsub, Check, MirrorWrite, Session, Target};
+use super::{moving, pubsub, Check, MirrorWrite, Session, Target};
 use crate::error::UpstreamError;
 use crate::protocol::{text, Reply, ReplyKind};
 use crate::routing::{RouteStats, Side};
@@ -156,8 +156,13 @@ where
     }
 
     /// The reply to the command `expect` describes arrived from `side`.
-    pub(super) fn on_reply(&mut self, side: Side, expect: Expect, reply: Reply) {
+    pub(super) fn on_reply(&mut self, side: Side, mut expect: Expect, reply: Reply) {
         expect.observe(side);
+        if expect.unblocking && moving::is_nil(&reply.bytes) {
+            if let Some(m) = expect.movable.take() {
+                return self.reissue(side, expect.target, *m, reply);
+            }
+        }
         if let Some(id) = expect.compare {
             self.compare_reply(id, side, &reply.bytes);
         }
@@ -205,6 +210,16 @@ where
                 }
                 self.sub_ack(id, Some(reply.bytes));
             }
+            Target::ClientId => {
+                let id = std::str::from_utf8(
+                    reply
+                        .bytes
+                        .get(1..reply.bytes.len().saturating_sub(2))
+                        .unwrap_or_default(),
+                );
+                self.sides[side].client_id = id.ok().and_then(|s| s.parse().ok());
+            }
+            Target::Moved(slot) => self.moved_reply(*slot, reply.bytes),
             Target::Quiet(what) => {
                 if reply.bytes.starts_with(b"-NOTBUSY") {
                     debug!(%side, what, "no script to kill there");
@@ -275,6 +290,9 @@ where
         }
         for f in lost.fallbacks {
             self.fallback_filled(f, None);
+        }
+        for slot in lost.moved {
+            self.moved_reply(slot, reply.clone());
         }
         self.compares.abandon();
         // Their replies will never come: they were not applied.
