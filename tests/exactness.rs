@@ -495,3 +495,52 @@ async fn consumers_blocked_across_a_flip_get_each_element_once() {
         }
     }
 }
+
+/// Case 5: connection state reaches the other cache only as the answering
+/// cache accepted it. Old refuses `HELLO 3` (it does not know it, like
+/// Redis 5):
+/// the client stays in RESP2, and after a flip to read-new it still gets
+/// RESP2 from new. And new refuses `SELECT 1` (Azure Managed Redis has
+/// database 0 only) that old accepted: the writes mirrored for that
+/// database are journalled, not applied in new's database 0.
+#[tokio::test]
+async fn connection_state_refused_by_one_cache_is_not_applied_on_the_other() {
+    let old = RedisServer::start_with(&["--rename-command", "HELLO", ""]);
+    let new = RedisServer::start();
+    for s in [&old, &new] {
+        let _: () = s.conn().await.hset("h", "f", "v").await.unwrap();
+    }
+    let config = |phase: Phase| {
+        support::config_text(&old.addr(), &new.addr(), &[("default", None, phase)], "")
+    };
+    let proxy = TestProxy::start_text(&config(Phase::DualWrite)).await;
+    let mut c = proxy.raw().await;
+    c.send(&[resp(&["HELLO", "3"]), resp(&["HGETALL", "h"])].concat())
+        .await;
+    let got = String::from_utf8(c.read_replies(2).await).unwrap();
+    assert!(got.starts_with("-ERR unknown command 'HELLO'"), "{got}");
+    assert!(got.ends_with("*2\r\n$1\r\nf\r\n$1\r\nv\r\n"), "{got}");
+    proxy.rewrite_config(&config(Phase::ReadNew));
+    proxy.wait_phase("default", Phase::ReadNew).await;
+    c.send(&resp(&["HGETALL", "h"])).await;
+    assert_eq!(c.read_replies(1).await, b"*2\r\n$1\r\nf\r\n$1\r\nv\r\n");
+
+    let old = RedisServer::start();
+    let new = RedisServer::start_with(&["--databases", "1"]);
+    let proxy = TestProxy::start(&old, &new, &[("default", None, Phase::DualWrite)]).await;
+    let mut c = proxy.raw().await;
+    c.send(
+        &[
+            resp(&["PING"]),
+            resp(&["SELECT", "1"]),
+            resp(&["SET", "k", "v"]),
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(c.read_replies(3).await, b"+PONG\r\n+OK\r\n+OK\r\n");
+    proxy.wait_mirrors_settled().await;
+    let n: i64 = redis::cmd("DBSIZE").query(&mut new.sync()).unwrap();
+    assert_eq!(n, 0, "the write for database 1 landed in new's database 0");
+    assert!(proxy.stat("default", "journalled") >= 1);
+}

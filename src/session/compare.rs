@@ -315,8 +315,8 @@ where
             .pending_state
             .iter()
             .rev()
-            .find(|(_, k, _)| *k == crate::commands::StateCmd::Select)
-            .and_then(|(_, _, cmd)| cmd.arg(1))
+            .find(|p| p.kind == crate::commands::StateCmd::Select)
+            .and_then(|p| p.cmd.arg(1))
             .and_then(|a| std::str::from_utf8(a).ok()?.parse().ok());
         pending.or_else(|| self.state.db())
     }

@@ -11,7 +11,7 @@ use super::plan::display_name;
 use super::refusal::Refusal;
 use super::side::{Outbound, TxMark};
 use super::tx::TxState;
-use super::{state, Session, Target};
+use super::{state, PendingState, Session, Target};
 use crate::commands::StateCmd;
 use crate::protocol::Command;
 use crate::routing::Side;
@@ -24,8 +24,8 @@ where
     /// Whether replies to the client are RESP3: the last HELLO sent decides,
     /// answered or not (commands pipelined after it are already under it).
     pub(super) fn resp3(&self) -> bool {
-        for (_, kind, cmd) in self.pending_state.iter().rev() {
-            match (kind, cmd.arg(1)) {
+        for p in self.pending_state.iter().rev() {
+            match (p.kind, p.cmd.arg(1)) {
                 (StateCmd::Hello, Some(b"3")) => return true,
                 (StateCmd::Hello, Some(b"2")) | (StateCmd::Reset, _) => return false,
                 _ => {}
@@ -34,19 +34,42 @@ where
         self.state.is_resp3()
     }
 
+    /// The state behind `gate` on `side` is settled (`diverged`: that cache
+    /// refused what the client's state is): what waited goes on, mirrored
+    /// writes among it journalled if it diverged.
+    pub(super) fn state_settled(&mut self, side: Side, gate: super::side::Gate, diverged: bool) {
+        for w in self.sides[side].ungate(gate, diverged) {
+            crate::routing::RouteStats::bump(&w.stats.mirror_failed);
+            self.journal_lost(&w);
+        }
+    }
+
     /// A `RESET` was sent and not yet answered.
     pub(super) fn resetting(&self) -> bool {
-        self.pending_state
-            .iter()
-            .any(|(_, kind, _)| *kind == StateCmd::Reset)
+        self.pending_state.iter().any(|p| p.kind == StateCmd::Reset)
     }
 
     /// The reply to the oldest state command answered by `side` arrived.
     pub(super) fn confirm_state(&mut self, side: Side, accepted: bool) {
-        if let Some(i) = self.pending_state.iter().position(|(s, _, _)| *s == side) {
-            let (_, kind, cmd) = self.pending_state.remove(i).expect("index is in range");
+        if let Some(i) = self.pending_state.iter().position(|p| p.side == side) {
+            let p = self.pending_state.remove(i).expect("index is in range");
             if accepted {
-                self.state.apply(kind, &cmd);
+                self.state.apply(p.kind, &p.cmd);
+            }
+            if let Some(gate) = p.gate {
+                // The other cache's connection gets it only now, and only
+                // if it was accepted here.
+                let other = side.other();
+                let own_credentials = self.shared.upstreams[other].config.password.is_some();
+                let carried = accepted
+                    .then(|| state::for_other_side(p.kind, &p.cmd, own_credentials))
+                    .flatten();
+                match carried {
+                    Some(c) => {
+                        self.sides[other].carry(gate, &c, |next| Target::OtherState(next).into())
+                    }
+                    None => self.state_settled(other, gate, false),
+                }
             }
         }
         match (self.state.is_tracking(), &self.tracking_table) {
@@ -111,15 +134,25 @@ where
             _ => out,
         };
         self.send(reply_side, cmd, mark(Target::Client { state: true }.into()));
-        self.pending_state
-            .push_back((reply_side, kind, cmd.clone()));
         let other = reply_side.other();
         let own_credentials = self.shared.upstreams[other].config.password.is_some();
+        let mut gate = None;
         if !self.sides[other].is_idle() {
-            if let Some(cmd) = state::for_other_side(kind, cmd, own_credentials) {
-                self.send(other, &cmd, mark(Target::Quiet("connection state").into()));
+            if kind == StateCmd::Reset {
+                if let Some(cmd) = state::for_other_side(kind, cmd, own_credentials) {
+                    self.send(other, &cmd, mark(Target::Quiet("connection state").into()));
+                }
+            } else {
+                // Carried there once this side accepted it.
+                gate = Some(self.sides[other].gate());
             }
         }
+        self.pending_state.push_back(PendingState {
+            side: reply_side,
+            kind,
+            cmd: cmd.clone(),
+            gate,
+        });
         if kind == StateCmd::Reset {
             // RESET also drops every subscription, silently: cleared once
             // it is sent, so messages that still come ahead of its reply

@@ -101,9 +101,25 @@ enum Target {
     Quiet(&'static str),
     /// `CLIENT ID`, asked ahead of a movable blocking command: recorded.
     ClientId,
+    /// A connection-state command the answering cache accepted, carried to
+    /// this one: refused here, the connection is not in the client's state.
+    /// What was sent after it waits behind the gate until this reply.
+    OtherState(side::Gate),
     /// A blocking command moved here at a flip: its reply fills the
     /// client's slot on the side it was first sent to.
     Moved(Box<moving::MovedSlot>),
+}
+
+/// A connection-state command sent and not yet answered. The other cache's
+/// connection gets it only once the answering side accepted it: until then
+/// a gate holds back everything sent there.
+#[derive(Debug)]
+struct PendingState {
+    /// The side whose reply the client gets.
+    side: Side,
+    kind: StateCmd,
+    cmd: Command,
+    gate: Option<side::Gate>,
 }
 
 /// A write sent to the mirror side.
@@ -165,9 +181,8 @@ pub struct Session<R, W> {
     /// State the client set and an upstream accepted: what a new upstream
     /// connection is set up with.
     state: ConnState,
-    /// State commands sent but not yet answered, with the side that answers.
-    /// A connection opened meanwhile gets them after its setup.
-    pending_state: VecDeque<(Side, StateCmd, Command)>,
+    /// State commands sent but not yet answered, in order.
+    pending_state: VecDeque<PendingState>,
     tx: TxState,
     /// Mirrored writes waiting for an authoritative reply, and those queued
     /// behind them.
@@ -481,6 +496,24 @@ where
     /// journalled instead.
     fn send(&mut self, side: Side, cmd: &Command, out: impl Into<Outbound>) -> Option<Sent> {
         let mut out = out.into();
+        if self.sides[side].diverged {
+            match &out.target {
+                Target::Mirror(w) => {
+                    // Not in the client's state there (a database it
+                    // refused): journalled, copied in the right one later.
+                    RouteStats::bump(&w.stats.mirror_failed);
+                    self.journal_lost(w);
+                    return None;
+                }
+                Target::Client { .. } | Target::Effect(_) if self.sides[side].settled() => {
+                    // Reconnected with the client's state: the cache that
+                    // refused it refuses it again, and says so.
+                    self.sides[side].link = Link::Idle;
+                    self.sides[side].diverged = false;
+                }
+                _ => {}
+            }
+        }
         if self.sides[side].is_idle() {
             if let Target::Mirror(w) = &out.target {
                 if !self.shared.upstream(side).may_try() {
@@ -524,11 +557,13 @@ where
             sc.link = Link::Connecting(tokio::spawn(async move {
                 shared.upstream(side).connect(setup, depth).await
             }));
-            // State sent but not yet confirmed goes right after the setup, in
-            // order, ahead of this command; if the side that answers it
-            // refuses it, this side's refusal is only logged.
-            for (_, kind, cmd) in &self.pending_state {
-                if let Some(cmd) = state::for_other_side(*kind, cmd, own_credentials) {
+            // State sent but not yet confirmed: this connection gets each
+            // once the side that answers it accepted it, and waits until
+            // then (a RESET goes at once).
+            for p in self.pending_state.iter_mut() {
+                if p.kind != StateCmd::Reset {
+                    p.gate = Some(sc.gate());
+                } else if let Some(cmd) = state::for_other_side(p.kind, &p.cmd, own_credentials) {
                     sc.push(&cmd, Target::Quiet("connection state").into(), None);
                 }
             }

@@ -65,6 +65,34 @@ pub(super) struct Timing {
 }
 
 impl Expect {
+    /// What `out` expects, sent now with command timeout `timeout`; and its
+    /// part in the client's transaction.
+    fn of(out: Outbound, timeout: Option<Duration>) -> (Expect, Option<TxMark>) {
+        let (deadline, timing) = if out.blocking {
+            (None, None)
+        } else {
+            let now = Instant::now();
+            let timing = Timing {
+                sent: now,
+                route: out.route,
+            };
+            (timeout.map(|t| now + t), Some(timing))
+        };
+        let expect = Expect {
+            target: out.target,
+            deadline,
+            timing,
+            compare: out.compare,
+            blocking: out.blocking,
+            subscribed: out.subscribed,
+            movable: out.movable,
+            unblocking: false,
+            write: out.hold,
+            _backlog: out.backlog,
+        };
+        (expect, out.tx)
+    }
+
     fn untimed(target: Target) -> Expect {
         Expect {
             target,
@@ -183,6 +211,20 @@ impl Outbound {
     }
 }
 
+/// A command held back by a gate, or the gate.
+#[derive(Debug)]
+enum Gated {
+    Gate(u64),
+    Cmd(Box<(Bytes, Expect, Option<Duration>, Option<TxMark>)>),
+}
+
+/// A gate on one connection (see [`SideConn::gate`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Gate {
+    conn: u64,
+    id: u64,
+}
+
 /// A command queued on a side: its place among everything ever sent there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Sent {
@@ -256,6 +298,17 @@ pub(super) struct SideConn {
     deferred: VecDeque<(Bytes, Expect, Option<Duration>)>,
     /// Commands queued here so far.
     sent: u64,
+    /// Commands held back by gates (connection state the other cache has
+    /// not answered yet), with the gates, in order.
+    gated: VecDeque<Gated>,
+    gates: usize,
+    next_gate: u64,
+    /// Which connection this is (one more each time it is dropped): a gate
+    /// of an earlier one means nothing to it.
+    conn_id: u64,
+    /// It refused a connection state the answering cache accepted: it is
+    /// not in the client's state, so mirrored writes are not sent to it.
+    pub(super) diverged: bool,
     /// The connection's id on the cache (`CLIENT ID`), asked for ahead of
     /// its first movable blocking command.
     pub(super) client_id: Option<i64>,
@@ -278,6 +331,11 @@ impl SideConn {
             sent: 0,
             client_id: None,
             asked_id: false,
+            gated: VecDeque::new(),
+            gates: 0,
+            next_gate: 0,
+            conn_id: 0,
+            diverged: false,
         }
     }
 
@@ -292,7 +350,10 @@ impl SideConn {
     }
 
     pub(super) fn settled(&self) -> bool {
-        self.inflight.is_empty() && self.wbuf.is_empty() && self.deferred.is_empty()
+        self.inflight.is_empty()
+            && self.wbuf.is_empty()
+            && self.deferred.is_empty()
+            && self.gated.is_empty()
     }
 
     /// The client's MULTI is open on this connection.
@@ -345,39 +406,13 @@ impl SideConn {
     /// Queues `cmd` with what its reply is for; the connection must be
     /// open or opening. `timeout`: the upstream's command timeout.
     pub(super) fn push(&mut self, cmd: &Command, out: Outbound, timeout: Option<Duration>) -> Sent {
-        let (deadline, timing) = if out.blocking {
-            (None, None)
+        let (expect, tx) = Expect::of(out, timeout);
+        let raw = cmd.raw().clone();
+        if self.gates > 0 {
+            self.gated
+                .push_back(Gated::Cmd(Box::new((raw, expect, timeout, tx))));
         } else {
-            let now = Instant::now();
-            let timing = Timing {
-                sent: now,
-                route: out.route,
-            };
-            (timeout.map(|t| now + t), Some(timing))
-        };
-        let expect = Expect {
-            target: out.target,
-            deadline,
-            timing,
-            compare: out.compare,
-            blocking: out.blocking,
-            subscribed: out.subscribed,
-            movable: out.movable,
-            unblocking: false,
-            write: out.hold,
-            _backlog: out.backlog,
-        };
-        if self.client_tx && out.tx.is_none() {
-            self.deferred
-                .push_back((cmd.raw().clone(), expect, timeout));
-        } else {
-            self.wbuf.extend_from_slice(cmd.raw());
-            self.inflight.push_back(expect);
-        }
-        match out.tx {
-            Some(TxMark::Open) => self.client_tx = true,
-            Some(TxMark::Close) => self.end_client_tx(),
-            Some(TxMark::Inside) | None => {}
+            self.place(raw, expect, timeout, tx);
         }
         self.sent += 1;
         Sent {
@@ -386,14 +421,116 @@ impl SideConn {
         }
     }
 
+    /// Queues a command no gate holds back: behind the client's open
+    /// transaction (unless part of it), or on the wire.
+    fn place(&mut self, raw: Bytes, expect: Expect, timeout: Option<Duration>, tx: Option<TxMark>) {
+        if self.client_tx && tx.is_none() {
+            self.deferred.push_back((raw, expect, timeout));
+        } else {
+            self.wbuf.extend_from_slice(&raw);
+            self.inflight.push_back(expect);
+        }
+        match tx {
+            Some(TxMark::Open) => self.client_tx = true,
+            Some(TxMark::Close) => self.end_client_tx(),
+            Some(TxMark::Inside) | None => {}
+        }
+    }
+
+    /// Holds back everything sent here from now on until [`SideConn::ungate`]
+    /// (a connection-state command the other cache answers: this one gets it
+    /// only if that one accepted it). Returns the gate's name.
+    pub(super) fn gate(&mut self) -> Gate {
+        self.gates += 1;
+        self.next_gate += 1;
+        self.gated.push_back(Gated::Gate(self.next_gate));
+        Gate {
+            conn: self.conn_id,
+            id: self.next_gate,
+        }
+    }
+
+    fn gate_at(&self, gate: Gate) -> Option<usize> {
+        if gate.conn != self.conn_id {
+            return None;
+        }
+        self.gated
+            .iter()
+            .position(|g| matches!(g, Gated::Gate(id) if *id == gate.id))
+    }
+
+    /// The other cache accepted the state command `gate` waited for:
+    /// `cmd` (this connection's version of it) takes the gate's place, and
+    /// a new gate right behind it holds what waited until this cache
+    /// answers it too (`make` builds what `cmd` expects, naming that gate).
+    /// A gate of a connection since dropped is ignored.
+    pub(super) fn carry(&mut self, gate: Gate, cmd: &Command, make: impl FnOnce(Gate) -> Outbound) {
+        let Some(i) = self.gate_at(gate) else {
+            return;
+        };
+        self.next_gate += 1;
+        let next = Gate {
+            conn: self.conn_id,
+            id: self.next_gate,
+        };
+        let (expect, tx) = Expect::of(make(next), None);
+        self.gated[i] = Gated::Cmd(Box::new((cmd.raw().clone(), expect, None, tx)));
+        self.gated.insert(i + 1, Gated::Gate(next.id));
+        self.flush_gated(&mut Vec::new());
+    }
+
+    /// `gate` opens: what it held back goes on, up to the next gate. With
+    /// `diverged` (this cache refused a state the client is in), mirrored
+    /// writes among it are not sent but returned, and so are those sent
+    /// here from now on ([`SideConn::diverged`]).
+    pub(super) fn ungate(&mut self, gate: Gate, diverged: bool) -> Vec<MirrorWrite> {
+        let mut dropped = Vec::new();
+        let Some(i) = self.gate_at(gate) else {
+            return dropped;
+        };
+        self.gates -= 1;
+        self.gated.remove(i);
+        self.diverged |= diverged;
+        self.flush_gated(&mut dropped);
+        dropped
+    }
+
+    /// Sends what the gates no longer hold back (a diverged connection's
+    /// mirrored writes go to `dropped` instead).
+    fn flush_gated(&mut self, dropped: &mut Vec<MirrorWrite>) {
+        while let Some(Gated::Cmd(..)) = self.gated.front() {
+            let Some(Gated::Cmd(held)) = self.gated.pop_front() else {
+                unreachable!("checked above")
+            };
+            let (raw, mut expect, timeout, tx) = *held;
+            if self.diverged {
+                if let Target::Mirror(_) = expect.target {
+                    let Target::Mirror(w) = expect.target else {
+                        unreachable!("checked above")
+                    };
+                    dropped.push(w);
+                    continue;
+                }
+            }
+            // Its deadline runs from when it is sent.
+            if expect.deadline.is_some() {
+                expect.deadline = timeout.map(|t| Instant::now() + t);
+            }
+            self.place(raw, expect, timeout, tx);
+        }
+    }
+
     /// One more reply frame to the command queued last (a (un)subscribe
     /// is confirmed once per channel), untimed.
     pub(super) fn expect_another(&mut self, target: Target) {
-        match self.client_tx {
-            true => self
-                .deferred
-                .push_back((Bytes::new(), Expect::untimed(target), None)),
-            false => self.inflight.push_back(Expect::untimed(target)),
+        let expect = Expect::untimed(target);
+        if self.gates > 0 {
+            let held = Box::new((Bytes::new(), expect, None, None));
+            self.gated.push_back(Gated::Cmd(held));
+        } else if self.client_tx {
+            self.deferred.push_back((Bytes::new(), expect, None));
+        } else {
+            self.inflight.push_back(expect);
         }
     }
 
@@ -450,7 +587,19 @@ impl SideConn {
         }
         self.client_tx = false;
         let deferred = self.deferred.drain(..).map(|(_, e, _)| e);
-        let expects: Vec<Expect> = self.inflight.drain(..).chain(deferred).collect();
+        let gated = self.gated.drain(..).filter_map(|g| match g {
+            Gated::Cmd(held) => Some(held.1),
+            Gated::Gate(_) => None,
+        });
+        let expects: Vec<Expect> = self
+            .inflight
+            .drain(..)
+            .chain(deferred)
+            .chain(gated)
+            .collect();
+        self.gates = 0;
+        self.conn_id += 1;
+        self.diverged = false;
         for e in expects {
             let failed_route = e.timing.as_ref().and_then(|t| t.route.as_ref());
             lost.unknown.extend(e.write);
@@ -470,7 +619,11 @@ impl SideConn {
                     lost.effects.push(ticket);
                 }
                 Target::SubAck(id) => lost.acks.push(id),
-                Target::Probe(_) | Target::Shadow(_) | Target::Quiet(_) | Target::ClientId => {}
+                Target::Probe(_)
+                | Target::Shadow(_)
+                | Target::Quiet(_)
+                | Target::ClientId
+                | Target::OtherState(_) => {}
                 Target::Mirror(w) => {
                     RouteStats::bump(&w.stats.mirror_failed);
                     lost.writes.push(w);

@@ -220,6 +220,13 @@ where
                 self.sides[side].client_id = id.ok().and_then(|s| s.parse().ok());
             }
             Target::Moved(slot) => self.moved_reply(*slot, reply.bytes),
+            Target::OtherState(gate) => {
+                let diverged = reply.is_error();
+                if diverged {
+                    warn!(%side, reply = %text(&reply.bytes), "refused a connection state the answering cache accepted: this client's mirrored writes to it are journalled");
+                }
+                self.state_settled(side, gate, diverged);
+            }
             Target::Quiet(what) => {
                 if reply.bytes.starts_with(b"-NOTBUSY") {
                     debug!(%side, what, "no script to kill there");
@@ -296,7 +303,15 @@ where
         }
         self.compares.abandon();
         // Their replies will never come: they were not applied.
-        self.pending_state.retain(|(s, _, _)| *s != side);
+        let (gone, kept) = std::mem::take(&mut self.pending_state)
+            .into_iter()
+            .partition(|p| p.side == side);
+        self.pending_state = kept;
+        for p in gone {
+            if let Some(gate) = p.gate {
+                self.state_settled(side.other(), gate, false);
+            }
+        }
         self.tx.side_lost(side);
         for ticket in lost.effects {
             self.resolve_effect(ticket, None);
