@@ -19,6 +19,11 @@
 //!
 //! `CUTOVER_MODEL_SEEDS` (default 3) and `CUTOVER_MODEL_OPS` (per client,
 //! default 150) make the long version; `CUTOVER_MODEL_SEED` runs one seed.
+//!
+//! A second run flips the route between `dual-write` and `read-new` under
+//! consumers blocked on one queue, a producer and transactions on keys that
+//! existed on old only: each job reaches one consumer, and the caches end
+//! identical.
 
 mod support;
 
@@ -231,6 +236,155 @@ async fn random_workloads_leave_old_and_new_identical() {
     for seed in seeds {
         for phase in [Phase::DualWrite, Phase::ReadNew] {
             run(seed, phase, ops).await;
+        }
+    }
+}
+
+/// Flips under load (issue 16): consumers blocked on one queue while a
+/// producer feeds it through cutover and the route flips between
+/// `dual-write` and `read-new` every few hundred milliseconds, both ways;
+/// transactions run throughout on keys that existed on old only before
+/// the migration (copied once a compared transaction showed new lacked
+/// them). Every job reaches exactly one consumer, and old and new end
+/// identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flips_under_consumers_and_transactions_leave_old_and_new_identical() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    const JOBS: usize = 200;
+    const CONSUMERS: usize = 3;
+    let (old, new) = support::start_pair();
+    // Before the migration: counters on old only.
+    for me in 0..2 {
+        for i in 0..4 {
+            let _: () = redis::cmd("SET")
+                .arg(format!("t{me}:pre:{i}"))
+                .arg(10)
+                .query(&mut old.sync())
+                .unwrap();
+        }
+    }
+    let config = |phase: Phase| {
+        support::config_text(&old.addr(), &new.addr(), &[("default", None, phase)], "")
+    };
+    let proxy = TestProxy::start_text(&config(Phase::DualWrite)).await;
+    // The first transaction over each pre-existing key, in dual-write:
+    // new lacks them, the element-wise comparison copies them.
+    let mut c = proxy.conn().await;
+    for me in 0..2 {
+        let mut tx = redis::pipe();
+        tx.atomic();
+        for i in 0..4 {
+            tx.incr(format!("t{me}:pre:{i}"), 1);
+        }
+        let got: Vec<i64> = tx.query_async(&mut c).await.unwrap();
+        assert_eq!(got, [11; 4]);
+    }
+    proxy.wait_mirrors_settled().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while proxy.stat("default", "repaired") < 8 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pre-existing keys never copied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let popped = Arc::new(Mutex::new(Vec::new()));
+    let consumers: Vec<_> = (0..CONSUMERS)
+        .map(|_| {
+            let (url, stop, popped) = (proxy.url(), stop.clone(), popped.clone());
+            tokio::spawn(async move {
+                let mut conn = support::connect(&url).await;
+                while !stop.load(Ordering::Relaxed) {
+                    let got: Option<(String, String)> = redis::cmd("BLPOP")
+                        .arg("model:jobs")
+                        .arg(0.2)
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
+                    if let Some((_, job)) = got {
+                        popped.lock().unwrap().push(job.parse::<usize>().unwrap());
+                    }
+                }
+            })
+        })
+        .collect();
+    let producer = {
+        let url = proxy.url();
+        tokio::spawn(async move {
+            let mut conn = support::connect(&url).await;
+            for batch in (0..JOBS).collect::<Vec<_>>().chunks(5) {
+                let _: i64 = redis::cmd("RPUSH")
+                    .arg("model:jobs")
+                    .arg(batch)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+        })
+    };
+    let transactions: Vec<_> = (0..2)
+        .map(|me| {
+            let (url, stop) = (proxy.url(), stop.clone());
+            tokio::spawn(async move {
+                let mut conn = support::connect(&url).await;
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let i = n % 4;
+                    n += 1;
+                    let mut tx = redis::pipe();
+                    tx.atomic()
+                        .incr(format!("t{me}:pre:{i}"), 1)
+                        .pexpire(format!("t{me}:pre:{i}"), 600_000)
+                        .rpush(format!("t{me}:log"), n);
+                    let _: redis::Value = tx.query_async(&mut conn).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for phase in [Phase::ReadNew, Phase::DualWrite].iter().cycle().take(6) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        proxy.rewrite_config(&config(*phase));
+        proxy.wait_phase("default", *phase).await;
+    }
+    producer.await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while popped.lock().unwrap().len() < JOBS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {JOBS} jobs consumed",
+            popped.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in consumers.into_iter().chain(transactions) {
+        tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .expect("clients finish")
+            .unwrap();
+    }
+    let mut got = popped.lock().unwrap().clone();
+    got.sort_unstable();
+    assert_eq!(got, (0..JOBS).collect::<Vec<_>>(), "each job exactly once");
+    proxy.wait_mirrors_settled().await;
+    eprintln!(
+        "flips: {} compared, {} mismatches, {} keys copied",
+        proxy.stat("default", "compared"),
+        proxy.stat("default", "mismatches"),
+        proxy.stat("default", "repaired")
+    );
+    // Copies queued by the last mismatches land.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let same = std::panic::catch_unwind(|| assert_same_keyspace(&old, &new, 2000));
+        match same {
+            Ok(()) => break,
+            Err(e) if std::time::Instant::now() >= deadline => std::panic::resume_unwind(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
 }
