@@ -45,13 +45,17 @@ async fn dead_old_fails_fast_and_new_routes_keep_serving() {
     let _: () = c.set("n:2", "z").await.unwrap();
 
     // A pipeline mixing both sides keeps its order: error, value, error.
-    let (reply, closed) = exchange(proxy.addr, b"GET o:1\r\nGET n:1\r\nGET o:2\r\n").await;
+    let mut raw = proxy.raw().await;
+    raw.send(b"GET o:1\r\nGET n:1\r\nGET o:2\r\n").await;
+    let reply = raw.read_replies(3).await;
     let text = String::from_utf8_lossy(&reply);
     let lines: Vec<&str> = text.split("\r\n").collect();
     assert!(lines[0].starts_with("-ERR cutover: upstream old"), "{text}");
     assert_eq!(&lines[1..3], ["$1", "y"], "{text}");
     assert!(lines[3].starts_with("-ERR cutover: upstream old"), "{text}");
-    assert!(!closed);
+    // Still open: the next command is answered.
+    raw.send(b"GET n:1\r\n").await;
+    assert_eq!(raw.read_replies(1).await, b"$1\r\ny\r\n");
 }
 
 #[tokio::test]

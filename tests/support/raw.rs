@@ -110,21 +110,42 @@ impl RawClient {
     }
 }
 
-/// Sends `input` to a server and returns what came back before it closed or
-/// went quiet, plus whether it closed.
+/// Sends `input` to a server and returns what came back, plus whether it
+/// closed the connection. The end of the replies is known, not guessed
+/// from silence: a `PING <token>` sent behind the input comes back last
+/// (as a bulk string, or RESP2's subscribed `pong` array), and is cut off;
+/// an input that makes the server close ends at the close. Only an input
+/// that leaves the connection unable to answer PING (a MULTI left open,
+/// not authenticated) ends at a 10 s deadline.
 pub async fn exchange(addr: impl tokio::net::ToSocketAddrs, input: &[u8]) -> (Vec<u8>, bool) {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let token = format!(
+        "exchange-end-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     let mut c = RawClient::connect(addr).await;
-    c.send(input).await;
+    let mut bytes = input.to_vec();
+    bytes.extend_from_slice(
+        format!("*2\r\n$4\r\nPING\r\n${}\r\n{token}\r\n", token.len()).as_bytes(),
+    );
+    // A server that closes on the input may not take the rest.
+    let _ = c.stream.write_all(&bytes).await;
+    let end = format!("${}\r\n{token}\r\n", token.len()).into_bytes();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut out = Vec::new();
     let mut buf = [0u8; 65536];
     loop {
-        // However long the first byte takes on a loaded machine; then until
-        // the replies stop.
-        let quiet = match out.is_empty() {
-            true => Duration::from_secs(5),
-            false => Duration::from_millis(300),
-        };
-        match tokio::time::timeout(quiet, c.stream.read(&mut buf)).await {
+        if out.ends_with(&end) {
+            out.truncate(out.len() - end.len());
+            // In the RESP2 subscribed state PING answers an array.
+            let pong = b"*2\r\n$4\r\npong\r\n";
+            if out.ends_with(pong) {
+                out.truncate(out.len() - pong.len());
+            }
+            return (out, false);
+        }
+        match tokio::time::timeout_at(deadline, c.stream.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
             Err(_) => return (out, false),
             Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
