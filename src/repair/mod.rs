@@ -361,17 +361,7 @@ pub async fn run(
         let repairer = &copier.repairer;
         let stats = q.job.stats.clone();
         let (from, to) = (q.job.from, q.job.from.other());
-        if !still_written(&copier.router, &q.job) {
-            // Queued when `from` was authoritative; the route has since
-            // moved on (read-new to new-only, or a rollback to old-only)
-            // and `from` no longer gets its writes: copying from it could
-            // overwrite newer data with older.
-            debug!(%from, "repair copy dropped: its route no longer writes the side it copies from");
-            RouteStats::bump(&stats.repair_skipped);
-            repairer.finish(&q.job);
-            repairer
-                .journal
-                .copied(q.job.db, &q.job.key, repairer.start());
+        if moved_on(&copier, &q.job) {
             continue;
         }
         if !repairer.side_usable(from) || !repairer.side_usable(to) {
@@ -435,12 +425,24 @@ pub async fn run(
     }
 }
 
-/// Whether the route that serves `job`'s key now still writes the side the
-/// copy reads from (its authoritative side or its mirror).
-fn still_written(router: &Router, job: &RepairJob) -> bool {
-    let table = router.load();
+/// Drops `job` (true) when the route that serves its key now no longer
+/// writes the side the copy reads from (neither its authoritative side nor
+/// its mirror). It was queued when `from` was authoritative; the route has
+/// since moved on (read-new to new-only, or a rollback to old-only) and
+/// `from` no longer gets its writes: copying from it could overwrite newer
+/// data with older.
+fn moved_on(copier: &Copier, job: &RepairJob) -> bool {
+    let table = copier.router.load();
     let phase = table.routes[table.route_of(&job.key)].phase_for(&job.key);
-    phase.authoritative() == job.from || phase.mirror() == Some(job.from)
+    if phase.authoritative() == job.from || phase.mirror() == Some(job.from) {
+        return false;
+    }
+    let repairer = &copier.repairer;
+    debug!(from = %job.from, "repair copy dropped: its route no longer writes the side it copies from");
+    RouteStats::bump(&job.stats.repair_skipped);
+    repairer.finish(job);
+    repairer.journal.copied(job.db, &job.key, repairer.start());
+    true
 }
 
 /// Feeds the journal's keys to the copier while their mirror may be tried,

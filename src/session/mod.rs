@@ -17,6 +17,7 @@
 mod auth;
 mod compare;
 mod conn;
+mod expect;
 mod fallback;
 mod held;
 mod moving;
@@ -27,13 +28,13 @@ mod refusal;
 mod route;
 mod side;
 mod state;
+mod target;
 mod timer;
 mod tx;
 mod upstream;
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,9 +44,9 @@ use tokio::sync::watch;
 use tokio::time::Sleep;
 use tracing::{debug, trace};
 
-use crate::commands::{self, StateCmd};
+use crate::commands::StateCmd;
 use crate::error::UpstreamError;
-use crate::protocol::{Command, RequestParser, Value};
+use crate::protocol::{Command, RequestParser};
 use crate::repair::{Entered, Keys};
 use crate::routing::{PerSide, RouteStats, RouteTable, Side};
 use crate::shared::Shared;
@@ -53,17 +54,10 @@ use crate::shared::Shared;
 use order::{Drained, ReplyOrder};
 use side::{Link, Outbound, Sent, SideConn};
 pub use state::ConnState;
+use target::{
+    keys_at, written_keys, Check, Element, MirrorWrite, PendingState, ShadowSlot, Target,
+};
 use tx::TxState;
-
-/// One shadow read in flight, released when its reply came or was lost.
-#[derive(Debug)]
-struct ShadowSlot(Arc<AtomicUsize>);
-
-impl Drop for ShadowSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// Stop reading from a client that has this many replies outstanding or
 /// this many reply bytes unread (Redis's output-buffer limits, simplified).
@@ -71,103 +65,6 @@ const MAX_PENDING_REPLIES: usize = 100_000;
 const MAX_OUTPUT_BYTES: usize = 64 * 1024 * 1024;
 /// How long a closing session waits for mirrored writes still in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Where the reply to a command sent upstream goes.
-#[derive(Debug)]
-enum Target {
-    /// To the client, in order. `state`: a connection-state command, which
-    /// becomes part of the confirmed state if this reply is not an error.
-    Client { state: bool },
-    /// To the client, in order; then the held mirrored write waiting for
-    /// this reply (ticket) is derived from it and released.
-    Effect(u64),
-    /// One confirmation frame of a (un)subscribe the proxy answers itself
-    /// once every frame of it arrived (the wait with this id).
-    SubAck(u64),
-    /// A mirrored write: counted on its route, never shown to the client.
-    Mirror(MirrorWrite),
-    /// `EXISTS key` sent to the mirror ahead of compared write `id`, which
-    /// changes its key in place: 0 means the mirror lacked the key.
-    Probe(u64),
-    /// To the client, in order, unless it is empty: then the read is asked
-    /// of old (read fallback).
-    FallbackNew(Box<fallback::FallbackRead>),
-    /// A fallback read on old: its reply takes new's place.
-    FallbackOld(Box<fallback::FallbackOld>),
-    /// A shadow read on the other cache: compared, never shown.
-    Shadow(#[allow(dead_code)] ShadowSlot), // held for its Drop
-    /// Proxy-internal (state propagated to the other side, a DISCARD in
-    /// place of an aborted EXEC): dropped, errors logged.
-    Quiet(&'static str),
-    /// `CLIENT ID`, asked ahead of a movable blocking command: recorded.
-    ClientId,
-    /// A connection-state command the answering cache accepted, carried to
-    /// this one: refused here, the connection is not in the client's state.
-    /// What was sent after it waits behind the gate until this reply.
-    OtherState(side::Gate),
-    /// A blocking command moved here at a flip: its reply fills the
-    /// client's slot on the side it was first sent to.
-    Moved(Box<moving::MovedSlot>),
-}
-
-/// A connection-state command sent and not yet answered. The other cache's
-/// connection gets it only once the answering side accepted it: until then
-/// a gate holds back everything sent there.
-#[derive(Debug)]
-struct PendingState {
-    /// The side whose reply the client gets.
-    side: Side,
-    kind: StateCmd,
-    cmd: Command,
-    gate: Option<side::Gate>,
-}
-
-/// A write sent to the mirror side.
-#[derive(Debug)]
-struct MirrorWrite {
-    stats: Arc<RouteStats>,
-    /// The side that answered the client: copies come from there.
-    from: Side,
-    db: Option<u32>,
-    /// Its keys, counted in flight until it is answered or lost (a copy of
-    /// one of them waits).
-    keys: Entered,
-    /// What the mirror's reply must be to show it held what the
-    /// authoritative side did; another one queues a copy.
-    check: Option<Box<Check>>,
-}
-
-/// What a mirrored write's reply is checked against.
-#[derive(Debug)]
-enum Check {
-    /// A write mirrored as its effect: the reply it gives when the mirror
-    /// held what the authoritative side did.
-    Effect(Value),
-    /// The EXEC of a mirrored transaction: one check per command in it, in
-    /// order (each element of the mirror's EXEC array against it).
-    Exec(Vec<Element>),
-}
-
-/// One command of a mirrored transaction: the reply it must get (`None`:
-/// not checked, an effect of several commands) and the keys it writes.
-#[derive(Debug)]
-struct Element {
-    expected: Option<Value>,
-    keys: Keys,
-}
-
-/// The keys `cmd` writes, by the command table (for commands the proxy
-/// builds: effects, transaction bodies).
-fn written_keys(cmd: &Command) -> Keys {
-    match commands::lookup(cmd) {
-        Some(spec) => keys_at(cmd, &commands::key_positions(spec, cmd)),
-        None => Keys::new(),
-    }
-}
-
-fn keys_at(cmd: &Command, positions: &[usize]) -> Keys {
-    positions.iter().filter_map(|&i| cmd.arg_bytes(i)).collect()
-}
 
 pub struct Session<R, W> {
     shared: Arc<Shared>,
@@ -289,17 +186,8 @@ where
             if self.client_closed {
                 self.abandon_blocked();
             }
-            if !self.reading {
-                if self.done() {
-                    break;
-                }
-                let deadline = *self
-                    .drain_deadline
-                    .get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
-                if Instant::now() >= deadline {
-                    self.abandon();
-                    break;
-                }
+            if self.finished() {
+                break;
             }
             let room = self.order.len() < MAX_PENDING_REPLIES && !self.backpressured();
             if self.parse_paused && self.reading && room {
@@ -379,6 +267,25 @@ where
                 }
             }
         }
+    }
+
+    /// No longer reading, and done draining (or out of time for it: what
+    /// is still in flight is given up).
+    fn finished(&mut self) -> bool {
+        if self.reading {
+            return false;
+        }
+        if self.done() {
+            return true;
+        }
+        let deadline = *self
+            .drain_deadline
+            .get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
+        if Instant::now() >= deadline {
+            self.abandon();
+            return true;
+        }
+        false
     }
 
     fn done(&self) -> bool {
