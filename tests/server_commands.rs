@@ -297,3 +297,78 @@ async fn keyless_writes_reach_every_cache_a_route_writes() {
         }
     }
 }
+
+/// Case 9 of issue 16, its second half: with routes read from different
+/// caches, KEYS and SCAN answer for the keyspace the client sees: each
+/// key from the cache it is read from (a stale copy on the other hidden),
+/// a SCAN walking old then new under one cursor.
+#[tokio::test]
+async fn keys_and_scan_see_the_keyspace_across_both_caches() {
+    let (old, new) = support::start_pair();
+    for (server, keys) in [
+        (&old, ["d1", "d2", "a:stale"]),
+        (&new, ["a:1", "a:2", "d-stale"]),
+    ] {
+        for k in keys {
+            let _: () = redis::cmd("SET")
+                .arg(k)
+                .arg(1)
+                .query(&mut server.sync())
+                .unwrap();
+        }
+    }
+    // d-stale is not in route a: read from old, where it does not exist.
+    let routes = [
+        ("a", Some(&["a:*"][..]), Phase::NewOnly),
+        ("default", None, Phase::OldOnly),
+    ];
+    let proxy = TestProxy::start(&old, &new, &routes).await;
+    let mut c = proxy.conn().await;
+    let want = ["a:1", "a:2", "d1", "d2"];
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    keys.sort();
+    assert_eq!(keys, want);
+    let mut seen = Vec::new();
+    let mut cursor = 0u64;
+    let mut pages = 0;
+    loop {
+        let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        seen.extend(page);
+        pages += 1;
+        assert!(pages < 100, "the walk never ended");
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    seen.sort();
+    assert_eq!(seen, want);
+    // A MATCH is passed on to both.
+    let (_, m): (u64, Vec<String>) = redis::cmd("SCAN")
+        .arg(1u64 << 63)
+        .arg("MATCH")
+        .arg("a:*")
+        .arg("COUNT")
+        .arg(100)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let mut m = m;
+    m.sort();
+    assert_eq!(m, ["a:1", "a:2"]);
+    // d-stale on new matches, but its keys are read from old: hidden.
+    let mut raw = proxy.raw().await;
+    raw.send(b"KEYS d*\r\n").await;
+    let got = String::from_utf8(raw.read_replies(1).await).unwrap();
+    assert!(got.starts_with("*2\r\n"), "{got}");
+}

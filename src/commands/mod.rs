@@ -22,7 +22,7 @@ pub use spec::{
     TIP_NONDETERMINISTIC_OUTPUT_ORDER,
 };
 pub use table::Group;
-pub use traits::Traits;
+pub use traits::{KeyspaceRead, Traits};
 
 use crate::protocol::Command;
 

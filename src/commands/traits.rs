@@ -49,6 +49,9 @@ pub struct Traits {
     /// `CLIENT CACHING`: its effect moves to the cache serving the next
     /// command.
     pub client_caching: bool,
+    /// `KEYS`, `SCAN`: reads of the whole keyspace, which ask both caches
+    /// when routes read from different ones.
+    pub keyspace_read: Option<KeyspaceRead>,
     /// `FLUSHALL`, `FLUSHDB`, `SWAPDB`: writes to the whole keyspace, so
     /// they reach every cache some route writes to, whatever the default
     /// route's phase (flushed keys of other routes must not come back
@@ -59,6 +62,13 @@ pub struct Traits {
     pub kills_script: bool,
     /// `PING`: answered by the proxy in the RESP2 subscribed state.
     pub ping: bool,
+}
+
+/// A read of the whole keyspace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyspaceRead {
+    Keys,
+    Scan,
 }
 
 impl Traits {
@@ -88,6 +98,11 @@ impl Traits {
             client_caching: name == "client|caching",
             kills_script: matches!(name, "script|kill" | "function|kill"),
             keyless_write: matches!(name, "flushall" | "flushdb" | "swapdb"),
+            keyspace_read: match name {
+                "keys" => Some(KeyspaceRead::Keys),
+                "scan" => Some(KeyspaceRead::Scan),
+                _ => None,
+            },
             ping: name == "ping",
         }
     }

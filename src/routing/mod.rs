@@ -105,6 +105,26 @@ impl RouteTable {
             .any(|r| r.phase.authoritative() == side || r.phase.mirror() == Some(side))
     }
 
+    /// Whether keys are read from both caches (routes, or a ramp, read from
+    /// different ones): keyspace-wide reads (`KEYS`, `SCAN`) then ask both.
+    pub fn reads_split(&self) -> bool {
+        let mut reads: PerSide<bool> = PerSide::default();
+        for r in &self.routes {
+            reads[r.phase.authoritative()] = true;
+            if r.phase == Phase::ReadNew && r.ramp_percent.is_some_and(|p| p < 100) {
+                reads[Side::Old] = true;
+            }
+        }
+        reads[Side::Old] && reads[Side::New]
+    }
+
+    /// The cache `key` is read from.
+    pub fn read_side(&self, key: &[u8]) -> Side {
+        self.routes[self.route_of(key)]
+            .phase_for(key)
+            .authoritative()
+    }
+
     /// Whether every key is read from the same cache under both tables.
     pub fn reads_same_as(&self, other: &RouteTable) -> bool {
         self.routes.len() == other.routes.len()

@@ -20,6 +20,7 @@ mod conn;
 mod expect;
 mod fallback;
 mod held;
+mod keyspace;
 mod moving;
 mod order;
 mod plan;
@@ -90,6 +91,8 @@ pub struct Session<R, W> {
     subs: pubsub::Subscriptions,
     /// The side the connection's SCAN iteration runs on.
     scan_side: Option<Side>,
+    /// `KEYS` asked of both caches, by id.
+    keys_merges: keyspace::KeysMerges,
     /// The side each HSCAN/SSCAN/ZSCAN iteration runs on, by database and
     /// key.
     key_scans: std::collections::HashMap<(Option<u32>, Bytes), Side>,
@@ -150,6 +153,7 @@ where
             shadow_credit: 0.0,
             subs: pubsub::Subscriptions::default(),
             scan_side: None,
+            keys_merges: keyspace::KeysMerges::new(),
             key_scans: std::collections::HashMap::new(),
             compares: compare::Compares::default(),
             tracking_table: None,
@@ -431,10 +435,16 @@ where
             }
             self.open(side);
         }
-        if matches!(
-            out.target,
-            Target::Client { .. } | Target::Effect(_) | Target::FallbackNew(_)
-        ) {
+        let old_keys = matches!(&out.target, Target::Keys(p) if p.side == Side::Old);
+        if old_keys
+            || matches!(
+                out.target,
+                Target::Client { .. }
+                    | Target::Effect(_)
+                    | Target::FallbackNew(_)
+                    | Target::ScanPage(_)
+            )
+        {
             self.order.upstream(side);
         }
         if matches!(out.target, Target::Mirror(_) | Target::Quiet(_)) {

@@ -26,7 +26,7 @@ use bytes::Bytes;
 
 use super::refusal::Refusal;
 use crate::commands::{
-    self, CommandSpec, Entry, KeyPositions, Kind, PubSubCmd, StateCmd, Traits, TxCmd,
+    self, CommandSpec, Entry, KeyPositions, KeyspaceRead, Kind, PubSubCmd, StateCmd, Traits, TxCmd,
 };
 use crate::compare::Order;
 use crate::mirror::{self, Effect};
@@ -115,6 +115,12 @@ pub(super) enum How {
     /// To the answering side only; `shadow`: the read may be shadowed to
     /// the other cache and compared this way.
     Read { shadow: Option<Order> },
+    /// `KEYS` with routes read from both caches: asked of both, each one's
+    /// keys kept where they are read from.
+    Keys,
+    /// `SCAN` with routes read from both caches: old's keyspace, then new's,
+    /// the cursor saying which.
+    Scan,
 }
 
 /// The route of the keys at `positions` (the default route when there are
@@ -352,7 +358,11 @@ fn routed(
             read_fallback: route.read_fallback,
             tracking: conn.tracking,
         };
-        how(&carried, effect)
+        match (traits.keyspace_read, table.reads_split()) {
+            (Some(KeyspaceRead::Keys), true) => How::Keys,
+            (Some(KeyspaceRead::Scan), true) => How::Scan,
+            _ => how(&carried, effect),
+        }
     };
     Plan::Routed(Routed {
         traits,

@@ -101,6 +101,8 @@ where
                 _,
             ) => self.execute_shadowed(cmd, &r, *order, out),
             _ if r.traits.kills_script => self.execute_kill(cmd, &r, out),
+            (How::Keys, _) => self.execute_keys(&cmd, out),
+            (How::Scan, _) => self.execute_scan(&cmd, out),
             _ => {
                 self.send(r.authoritative, &cmd, out);
             }

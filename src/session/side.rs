@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 pub(super) use super::expect::{Expect, Outbound, TxMark};
 use super::fallback::FallbackOld;
+use super::keyspace::KeysPart;
 use super::moving::MovedSlot;
 use super::{MirrorWrite, Target};
 use crate::error::UpstreamError;
@@ -67,6 +68,8 @@ pub(super) struct Lost {
     pub(super) fallbacks: Vec<FallbackOld>,
     /// Blocking commands moved here at a flip, never answered.
     pub(super) moved: Vec<MovedSlot>,
+    /// `KEYS` answers never given, with old's place kept in the order.
+    pub(super) keys: Vec<(KeysPart, Option<u64>)>,
 }
 
 /// A client-bound reply in its side's order.
@@ -188,6 +191,8 @@ impl SideConn {
                     | Target::FallbackNew(_)
                     | Target::FallbackOld(_)
                     | Target::Moved(_)
+                    | Target::Keys(_)
+                    | Target::ScanPage(_)
             ),
         }
     }
@@ -418,7 +423,17 @@ impl SideConn {
             let failed_route = e.timing.as_ref().and_then(|t| t.route.as_ref());
             lost.unknown.extend(e.write);
             match e.target {
-                Target::Client { .. } | Target::FallbackNew(_) => {
+                Target::Keys(p) => {
+                    // Old's answer has the client's place: kept for the merge.
+                    let reserved = (p.side == Side::Old).then(|| {
+                        lost.failed_replies += 1;
+                        let pos = self.ready_base + self.ready.len() as u64;
+                        self.ready.push_back(Ready::Pending(Vec::new()));
+                        pos
+                    });
+                    lost.keys.push((*p, reserved));
+                }
+                Target::Client { .. } | Target::FallbackNew(_) | Target::ScanPage(_) => {
                     self.ready.push_back(Ready::Done(reply.clone()));
                     lost.failed_replies += 1;
                     if let Some((stats, _)) = failed_route.filter(|_| !abandoned) {

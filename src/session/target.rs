@@ -49,6 +49,12 @@ pub(super) enum Target {
     /// Proxy-internal (state propagated to the other side, a DISCARD in
     /// place of an aborted EXEC): dropped, errors logged.
     Quiet(&'static str),
+    /// One cache's `KEYS` answer when routes read from both (old's takes
+    /// the client's place).
+    Keys(Box<super::keyspace::KeysPart>),
+    /// A `SCAN` page from this side when routes read from both: rewritten
+    /// (its keys read from here, the cursor naming the cache).
+    ScanPage(Side),
     /// `CLIENT ID`, asked ahead of a movable blocking command: recorded.
     ClientId,
     /// A connection-state command the answering cache accepted, carried to

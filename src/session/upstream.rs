@@ -220,6 +220,8 @@ where
                 self.sides[side].client_id = id.ok().and_then(|s| s.parse().ok());
             }
             Target::Moved(slot) => self.moved_reply(*slot, reply.bytes),
+            Target::Keys(part) => self.keys_reply(*part, reply.bytes, None),
+            Target::ScanPage(on) => self.scan_page(on, reply.bytes),
             Target::OtherState(gate) => {
                 let diverged = reply.is_error();
                 if diverged {
@@ -300,6 +302,9 @@ where
         }
         for slot in lost.moved {
             self.moved_reply(slot, reply.clone());
+        }
+        for (part, reserved) in lost.keys {
+            self.keys_reply(part, reply.clone(), reserved);
         }
         self.compares.abandon();
         // Their replies will never come: they were not applied.
