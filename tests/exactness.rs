@@ -544,3 +544,60 @@ async fn connection_state_refused_by_one_cache_is_not_applied_on_the_other() {
     assert_eq!(n, 0, "the write for database 1 landed in new's database 0");
     assert!(proxy.stat("default", "journalled") >= 1);
 }
+
+/// Case 10 (in part): a subscriber is not stranded when its route goes
+/// `new-only`: its subscription follows the route to the cache that gets
+/// the publishes, unseen by the client, which receives each message once;
+/// RESP2 and RESP3.
+#[tokio::test]
+async fn a_subscription_follows_its_route_to_new_only() {
+    for hello in ["2", "3"] {
+        let (old, new) = support::start_pair();
+        let config = |phase: Phase| {
+            support::config_text(&old.addr(), &new.addr(), &[("default", None, phase)], "")
+        };
+        let proxy = TestProxy::start_text(&config(Phase::DualWrite)).await;
+        let flip = async |phase: Phase| {
+            proxy.rewrite_config(&config(phase));
+            proxy.wait_phase("default", phase).await;
+        };
+        let mut sub = proxy.raw().await;
+        sub.send(&[resp(&["HELLO", hello]), resp(&["SUBSCRIBE", "ch"])].concat())
+            .await;
+        sub.read_replies(2).await;
+        let mut p = proxy.conn().await;
+        let publish = async |p: &mut redis::aio::MultiplexedConnection, m: &str| {
+            let _: i64 = p.publish("ch", m).await.unwrap();
+        };
+        publish(&mut p, "in-dual-write").await;
+        flip(Phase::ReadNew).await;
+        publish(&mut p, "in-read-new").await;
+        flip(Phase::NewOnly).await;
+        wait_for("subscribed on new", async || {
+            let n: Vec<(String, i64)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg("ch")
+                .query(&mut new.sync())
+                .unwrap();
+            n[0].1 == 1
+        })
+        .await;
+        publish(&mut p, "in-new-only").await;
+        let got = frames(&sub.read_replies(3).await);
+        let kind = if hello == "3" { ">" } else { "*" };
+        for (frame, m) in got.iter().zip(["in-dual-write", "in-read-new", "in-new-only"]) {
+            let want = format!("{kind}3\r\n$7\r\nmessage\r\n$2\r\nch\r\n${}\r\n{m}\r\n", m.len());
+            assert_eq!(String::from_utf8_lossy(frame), want, "RESP{hello}");
+        }
+        // Nothing else came (no confirmation of the move, no duplicate).
+        sub.send(&resp(&["PING"])).await;
+        let pong = String::from_utf8(sub.read_replies(1).await).unwrap();
+        assert!(pong.contains("pong") || pong.contains("PONG"), "RESP{hello}: {pong}");
+        let n: Vec<(String, i64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("ch")
+            .query(&mut old.sync())
+            .unwrap();
+        assert_eq!(n[0].1, 0, "left old");
+    }
+}

@@ -204,8 +204,9 @@ where
             let can_read = self.reading && room && !self.parse_paused;
             let write_client = !self.out.is_empty() && !self.client_gone;
             let timer_armed = self.timer_at.is_some();
-            let watch_table =
-                self.tracking_table.is_some() || self.sides.iter().any(SideConn::blocked);
+            let watch_table = self.tracking_table.is_some()
+                || !self.subs.is_empty()
+                || self.sides.iter().any(SideConn::blocked);
             let backpressured = self.backpressured();
             let (old, new) = self.sides.both_mut();
             let read_old = !backpressured || !old.head_feeds_client();
@@ -232,6 +233,7 @@ where
                             self.on_table_change();
                         }
                         self.move_blocked();
+                        self.move_subscriptions();
                     }
                     Err(_) => self.tracking_table = None,
                 },

@@ -6,7 +6,8 @@
 //! subscriber receives each message published through the proxy exactly
 //! once, from the side it subscribed on. A subscription stays on the side it
 //! was made on when the route flips between `dual-write` and `read-new`
-//! (both sides receive every publish then).
+//! (both sides receive every publish then), and follows the route when it
+//! leaves its side (`new-only`, or back to `old-only`).
 //!
 //! Subscriptions may be split across the two upstream connections, so the
 //! confirmations the client sees are made here, from the session's own set
@@ -22,6 +23,7 @@ use bytes::Bytes;
 use std::collections::HashMap;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::debug;
 
 use super::refusal::Refusal;
 use super::{Session, Target};
@@ -75,6 +77,36 @@ impl Subscriptions {
     /// Whether it held any.
     pub(super) fn lost(&mut self, side: Side) -> bool {
         std::mem::take(&mut self.on_side[side]) > 0
+    }
+
+    /// Subscriptions on a cache their route no longer publishes to (a
+    /// route gone to `new-only`, or back to `old-only`): each moves to the
+    /// side `publishes` names first. Returns, per kind, what moved:
+    /// `(subscribe command, name, from, to)`.
+    fn stranded(
+        &mut self,
+        publishes: impl Fn(&[u8]) -> (Side, Option<Side>),
+    ) -> Vec<(PubSubCmd, Bytes, Side, Side)> {
+        let mut moved = Vec::new();
+        let kinds = [
+            (PubSubCmd::Subscribe, &mut self.channels),
+            (PubSubCmd::PSubscribe, &mut self.patterns),
+            (PubSubCmd::SSubscribe, &mut self.shards),
+        ];
+        for (what, set) in kinds {
+            for (name, side) in set.iter_mut() {
+                let (to, also) = publishes(name);
+                if *side != to && also != Some(*side) {
+                    moved.push((what, name.clone(), *side, to));
+                    *side = to;
+                }
+            }
+        }
+        for (_, _, from, to) in &moved {
+            self.on_side[*from] -= 1;
+            self.on_side[*to] += 1;
+        }
+        moved
     }
 
     /// Applies `what` to `names` (every subscription of the kind for an
@@ -255,6 +287,35 @@ where
             self.local(Bytes::from(out));
         } else {
             self.order.wait(id, frames_expected, Bytes::from(out));
+        }
+    }
+
+    /// The routing table changed: subscriptions on a cache their route no
+    /// longer publishes to follow it (subscribed where it publishes now,
+    /// then left where they were; the client sees neither). A message
+    /// published between the table change and the new subscription is not
+    /// received (README Limits).
+    pub(super) fn move_subscriptions(&mut self) {
+        if self.subs.is_empty() {
+            return;
+        }
+        let table = self.shared.router.load();
+        let moved = self.subs.stranded(|name| {
+            let phase = table.routes[table.route_of(name)].phase_for(name);
+            (phase.authoritative(), phase.mirror())
+        });
+        drop(table);
+        for (what, name, from, to) in moved {
+            debug!(%from, %to, "subscription follows its route");
+            let leave = match what {
+                PubSubCmd::Subscribe => PubSubCmd::Unsubscribe,
+                PubSubCmd::PSubscribe => PubSubCmd::PUnsubscribe,
+                _ => PubSubCmd::SUnsubscribe,
+            };
+            let join = Command::from_args(&[what.upstream_name(), &name]);
+            self.send(to, &join, Target::MoveAck);
+            let part = Command::from_args(&[leave.upstream_name(), &name]);
+            self.send(from, &part, Target::MoveAck);
         }
     }
 

@@ -452,6 +452,7 @@ impl SideConn {
                 | Target::Shadow(_)
                 | Target::Quiet(_)
                 | Target::ClientId
+                | Target::MoveAck
                 | Target::OtherState(_) => {}
                 Target::Mirror(w) => {
                     RouteStats::bump(&w.stats.mirror_failed);

@@ -55,6 +55,9 @@ pub(super) enum Target {
     /// A `SCAN` page from this side when routes read from both: rewritten
     /// (its keys read from here, the cursor naming the cache).
     ScanPage(Side),
+    /// One confirmation frame of a subscription the proxy moves to the
+    /// cache its route publishes to (or of leaving the old one): dropped.
+    MoveAck,
     /// `CLIENT ID`, asked ahead of a movable blocking command: recorded.
     ClientId,
     /// A connection-state command the answering cache accepted, carried to

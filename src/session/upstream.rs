@@ -76,7 +76,7 @@ where
         let awaiting_ack = matches!(
             sc.inflight.front(),
             Some(Expect {
-                target: Target::SubAck(_),
+                target: Target::SubAck(_) | Target::MoveAck,
                 ..
             })
         );
@@ -89,14 +89,15 @@ where
         }
         match pubsub::frame_kind(&reply.bytes) {
             pubsub::FrameKind::Confirmation if awaiting_ack => {
-                let Some(Expect {
-                    target: Target::SubAck(id),
-                    ..
-                }) = sc.inflight.pop_front()
-                else {
-                    unreachable!("checked above")
-                };
-                self.sub_ack(id, None);
+                match sc.inflight.pop_front() {
+                    Some(Expect {
+                        target: Target::SubAck(id),
+                        ..
+                    }) => self.sub_ack(id, None),
+                    // A moved subscription's: the client knows nothing of it.
+                    Some(_) => {}
+                    None => unreachable!("checked above"),
+                }
                 None
             }
             // A message can only follow the replies to everything sent
@@ -209,6 +210,9 @@ where
                     sc.inflight.pop_front();
                 }
                 self.sub_ack(id, Some(reply.bytes));
+            }
+            Target::MoveAck => {
+                warn!(%side, reply = %text(&reply.bytes), "a subscription could not be moved to the cache its route publishes to");
             }
             Target::ClientId => {
                 let id = std::str::from_utf8(
