@@ -18,6 +18,16 @@ fn resp(args: &[&str]) -> Vec<u8> {
     out
 }
 
+/// Subscribers of `channel` on `server`.
+fn numsub(server: &RedisServer, channel: &str) -> i64 {
+    let n: Vec<(String, i64)> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query(&mut server.sync())
+        .unwrap();
+    n[0].1
+}
+
 async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !check().await {
@@ -243,15 +253,7 @@ async fn a_resp2_message_waits_for_the_replies_before_its_subscription() {
     c.send(&[resp(&["BLPOP", "a:q", "1"]), resp(&["SUBSCRIBE", "ch"])].concat())
         .await;
     // Subscribed on new (the confirmation is held behind the BLPOP).
-    wait_for("subscribed on new", async || {
-        let n: Vec<(String, i64)> = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg("ch")
-            .query(&mut new.sync())
-            .unwrap();
-        n[0].1 == 1
-    })
-    .await;
+    wait_for("subscribed on new", async || numsub(&new, "ch") == 1).await;
     let mut p = proxy.conn().await;
     let _: i64 = p.publish("ch", "hello").await.unwrap();
     let got = frames(&c.read_replies(3).await);
@@ -573,31 +575,27 @@ async fn a_subscription_follows_its_route_to_new_only() {
         flip(Phase::ReadNew).await;
         publish(&mut p, "in-read-new").await;
         flip(Phase::NewOnly).await;
-        wait_for("subscribed on new", async || {
-            let n: Vec<(String, i64)> = redis::cmd("PUBSUB")
-                .arg("NUMSUB")
-                .arg("ch")
-                .query(&mut new.sync())
-                .unwrap();
-            n[0].1 == 1
-        })
-        .await;
+        wait_for("subscribed on new", async || numsub(&new, "ch") == 1).await;
         publish(&mut p, "in-new-only").await;
         let got = frames(&sub.read_replies(3).await);
         let kind = if hello == "3" { ">" } else { "*" };
-        for (frame, m) in got.iter().zip(["in-dual-write", "in-read-new", "in-new-only"]) {
-            let want = format!("{kind}3\r\n$7\r\nmessage\r\n$2\r\nch\r\n${}\r\n{m}\r\n", m.len());
+        for (frame, m) in got
+            .iter()
+            .zip(["in-dual-write", "in-read-new", "in-new-only"])
+        {
+            let want = format!(
+                "{kind}3\r\n$7\r\nmessage\r\n$2\r\nch\r\n${}\r\n{m}\r\n",
+                m.len()
+            );
             assert_eq!(String::from_utf8_lossy(frame), want, "RESP{hello}");
         }
         // Nothing else came (no confirmation of the move, no duplicate).
         sub.send(&resp(&["PING"])).await;
         let pong = String::from_utf8(sub.read_replies(1).await).unwrap();
-        assert!(pong.contains("pong") || pong.contains("PONG"), "RESP{hello}: {pong}");
-        let n: Vec<(String, i64)> = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg("ch")
-            .query(&mut old.sync())
-            .unwrap();
-        assert_eq!(n[0].1, 0, "left old");
+        assert!(
+            pong.contains("pong") || pong.contains("PONG"),
+            "RESP{hello}: {pong}"
+        );
+        assert_eq!(numsub(&old, "ch"), 0, "left old");
     }
 }
