@@ -410,18 +410,6 @@ async fn a_runaway_mirrored_script_is_killed_on_both_caches() {
     }
 }
 
-/// `blocked_clients` in `server`'s INFO.
-fn blocked_clients(server: &RedisServer) -> usize {
-    let info: String = redis::cmd("INFO")
-        .arg("clients")
-        .query(&mut server.sync())
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("blocked_clients:"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Case 2: job-queue workers blocked across a flip. Consumers blocked
 /// before the flip are moved to the cache the route now reads from, so
 /// with more consumers blocked after it and a producer pushing through
@@ -463,7 +451,7 @@ async fn consumers_blocked_across_a_flip_get_each_element_once() {
         }
         let first = on(before.authoritative());
         wait_for("3 blocked before the flip", async || {
-            blocked_clients(first) == 3
+            support::blocked_clients(first) == 3
         })
         .await;
         proxy.rewrite_config(&config(after));
@@ -473,7 +461,7 @@ async fn consumers_blocked_across_a_flip_get_each_element_once() {
         }
         let now = on(after.authoritative());
         wait_for("all 5 blocked where the route reads now", async || {
-            blocked_clients(now) == 5 && blocked_clients(first) == 0
+            support::blocked_clients(now) == 5 && support::blocked_clients(first) == 0
         })
         .await;
         let mut p = proxy.conn().await;

