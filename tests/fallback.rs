@@ -130,3 +130,58 @@ async fn without_the_option_new_answers_alone() {
     assert_eq!(v, None);
     assert_eq!(proxy.stat("default", "fallbacks"), 0);
 }
+
+/// A key whose mirrored DEL to old was lost (journalled, its copy from new
+/// still pending: old is paused for writes, as a managed cache is during
+/// a failover) must not come back through a read fallback: new's miss is
+/// the answer, and the key is not copied back to new.
+#[tokio::test]
+async fn no_fallback_for_a_key_with_a_copy_pending() {
+    let (old, new) = support::start_pair();
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("deleted")
+        .query(&mut old.sync())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.json");
+    std::fs::write(
+        &journal,
+        r#"{"version":1,"keys":[{"route":"default","db":null,"from":"new","key":"6b"}],"needs_verify":[]}"#,
+    )
+    .unwrap();
+    // The copy (a DEL on old) waits while old takes no writes.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(4000)
+        .arg("WRITE")
+        .query(&mut old.sync())
+        .unwrap();
+    let text = support::Config::new(&old.addr(), &new.addr())
+        .route_toml("default", None, Phase::ReadNew, "read_fallback = true")
+        .with(&format!(
+            "[journal]\nfile = {:?}\n",
+            journal.to_str().unwrap()
+        ))
+        .text();
+    let proxy = TestProxy::start_text(&text).await;
+    let mut c = proxy.raw().await;
+    c.send(b"GET k\r\n").await;
+    assert_eq!(c.read_replies(1).await, b"$-1\r\n", "old's copy came back");
+    assert_eq!(proxy.stat("default", "fallbacks"), 0);
+    // Once old takes writes again the copy deletes it there too.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let on_old: Option<String> = redis::cmd("GET").arg("k").query(&mut old.sync()).unwrap();
+        let on_new: Option<String> = redis::cmd("GET").arg("k").query(&mut new.sync()).unwrap();
+        if on_old.is_none() {
+            assert_eq!(on_new, None);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the DEL never reached old"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
