@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::moving::Movable;
-use super::{MirrorWrite, Target};
+use super::Target;
 use crate::mirror::backlog::Share;
 use crate::routing::{Phase, RouteStats, Side};
 
@@ -34,10 +34,19 @@ pub(super) struct Expect {
     /// flight until this reply (a copy of one of them waits for both), and
     /// what to journal if this reply is lost (the mirror may have applied
     /// the write, the authoritative side may or may not have).
-    pub(super) write: Option<MirrorWrite>,
+    pub(super) write: Option<Unconfirmed>,
     /// A write to the mirror: its share of the mirror backlog until this
     /// reply (or its loss).
     _backlog: Option<Share>,
+}
+
+/// The authoritative half of a mirrored write, until its reply: the
+/// database it was sent in and its keys, counted in flight. (Its route and
+/// side are the command's own: [`Timing::route`] and the connection's.)
+#[derive(Debug)]
+pub(super) struct Unconfirmed {
+    pub(super) db: Option<u32>,
+    pub(super) keys: crate::repair::Entered,
 }
 
 #[derive(Debug)]
@@ -127,7 +136,7 @@ pub(super) struct Outbound {
     pub(super) blocking: bool,
     pub(super) route: Option<(Arc<RouteStats>, Phase)>,
     pub(super) compare: Option<u64>,
-    pub(super) hold: Option<MirrorWrite>,
+    pub(super) hold: Option<Unconfirmed>,
     /// Sent while the connection holds RESP2 subscriptions.
     pub(super) subscribed: bool,
     pub(super) backlog: Option<Share>,
@@ -189,7 +198,7 @@ impl Outbound {
     /// The authoritative half of mirrored write `hold`: its keys stay
     /// counted in flight until it is answered, and are journalled if it is
     /// lost.
-    pub(super) fn holding(mut self, hold: MirrorWrite) -> Outbound {
+    pub(super) fn holding(mut self, hold: Unconfirmed) -> Outbound {
         self.hold = Some(hold);
         self
     }

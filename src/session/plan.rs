@@ -358,9 +358,11 @@ fn routed(
             read_fallback: route.read_fallback,
             tracking: conn.tracking,
         };
-        match (traits.keyspace_read, table.reads_split()) {
-            (Some(KeyspaceRead::Keys), true) => How::Keys,
-            (Some(KeyspaceRead::Scan), true) => How::Scan,
+        // (The table is looked at only for KEYS and SCAN.)
+        let split = || table.reads_split();
+        match traits.keyspace_read {
+            Some(KeyspaceRead::Keys) if split() => How::Keys,
+            Some(KeyspaceRead::Scan) if split() => How::Scan,
             _ => how(&carried, effect),
         }
     };

@@ -157,12 +157,9 @@ where
         let keys = super::keys_at(&cmd, &r.positions);
         // In flight until both caches answered; reported once held (see
         // InFlight).
-        let hold = super::MirrorWrite {
-            stats: r.stats.clone(),
-            from: r.authoritative,
+        let hold = super::expect::Unconfirmed {
             db: self.current_db(),
             keys: self.shared.repairer.inflight.hold(keys.clone()),
-            check: None,
         };
         self.send(r.authoritative, &cmd, out.compared(compare).holding(hold));
         if let Some(id) = compare.filter(|_| probe) {

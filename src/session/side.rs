@@ -226,12 +226,11 @@ impl SideConn {
     /// open or opening. `timeout`: the upstream's command timeout.
     pub(super) fn push(&mut self, cmd: &Command, out: Outbound, timeout: Option<Duration>) -> Sent {
         let (expect, tx) = Expect::of(out, timeout);
-        let raw = cmd.raw().clone();
         if self.gates > 0 {
-            self.gated
-                .push_back(Gated::Cmd(Box::new((raw, expect, timeout, tx))));
+            let held = Box::new((cmd.raw().clone(), expect, timeout, tx));
+            self.gated.push_back(Gated::Cmd(held));
         } else {
-            self.place(raw, expect, timeout, tx);
+            self.place(cmd.raw(), expect, timeout, tx);
         }
         self.sent += 1;
         Sent {
@@ -242,11 +241,18 @@ impl SideConn {
 
     /// Queues a command no gate holds back: behind the client's open
     /// transaction (unless part of it), or on the wire.
-    fn place(&mut self, raw: Bytes, expect: Expect, timeout: Option<Duration>, tx: Option<TxMark>) {
+    fn place(
+        &mut self,
+        raw: &Bytes,
+        expect: Expect,
+        timeout: Option<Duration>,
+        tx: Option<TxMark>,
+    ) {
         if self.client_tx && tx.is_none() {
-            self.deferred.push_back((raw, expect, timeout));
+            // (The command's bytes are copied only when they must wait.)
+            self.deferred.push_back((raw.clone(), expect, timeout));
         } else {
-            self.wbuf.extend_from_slice(&raw);
+            self.wbuf.extend_from_slice(raw);
             self.inflight.push_back(expect);
         }
         match tx {
@@ -335,7 +341,7 @@ impl SideConn {
             if expect.deadline.is_some() {
                 expect.deadline = timeout.map(|t| Instant::now() + t);
             }
-            self.place(raw, expect, timeout, tx);
+            self.place(&raw, expect, timeout, tx);
         }
     }
 
@@ -421,7 +427,15 @@ impl SideConn {
         self.diverged = false;
         for e in expects {
             let failed_route = e.timing.as_ref().and_then(|t| t.route.as_ref());
-            lost.unknown.extend(e.write);
+            if let (Some(w), Some((stats, _))) = (e.write, failed_route) {
+                lost.unknown.push(MirrorWrite {
+                    stats: stats.clone(),
+                    from: self.side,
+                    db: w.db,
+                    keys: w.keys,
+                    check: None,
+                });
+            }
             match e.target {
                 Target::Keys(p) => {
                     // Old's answer has the client's place: kept for the merge.

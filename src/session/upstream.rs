@@ -172,12 +172,10 @@ where
                 if state {
                     self.confirm_state(side, !reply.is_error());
                 }
-                if let Some(w) = &expect.write {
-                    if reply.is_error() && killed(&reply.bytes) {
-                        // Killed here; the mirror runs the same script and
-                        // would stay busy (answering BUSY to every write).
-                        self.shared.kill_script(w.from.other());
-                    }
+                if expect.write.is_some() && reply.is_error() && killed(&reply.bytes) {
+                    // Killed here; the mirror runs the same script and
+                    // would stay busy (answering BUSY to every write).
+                    self.shared.kill_script(side.other());
                 }
                 self.sides[side].ready.push_back(Ready::Done(reply.bytes));
             }
