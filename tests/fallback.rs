@@ -144,12 +144,7 @@ async fn no_fallback_for_a_key_with_a_copy_pending() {
         .query(&mut old.sync())
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let journal = dir.path().join("journal.json");
-    std::fs::write(
-        &journal,
-        r#"{"version":1,"keys":[{"route":"default","db":null,"from":"new","key":"6b"}],"needs_verify":[]}"#,
-    )
-    .unwrap();
+    let journal = support::journal_of_k(dir.path(), "new");
     // The copy (a DEL on old) waits while old takes no writes.
     let _: () = redis::cmd("CLIENT")
         .arg("PAUSE")
@@ -159,10 +154,7 @@ async fn no_fallback_for_a_key_with_a_copy_pending() {
         .unwrap();
     let text = support::Config::new(&old.addr(), &new.addr())
         .route_toml("default", None, Phase::ReadNew, "read_fallback = true")
-        .with(&format!(
-            "[journal]\nfile = {:?}\n",
-            journal.to_str().unwrap()
-        ))
+        .with(&journal)
         .text();
     let proxy = TestProxy::start_text(&text).await;
     let mut c = proxy.raw().await;

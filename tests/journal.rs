@@ -150,15 +150,10 @@ async fn a_journalled_copy_from_a_side_the_route_no_longer_writes_is_dropped() {
     let _: () = old.conn().await.set("k", "stale").await.unwrap();
     let _: () = new.conn().await.set("k", "newer").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("journal.json");
-    std::fs::write(
-        &file,
-        r#"{"version":1,"keys":[{"route":"default","db":null,"from":"old","key":"6b"}],"needs_verify":[]}"#,
-    )
-    .unwrap();
+    let journal = support::journal_of_k(dir.path(), "old");
     let text = support::Config::new(&old.addr(), &new.addr())
         .routes(&[("default", None, Phase::NewOnly)])
-        .with(&format!("[journal]\nfile = {:?}\n", file.to_str().unwrap()))
+        .with(&journal)
         .text();
     let proxy = TestProxy::start_text(&text).await;
     let deadline = Instant::now() + Duration::from_secs(20);

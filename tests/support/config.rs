@@ -148,3 +148,16 @@ impl Config {
 pub fn config_text(old: &str, new: &str, routes: &[RouteSpec<'_>], extra: &str) -> String {
     Config::new(old, new).routes(routes).with(extra).text()
 }
+
+/// A journal file in `dir` holding one entry: key `k` of route `default`
+/// in the upstreams' own database, to be copied from `from` ("old" or
+/// "new"), as a proxy that lost that mirrored write left it on disk.
+/// Returns the `[journal]` section that points a config at it.
+pub fn journal_of_k(dir: &std::path::Path, from: &str) -> String {
+    let file = dir.join("journal.json");
+    let entry = format!(
+        r#"{{"version":1,"keys":[{{"route":"default","db":null,"from":"{from}","key":"6b"}}],"needs_verify":[]}}"#
+    );
+    std::fs::write(&file, entry).unwrap();
+    format!("[journal]\nfile = {:?}\n", file.to_str().unwrap())
+}
