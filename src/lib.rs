@@ -14,7 +14,7 @@
 //! | --- | --- |
 //! | [`protocol`] | request parsing (multibulk + inline, Redis's limits and errors) and reply framing |
 //! | [`commands`] | the command table generated from Redis 7, key positions, [`commands::Traits`] decided once per entry |
-//! | [`routing`] | `Side`, `Phase`, `PerSide`, routes, Redis globs, the `ArcSwap`ped table, per-route counters |
+//! | [`routing`] | `Side`, `Phase`, `PerSide`, routes, Redis globs, the `ArcSwap`ped table, per-route counters, settling flips |
 //! | [`compare`] | reply normalisation and comparison (mirrored writes, shadow reads, verify) |
 //! | [`shadow`] | which reads are shadowed, their outcomes, the agreement window |
 //! | [`config`] | the TOML settings, environment overrides, validation errors |

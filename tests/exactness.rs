@@ -8,15 +8,7 @@ use std::time::Duration;
 
 use cutover::routing::Phase;
 use redis::AsyncCommands;
-use support::{RawClient, RedisServer, TestProxy};
-
-fn resp(args: &[&str]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
-    }
-    out
-}
+use support::{resp, wait_for, RawClient, RedisServer, TestProxy};
 
 /// Subscribers of `channel` on `server`.
 fn numsub(server: &RedisServer, channel: &str) -> i64 {
@@ -26,14 +18,6 @@ fn numsub(server: &RedisServer, channel: &str) -> i64 {
         .query(&mut server.sync())
         .unwrap();
     n[0].1
-}
-
-async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Case 1: a worker that sends `BLPOP q 0` and closes its socket must not
@@ -410,82 +394,6 @@ async fn a_runaway_mirrored_script_is_killed_on_both_caches() {
     }
 }
 
-/// Case 2: job-queue workers blocked across a flip. Consumers blocked
-/// before the flip are moved to the cache the route now reads from, so
-/// with more consumers blocked after it and a producer pushing through
-/// cutover, each element reaches exactly one consumer and both caches end
-/// empty: both ways.
-#[tokio::test]
-async fn consumers_blocked_across_a_flip_get_each_element_once() {
-    use cutover::routing::Side;
-    for (before, after) in [
-        (Phase::DualWrite, Phase::ReadNew),
-        (Phase::ReadNew, Phase::DualWrite),
-    ] {
-        let (old, new) = support::start_pair();
-        let config = |phase: Phase| {
-            support::config_text(
-                &old.addr(),
-                &new.addr(),
-                &[
-                    ("session", Some(&["session:*"]), phase),
-                    ("default", None, Phase::OldOnly),
-                ],
-                "",
-            )
-        };
-        let proxy = TestProxy::start_text(&config(before)).await;
-        let on = |side: Side| match side {
-            Side::Old => &old,
-            Side::New => &new,
-        };
-        let consumer = |mut c: RawClient| {
-            tokio::spawn(async move {
-                c.send(&resp(&["BLPOP", "session:jobs", "0"])).await;
-                String::from_utf8(c.read_replies(1).await).unwrap()
-            })
-        };
-        let mut consumers = Vec::new();
-        for _ in 0..3 {
-            consumers.push(consumer(proxy.raw().await));
-        }
-        let first = on(before.authoritative());
-        wait_for("3 blocked before the flip", async || {
-            support::blocked_clients(first) == 3
-        })
-        .await;
-        proxy.rewrite_config(&config(after));
-        proxy.wait_phase("session", after).await;
-        for _ in 0..2 {
-            consumers.push(consumer(proxy.raw().await));
-        }
-        let now = on(after.authoritative());
-        wait_for("all 5 blocked where the route reads now", async || {
-            support::blocked_clients(now) == 5 && support::blocked_clients(first) == 0
-        })
-        .await;
-        let mut p = proxy.conn().await;
-        let jobs: Vec<String> = (1..=5).map(|i| format!("e{i}")).collect();
-        let _: i64 = p.rpush("session:jobs", &jobs).await.unwrap();
-        let mut got = Vec::new();
-        for c in consumers {
-            let reply = tokio::time::timeout(Duration::from_secs(10), c)
-                .await
-                .expect("every consumer is served")
-                .unwrap();
-            let element = reply.rsplit("\r\n").nth(1).unwrap().to_string();
-            got.push(element);
-        }
-        got.sort();
-        assert_eq!(got, jobs, "{before} -> {after}: each element exactly once");
-        proxy.wait_mirrors_settled().await;
-        for s in [&old, &new] {
-            let n: i64 = s.conn().await.llen("session:jobs").await.unwrap();
-            assert_eq!(n, 0, "{before} -> {after}: {} kept elements", s.addr());
-        }
-    }
-}
-
 /// Case 5: connection state reaches the other cache only as the answering
 /// cache accepted it. Old refuses `HELLO 3` (it does not know it, like
 /// Redis 5):
@@ -585,5 +493,44 @@ async fn a_subscription_follows_its_route_to_new_only() {
             "RESP{hello}: {pong}"
         );
         assert_eq!(numsub(&old, "ch"), 0, "left old");
+    }
+}
+
+/// Case 10: in `read-new` a subscriber made in `dual-write` is still on
+/// old (both caches get every publish), and one made since is on new:
+/// `PUBLISH` answers how many clients received the message, counting
+/// both, as one Redis would. Each subscriber gets the message once.
+#[tokio::test]
+async fn publish_counts_subscribers_on_both_caches() {
+    let (old, new) = support::start_pair();
+    let config = |phase: Phase| {
+        support::config_text(&old.addr(), &new.addr(), &[("default", None, phase)], "")
+    };
+    let proxy = TestProxy::start_text(&config(Phase::DualWrite)).await;
+    let subscribe = async || {
+        let mut sub = proxy.raw().await;
+        sub.send(&resp(&["SUBSCRIBE", "ch"])).await;
+        sub.read_replies(1).await;
+        sub
+    };
+    let mut p = proxy.conn().await;
+    let mut first = subscribe().await;
+    let n: i64 = p.publish("ch", "one").await.unwrap();
+    assert_eq!(n, 1, "dual-write, one subscriber");
+    proxy.rewrite_config(&config(Phase::ReadNew));
+    proxy.wait_phase("default", Phase::ReadNew).await;
+    let mut second = subscribe().await;
+    assert_eq!((numsub(&old, "ch"), numsub(&new, "ch")), (1, 1));
+    let n: i64 = p.publish("ch", "two").await.unwrap();
+    assert_eq!(n, 2, "read-new: one subscriber on each cache");
+    let message = |m: &str| format!("*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$3\r\n{m}\r\n");
+    let got = String::from_utf8(first.read_replies(2).await).unwrap();
+    assert_eq!(got, message("one") + &message("two"));
+    let got = String::from_utf8(second.read_replies(1).await).unwrap();
+    assert_eq!(got, message("two"));
+    for sub in [&mut first, &mut second] {
+        sub.send(&resp(&["PING"])).await;
+        let pong = String::from_utf8(sub.read_replies(1).await).unwrap();
+        assert!(pong.contains("pong"), "no duplicate before: {pong}");
     }
 }

@@ -372,3 +372,49 @@ async fn keys_and_scan_see_the_keyspace_across_both_caches() {
     let got = String::from_utf8(raw.read_replies(1).await).unwrap();
     assert!(got.starts_with("*2\r\n"), "{got}");
 }
+
+/// Case 9, its last part: with routes read from different caches, `DBSIZE`
+/// counts the keys the client sees (each cache's keys read from it, over
+/// several SCAN pages) and `RANDOMKEY` never shows a stale copy, in the
+/// client's order within a pipeline.
+#[tokio::test]
+async fn dbsize_and_randomkey_answer_for_the_keyspace_the_client_sees() {
+    let (old, new) = support::start_pair();
+    let fill = |server: &support::RedisServer, keys: &[(&str, usize)]| {
+        let mut pipe = redis::pipe();
+        for (prefix, n) in keys {
+            for i in 0..*n {
+                pipe.cmd("SET").arg(format!("{prefix}{i}")).arg(1).ignore();
+            }
+        }
+        let _: () = pipe.query(&mut server.sync()).unwrap();
+    };
+    // Old: 1,500 keys read from it and 300 stale copies of route a's;
+    // new: 1,200 of route a's and 50 stale copies of the default route's.
+    fill(&old, &[("d:", 1500), ("a:stale", 300)]);
+    fill(&new, &[("a:", 1200), ("d-stale", 50)]);
+    let routes = [
+        ("a", Some(&["a:*"][..]), Phase::NewOnly),
+        ("default", None, Phase::OldOnly),
+    ];
+    let proxy = TestProxy::start(&old, &new, &routes).await;
+    let mut raw = proxy.raw().await;
+    raw.send(b"DBSIZE\r\nPING\r\nDBSIZE\r\n").await;
+    let got = String::from_utf8(raw.read_replies(3).await).unwrap();
+    assert_eq!(got, ":2700\r\n+PONG\r\n:2700\r\n");
+    let mut c = proxy.conn().await;
+    let mut kinds = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        let key: String = redis::cmd("RANDOMKEY").query_async(&mut c).await.unwrap();
+        let visible = key.starts_with("d:") || (key.starts_with("a:") && !key.contains("stale"));
+        assert!(visible, "a stale copy shown: {key}");
+        kinds.insert(key[..2].to_string());
+    }
+    assert_eq!(kinds.len(), 2, "keys of both caches picked: {kinds:?}");
+    // Both empty: nil, as Redis answers.
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await.unwrap();
+    let key: Option<String> = redis::cmd("RANDOMKEY").query_async(&mut c).await.unwrap();
+    assert_eq!(key, None);
+    let n: i64 = redis::cmd("DBSIZE").query_async(&mut c).await.unwrap();
+    assert_eq!(n, 0);
+}

@@ -49,8 +49,8 @@ pub struct Traits {
     /// `CLIENT CACHING`: its effect moves to the cache serving the next
     /// command.
     pub client_caching: bool,
-    /// `KEYS`, `SCAN`: reads of the whole keyspace, which ask both caches
-    /// when routes read from different ones.
+    /// `KEYS`, `SCAN`, `DBSIZE`, `RANDOMKEY`: reads of the whole keyspace,
+    /// which ask both caches when routes read from different ones.
     pub keyspace_read: Option<KeyspaceRead>,
     /// `FLUSHALL`, `FLUSHDB`, `SWAPDB`: writes to the whole keyspace, so
     /// they reach every cache some route writes to, whatever the default
@@ -62,6 +62,11 @@ pub struct Traits {
     pub kills_script: bool,
     /// `PING`: answered by the proxy in the RESP2 subscribed state.
     pub ping: bool,
+    /// `PUBLISH`, `SPUBLISH`: answers how many clients received it. In a
+    /// dual phase subscribers are on both caches (a subscription stays
+    /// where it was made across `dual-write` ⇄ `read-new`), so the answer
+    /// is both caches' counts added up.
+    pub counts_receivers: bool,
 }
 
 /// A read of the whole keyspace.
@@ -69,6 +74,8 @@ pub struct Traits {
 pub enum KeyspaceRead {
     Keys,
     Scan,
+    DbSize,
+    RandomKey,
 }
 
 impl Traits {
@@ -101,9 +108,12 @@ impl Traits {
             keyspace_read: match name {
                 "keys" => Some(KeyspaceRead::Keys),
                 "scan" => Some(KeyspaceRead::Scan),
+                "dbsize" => Some(KeyspaceRead::DbSize),
+                "randomkey" => Some(KeyspaceRead::RandomKey),
                 _ => None,
             },
             ping: name == "ping",
+            counts_receivers: matches!(name, "publish" | "spublish"),
         }
     }
 }

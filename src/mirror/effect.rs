@@ -57,8 +57,11 @@ pub enum Effect {
     SPop,
     /// `XADD` whose ID argument (at this index) is to be assigned.
     XAdd { id_at: usize },
-    /// `XREADGROUP GROUP g c ... STREAMS k... id...`.
-    XReadGroup,
+    /// `XREADGROUP GROUP g c ... STREAMS k... id...`. `checked`: one
+    /// stream read with `>` (not NOACK): the mirror's XCLAIM must claim
+    /// exactly the IDs delivered (it claims none when the entries have not
+    /// reached it yet: another client's XADD racing this read's effect).
+    XReadGroup { checked: bool },
     /// `XCLAIM key group consumer min-idle id... [options]`: options begin
     /// at this index.
     XClaim { options_at: usize },
@@ -97,7 +100,9 @@ pub fn effect_of(name: &str, cmd: &Command) -> Option<Effect> {
             }
             Effect::XAdd { id_at }
         }
-        "xreadgroup" => Effect::XReadGroup,
+        "xreadgroup" => Effect::XReadGroup {
+            checked: xreadgroup_checked(cmd),
+        },
         "xclaim" => {
             let mut i = 5;
             while let Some(a) = cmd.arg(i) {
@@ -159,9 +164,10 @@ fn translate_inner(effect: &Effect, cmd: &Command, reply: &Value) -> Option<Vec<
         Effect::ZPop | Effect::ZMPop | Effect::SPop => {
             removal_effect(effect, cmd, reply).map(|c| vec![c])
         }
-        Effect::XAdd { .. } | Effect::XReadGroup | Effect::XClaim { .. } | Effect::XAutoClaim => {
-            stream_effect(effect, cmd, reply)
-        }
+        Effect::XAdd { .. }
+        | Effect::XReadGroup { .. }
+        | Effect::XClaim { .. }
+        | Effect::XAutoClaim => stream_effect(effect, cmd, reply),
     }
 }
 
@@ -259,7 +265,7 @@ fn stream_effect(effect: &Effect, cmd: &Command, reply: &Value) -> Option<Vec<Co
                 .collect();
             one(Command::from_args(&args))
         }
-        Effect::XReadGroup => xreadgroup(cmd, reply),
+        Effect::XReadGroup { .. } => xreadgroup(cmd, reply),
         Effect::XClaim { options_at } => {
             let ids = claimed_ids(reply.as_array()?)?;
             let has_lastid = (*options_at..cmd.len()).any(|i| eq(cmd.arg(i), "lastid"));
@@ -322,8 +328,48 @@ pub fn expected(effect: &Effect, reply: &Value) -> Option<Value> {
             Value::Array(ms) if !ms.is_empty() => count(ms.len()),
             _ => None,
         },
-        Effect::XReadGroup | Effect::XClaim { .. } | Effect::XAutoClaim => None,
+        Effect::XReadGroup { checked: true } => {
+            let [(_, entries)] = streams_of(reply)?[..] else {
+                return None;
+            };
+            let ids = claimed_ids(entries.as_array()?)?;
+            Some(Value::Array(ids.into_iter().map(Value::Str).collect()))
+        }
+        Effect::XReadGroup { .. } | Effect::XClaim { .. } | Effect::XAutoClaim => None,
     }
+}
+
+/// An XREADGROUP reply's streams: RESP2 `[[key, entries]...]`, RESP3
+/// `{key: entries}`.
+fn streams_of(reply: &Value) -> Option<Vec<(&Value, &Value)>> {
+    match reply {
+        Value::Array(items) => Some(
+            items
+                .iter()
+                .filter_map(|kv| match kv.as_array()? {
+                    [k, v] => Some((k, v)),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        Value::Map(m) => Some(m.iter().map(|(k, v)| (k, v)).collect()),
+        _ => None,
+    }
+}
+
+/// Whether an XREADGROUP reads one stream with `>`, acknowledging nothing:
+/// its effect is one XCLAIM whose reply can be checked.
+fn xreadgroup_checked(cmd: &Command) -> bool {
+    let mut i = 4;
+    let streams_at = loop {
+        match cmd.arg(i) {
+            Some(a) if a.eq_ignore_ascii_case(b"streams") => break i + 1,
+            Some(a) if a.eq_ignore_ascii_case(b"noack") => return false,
+            Some(_) => i += 2,
+            None => return false,
+        }
+    };
+    cmd.len() == streams_at + 2 && cmd.arg(streams_at + 1) == Some(b">")
 }
 
 /// `XCLAIM key group consumer 0 id...`, taking key, group and consumer
@@ -372,18 +418,7 @@ fn xreadgroup(cmd: &Command, reply: &Value) -> Option<Vec<Command>> {
         }
     };
     let nstreams = (cmd.len() - streams_at) / 2;
-    // RESP2: [[key, entries]...]; RESP3: {key: entries}.
-    let per_key: Vec<(&Value, &Value)> = match reply {
-        Value::Array(items) => items
-            .iter()
-            .filter_map(|kv| match kv.as_array()? {
-                [k, v] => Some((k, v)),
-                _ => None,
-            })
-            .collect(),
-        Value::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
-        _ => return None,
-    };
+    let per_key = streams_of(reply)?;
     let mut out = Vec::new();
     for (key, entries) in per_key {
         let key = key.as_bytes()?;

@@ -196,3 +196,52 @@ fn stream_groups_become_claims() {
         vec![vec!["XCLAIM", "s", "g", "c", "0", "1-0", "JUSTID"]]
     );
 }
+
+#[test]
+fn a_one_stream_group_read_checks_the_ids_its_claim_takes() {
+    let reply = "*1\r\n*2\r\n$1\r\ns\r\n*2\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n*2\r\n$3\r\n2-0\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n";
+    let v = decode(&Bytes::copy_from_slice(reply.as_bytes()), 16).unwrap();
+    let expected = |args: &[&str]| expected(&effect_of("xreadgroup", &c(args)).unwrap(), &v);
+    let ids = Value::Array(vec![Value::Str("1-0".into()), Value::Str("2-0".into())]);
+    let read = [
+        "XREADGROUP",
+        "GROUP",
+        "g",
+        "c",
+        "BLOCK",
+        "0",
+        "STREAMS",
+        "s",
+        ">",
+    ];
+    assert_eq!(expected(&read), Some(ids));
+    // NOACK (a SETID), history reads (nothing mirrored), several streams
+    // (several claims): nothing to check.
+    let noack = [
+        "XREADGROUP",
+        "GROUP",
+        "g",
+        "c",
+        "NOACK",
+        "STREAMS",
+        "s",
+        ">",
+    ];
+    assert_eq!(expected(&noack), None);
+    assert_eq!(
+        expected(&["XREADGROUP", "GROUP", "g", "c", "STREAMS", "s", "0"]),
+        None
+    );
+    let two = [
+        "XREADGROUP",
+        "GROUP",
+        "g",
+        "c",
+        "STREAMS",
+        "s",
+        "t",
+        ">",
+        ">",
+    ];
+    assert_eq!(expected(&two), None);
+}

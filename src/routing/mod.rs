@@ -7,6 +7,7 @@
 
 mod config;
 mod glob;
+mod settle;
 mod side;
 pub mod slot;
 mod stats;
@@ -18,12 +19,13 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 pub use glob::{string_match, Pattern};
+pub use settle::{BlockedHold, MAX_SETTLE};
 pub use side::{PerSide, Phase, Side};
 pub use stats::{Latency, RouteStats};
 
 pub use config::{AutoCutover, CommandsConfig, RouteConfig, UnknownPolicy};
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Route {
     pub name: Arc<str>,
     pub patterns: Vec<Pattern>,
@@ -40,6 +42,10 @@ pub struct Route {
     /// Automatic cutover policy, when on.
     pub auto_cutover: Option<AutoCutover>,
     pub stats: Arc<RouteStats>,
+    /// Its keys' reads moved to another cache while blocking commands were
+    /// in flight: sessions hold its commands until those have moved
+    /// (`settle.rs`).
+    pub settling: bool,
 }
 
 impl Route {
@@ -73,7 +79,7 @@ impl Route {
 
 /// An immutable routing table; the last route is the default. Everything a
 /// reload may change lives here, so one load gives a consistent view.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct RouteTable {
     pub routes: Vec<Route>,
     pub unknown: UnknownPolicy,
@@ -118,6 +124,11 @@ impl RouteTable {
         reads[Side::Old] && reads[Side::New]
     }
 
+    /// Whether a route is settling after a flip (see `settle.rs`).
+    pub fn settling(&self) -> bool {
+        self.routes.iter().any(|r| r.settling)
+    }
+
     /// The cache `key` is read from.
     pub fn read_side(&self, key: &[u8]) -> Side {
         self.routes[self.route_of(key)]
@@ -144,6 +155,8 @@ pub struct Router {
     /// The installed version, for sessions that must act on a change
     /// without waiting for their next command (client-side caching).
     installed: watch::Sender<u64>,
+    /// Movable blocking commands in flight; also serialises installs.
+    blocked: Mutex<settle::Blocked>,
 }
 
 impl Router {
@@ -159,6 +172,7 @@ impl Router {
             }),
             stats: Mutex::new(HashMap::new()),
             installed: watch::Sender::new(0),
+            blocked: Mutex::default(),
         };
         router.replace(routes, commands);
         router
@@ -200,10 +214,10 @@ impl Router {
     }
 
     /// Atomically installs a table built from `routes` (already validated).
-    /// Returns the new version. Writers are serialised by the stats lock.
+    /// Returns the new version. Writers are serialised by the stats lock,
+    /// then the `blocked` lock.
     pub fn replace(&self, routes: &[RouteConfig], commands: &CommandsConfig) -> u64 {
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        let version = self.table.load().version + 1;
         let routes = routes
             .iter()
             .map(|r| Route {
@@ -224,15 +238,30 @@ impl Router {
                     .entry(r.name.clone())
                     .or_insert_with(|| Arc::new(RouteStats::named(&r.name)))
                     .clone(),
+                settling: false,
             })
             .collect();
-        self.table.store(Arc::new(RouteTable {
+        let mut next = RouteTable {
             routes,
             unknown: commands.unknown,
             allow: CommandsConfig::normalized(&commands.allow),
             deny: CommandsConfig::normalized(&commands.deny),
-            version,
-        }));
+            version: 0,
+        };
+        let mut blocked = self.blocked();
+        Router::mark_settling(&self.table.load(), &mut next, &blocked);
+        if next.settling() {
+            blocked.since = Some(std::time::Instant::now());
+        }
+        self.install(next)
+    }
+
+    /// Stores `table` as the next version and tells the sessions. Called
+    /// with the `blocked` lock held (see `settle.rs`).
+    fn install(&self, mut table: RouteTable) -> u64 {
+        let version = self.table.load().version + 1;
+        table.version = version;
+        self.table.store(Arc::new(table));
         self.installed.send_replace(version);
         version
     }

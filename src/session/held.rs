@@ -19,7 +19,7 @@ use super::{
 use crate::mirror::{self, Effect};
 use crate::protocol::{value, Command, Value};
 use crate::repair::InFlight;
-use crate::routing::{RouteStats, Side};
+use crate::routing::{BlockedHold, RouteStats, Side};
 
 /// A write queued in a mirrored MULTI: its place in the EXEC reply.
 #[derive(Debug)]
@@ -211,6 +211,7 @@ fn resolve_tx(
         db,
         keys: inflight.hold(keys),
         check: Some(Box::new(Check::Exec(checks))),
+        hold: None,
     };
     out.push((Command::from_args(&[b"EXEC"]), Target::Mirror(exec)));
     out
@@ -239,6 +240,7 @@ where
             db: self.current_db(),
             keys: self.shared.repairer.inflight.hold(keys),
             check: None,
+            hold: None,
         };
         // An EVALSHA goes to the mirror as EVAL with the body the proxy
         // saw: a mirror that lacks the script (flushed, restarted) runs it
@@ -290,12 +292,25 @@ where
     /// nothing is mirrored): derive the mirror's commands, then send
     /// everything no longer waiting.
     pub(super) fn resolve_effect(&mut self, ticket: u64, reply: Option<&bytes::Bytes>) {
+        self.resolve_effect_holding(ticket, reply, None);
+    }
+
+    /// [`Self::resolve_effect`] for a blocking command served: `hold`, its
+    /// registration with the router, stays with its effect until the
+    /// mirror has applied it.
+    pub(super) fn resolve_effect_holding(
+        &mut self,
+        ticket: u64,
+        reply: Option<&bytes::Bytes>,
+        hold: Option<BlockedHold>,
+    ) {
         let depth = self.shared.limits.max_reply_depth;
         let value = reply.and_then(|r| value::decode(r, depth));
         if let Some((side, db, pending)) = self.held.take_waiting(ticket) {
             let batch = match pending {
                 Pending::One { effect, cmd, stats } => {
-                    self.effect_commands(side, db, (effect, cmd, stats), value.as_ref())
+                    let one = (effect, cmd, stats);
+                    self.effect_commands(side, db, one, value.as_ref(), hold)
                 }
                 Pending::Tx(items) => {
                     if value.is_none() {
@@ -327,6 +342,7 @@ where
         db: Option<u32>,
         (effect, cmd, stats): (Effect, Command, Arc<RouteStats>),
         value: Option<&Value>,
+        mut hold: Option<BlockedHold>,
     ) -> Batch {
         let Some(v) = value else {
             // Unknown outcome: the mirror may now differ.
@@ -351,6 +367,7 @@ where
                     db,
                     keys: inflight.hold(written_keys(&c)),
                     check: check.take().map(|v| Box::new(Check::Effect(*v))),
+                    hold: hold.take().map(Box::new),
                 };
                 (c, Target::Mirror(w))
             })

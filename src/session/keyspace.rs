@@ -6,6 +6,14 @@
 //! cursor's top bit says which cache it is on, each page keeps the keys
 //! read from that cache, and old's last page hands over to new's first.
 //! With every route read from one cache, both go there as before.
+//!
+//! `DBSIZE` walks both keyspaces with `SCAN` (1,000 keys a page) and counts
+//! the keys read from each cache: exact, but as costly as a `SCAN` of both.
+//! `RANDOMKEY` asks both and answers a pick read from the cache that made
+//! it, asking again when neither is.
+//!
+//! `PUBLISH` in a dual phase is asked of both caches the same way (its
+//! subscribers may be on either), answered with the two counts added up.
 
 use std::collections::HashMap;
 
@@ -20,22 +28,49 @@ use crate::routing::{PerSide, Side};
 /// The cursor bit that says a `SCAN` is on new.
 const ON_NEW: u64 = 1 << 63;
 
-/// One cache's `KEYS` answer, for merge `id`.
+/// How the two caches' answers become one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Merge {
+    /// `KEYS`: both lists, each kept to the keys read from its cache.
+    Keys,
+    /// `PUBLISH`: both receiver counts added up; otherwise this side's
+    /// reply stands.
+    Sum(Side),
+    /// `DBSIZE`: each cache's keyspace walked with `SCAN`, counting the
+    /// keys read from it.
+    Count,
+    /// `RANDOMKEY`: a pick read from the cache that made it; both asked
+    /// again (up to [`MAX_PICKS`] times) when neither is.
+    RandomKey,
+}
+
+/// `RANDOMKEY` rounds before the answer is nil (each cache's picks were
+/// all copies of keys read from the other).
+const MAX_PICKS: u64 = 16;
+/// Keys asked per `SCAN` page of a `DBSIZE` walk.
+const COUNT_PAGE: &[u8] = b"1000";
+
+/// One cache's answer, for merge `id`. `again`: a further page or pick,
+/// whose client's place is already kept.
 #[derive(Debug)]
 pub(super) struct KeysPart {
     pub(super) id: u64,
     pub(super) side: Side,
+    pub(super) again: bool,
 }
 
-/// A `KEYS` asked of both caches: the answers so far, and where old's
+/// A command asked of both caches: the answers so far, and where old's
 /// waits in the client's order once it came first.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct KeysMerge {
+    merge: Merge,
     replies: PerSide<Option<Bytes>>,
     pos: Option<u64>,
+    /// `DBSIZE`: keys counted so far; `RANDOMKEY`: rounds asked.
+    n: u64,
 }
 
-/// The `KEYS` merges in flight, by id.
+/// The merges in flight, by id.
 pub(super) type KeysMerges = HashMap<u64, KeysMerge>;
 
 /// Bulk strings of an array reply, or `None` for anything else.
@@ -61,6 +96,39 @@ fn encode_names(out: &mut Vec<u8>, names: &[Bytes]) {
     }
 }
 
+/// A `SCAN` reply's next cursor and keys.
+fn scan_reply(reply: &Bytes, depth: usize) -> Option<(u64, Vec<Bytes>)> {
+    match value::decode(reply, depth)? {
+        Value::Array(mut parts) if parts.len() == 2 => {
+            let keys = parts.pop().and_then(names)?;
+            let next = match parts.pop()? {
+                Value::Str(c) => std::str::from_utf8(&c).ok()?.parse::<u64>().ok()?,
+                _ => return None,
+            };
+            Some((next, keys))
+        }
+        _ => None,
+    }
+}
+
+fn scan_page_cmd(cursor: u64) -> Command {
+    let cursor = cursor.to_string();
+    Command::from_args(&[&b"SCAN"[..], cursor.as_bytes(), b"COUNT", COUNT_PAGE])
+}
+
+/// Two integer replies added up; otherwise `side`'s reply (an error, or a
+/// failed connection's, from the other is only the other's business).
+fn sum_counts(replies: &PerSide<Option<Bytes>>, side: Side) -> Bytes {
+    let count = |r: &Option<Bytes>| {
+        let r = r.as_deref()?.strip_prefix(b":")?.strip_suffix(b"\r\n")?;
+        std::str::from_utf8(r).ok()?.parse::<i64>().ok()
+    };
+    match (count(&replies[Side::Old]), count(&replies[Side::New])) {
+        (Some(a), Some(b)) => Bytes::from(format!(":{}\r\n", a.saturating_add(b))),
+        _ => replies[side].clone().unwrap_or_default(),
+    }
+}
+
 impl<R, W> Session<R, W>
 where
     R: AsyncRead + Unpin,
@@ -74,59 +142,144 @@ where
             .collect()
     }
 
-    /// `KEYS pattern` asked of both caches.
-    pub(super) fn execute_keys(&mut self, cmd: &Command, out: Outbound) {
+    /// `cmd` (`KEYS`, `PUBLISH`, `RANDOMKEY`; `DBSIZE` as a `SCAN` walk)
+    /// asked of both caches; old's answer holds the client's place.
+    pub(super) fn execute_keys(&mut self, cmd: &Command, out: Outbound, merge: Merge) {
         let id = self.held.next_ticket();
-        self.keys_merges.insert(id, KeysMerge::default());
-        let old = KeysPart {
-            id,
-            side: Side::Old,
+        let m = KeysMerge {
+            merge,
+            replies: PerSide::default(),
+            pos: None,
+            n: 0,
         };
-        let new = KeysPart {
-            id,
-            side: Side::New,
+        self.keys_merges.insert(id, m);
+        let cmd = match merge {
+            Merge::Count => scan_page_cmd(0),
+            _ => cmd.clone(),
+        };
+        let part = |side| {
+            let again = false;
+            Target::Keys(Box::new(KeysPart { id, side, again }))
         };
         let to_old = Outbound {
-            target: Target::Keys(Box::new(old)),
+            target: part(Side::Old),
             ..out
         };
-        self.send(Side::Old, cmd, to_old);
-        self.send(Side::New, cmd, Target::Keys(Box::new(new)));
+        self.send(Side::Old, &cmd, to_old);
+        self.send(Side::New, &cmd, part(Side::New));
     }
 
-    /// One cache's `KEYS` answer (or the error its connection failed with;
+    /// One cache's answer (or the error its connection failed with;
     /// `reserved`: old's place in the client's order, already kept by the
     /// failed connection).
     pub(super) fn keys_reply(&mut self, part: KeysPart, reply: Bytes, reserved: Option<u64>) {
-        let Some(m) = self.keys_merges.get_mut(&part.id) else {
+        let Some(mut m) = self.keys_merges.remove(&part.id) else {
             if let Some(pos) = reserved {
                 self.sides[Side::Old].fill(pos, reply);
             }
             return;
         };
-        m.replies[part.side] = Some(reply);
         if reserved.is_some() {
             m.pos = reserved;
         }
-        let both = m.replies[Side::Old].is_some() && m.replies[Side::New].is_some();
-        if !both {
-            if part.side == Side::Old && m.pos.is_none() {
-                // Its place in the client's order waits for new's.
-                let sc = &mut self.sides[Side::Old];
-                m.pos = Some(sc.ready_base + sc.ready.len() as u64);
-                sc.ready.push_back(Ready::Pending(Vec::new()));
+        let steps = self.keys_step(&mut m, part.side, reply);
+        let finished = steps.is_empty() && m.replies.iter().all(Option::is_some);
+        if part.side == Side::Old && !part.again && m.pos.is_none() && !finished {
+            // Its place in the client's order waits for the rest.
+            let sc = &mut self.sides[Side::Old];
+            m.pos = Some(sc.ready_base + sc.ready.len() as u64);
+            sc.ready.push_back(Ready::Pending(Vec::new()));
+        }
+        if !finished {
+            self.keys_merges.insert(part.id, m);
+            for (side, cmd) in steps {
+                let again = KeysPart {
+                    id: part.id,
+                    side,
+                    again: true,
+                };
+                self.send(side, &cmd, Target::Keys(Box::new(again)));
             }
             return;
         }
-        let m = self.keys_merges.remove(&part.id).expect("looked up above");
-        let answer = self.merge_keys(m.replies);
+        let answer = self.merged(&m);
         match m.pos {
             Some(pos) => self.sides[Side::Old].fill(pos, answer),
             None => self.sides[Side::Old].ready.push_back(Ready::Done(answer)),
         }
     }
 
-    fn merge_keys(&self, replies: PerSide<Option<Bytes>>) -> Bytes {
+    /// Takes `side`'s answer into `m`: what is left to ask (a next page,
+    /// another pick), and of which cache.
+    fn keys_step(&self, m: &mut KeysMerge, side: Side, reply: Bytes) -> Vec<(Side, Command)> {
+        let depth = self.shared.limits.max_reply_depth;
+        match m.merge {
+            Merge::Count => match scan_reply(&reply, depth) {
+                Some((next, keys)) => {
+                    m.n += self.kept(side, keys).len() as u64;
+                    if next != 0 {
+                        return vec![(side, scan_page_cmd(next))];
+                    }
+                    m.replies[side] = Some(Bytes::new());
+                }
+                // An error answers for both.
+                None => m.replies[side] = Some(reply),
+            },
+            _ => m.replies[side] = Some(reply),
+        }
+        let both = m.replies.iter().all(Option::is_some);
+        if m.merge == Merge::RandomKey && both && m.n + 1 < MAX_PICKS && self.pick(m).is_none() {
+            // Neither pick is read from the cache that made it: again.
+            m.n += 1;
+            m.replies = PerSide::default();
+            let again = Command::from_args(&[&b"RANDOMKEY"[..]]);
+            return Side::BOTH.map(|s| (s, again.clone())).to_vec();
+        }
+        Vec::new()
+    }
+
+    /// `RANDOMKEY`'s answer from the two picks: one read from the cache
+    /// that made it (alternating when both are), an error, or nil when
+    /// both caches are empty; `None` when neither pick may be shown.
+    fn pick(&self, m: &KeysMerge) -> Option<Bytes> {
+        let depth = self.shared.limits.max_reply_depth;
+        let table = self.shared.router.load();
+        let mut nils = 0;
+        let mut shown = Vec::new();
+        for side in Side::BOTH {
+            let reply = m.replies[side].clone().unwrap_or_default();
+            match value::decode(&reply, depth) {
+                Some(Value::Str(key)) if table.read_side(&key) == side => shown.push(reply),
+                Some(Value::Str(_)) => {}
+                Some(Value::Nil) => nils += 1,
+                _ => return Some(reply),
+            }
+        }
+        match shown.len() {
+            0 if nils == 2 => m.replies[Side::Old].clone(),
+            0 => None,
+            n => Some(shown.swap_remove((m.n as usize) % n)),
+        }
+    }
+
+    /// The client's answer once every part came.
+    fn merged(&self, m: &KeysMerge) -> Bytes {
+        match m.merge {
+            Merge::Keys => self.merge_keys(&m.replies),
+            Merge::Sum(side) => sum_counts(&m.replies, side),
+            Merge::Count => match m.replies.iter().flatten().find(|r| !r.is_empty()) {
+                Some(error) => error.clone(),
+                None => Bytes::from(format!(":{}\r\n", m.n)),
+            },
+            // Out of rounds: nil, in the client's protocol.
+            Merge::RandomKey => self.pick(m).unwrap_or_else(|| match self.resp3() {
+                true => Bytes::from_static(b"_\r\n"),
+                false => Bytes::from_static(b"$-1\r\n"),
+            }),
+        }
+    }
+
+    fn merge_keys(&self, replies: &PerSide<Option<Bytes>>) -> Bytes {
         let depth = self.shared.limits.max_reply_depth;
         let mut all = Vec::new();
         for side in Side::BOTH {
@@ -170,20 +323,7 @@ where
     /// that continues the walk.
     pub(super) fn scan_page(&mut self, side: Side, reply: Bytes) {
         let depth = self.shared.limits.max_reply_depth;
-        let page = match value::decode(&reply, depth) {
-            Some(Value::Array(mut parts)) if parts.len() == 2 => {
-                let keys = parts.pop().and_then(names);
-                let next = match parts.pop() {
-                    Some(Value::Str(c)) => std::str::from_utf8(&c)
-                        .ok()
-                        .and_then(|c| c.parse::<u64>().ok()),
-                    _ => None,
-                };
-                next.zip(keys)
-            }
-            _ => None,
-        };
-        let Some((next, keys)) = page else {
+        let Some((next, keys)) = scan_reply(&reply, depth) else {
             // An error, passed on as it came.
             self.sides[side].ready.push_back(Ready::Done(reply));
             return;

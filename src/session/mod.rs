@@ -121,6 +121,9 @@ pub struct Session<R, W> {
     /// its behalf.
     client_closed: bool,
     drain_deadline: Option<Instant>,
+    /// A command held (with all that follows) while its route settles
+    /// after a flip (`moving.rs`).
+    stalled: Option<moving::Stalled>,
     /// When the client last sent bytes (for `limits.idle_timeout_secs`).
     last_heard: Instant,
     timer: Pin<Box<Sleep>>,
@@ -166,6 +169,7 @@ where
             client_gone: false,
             client_closed: false,
             drain_deadline: None,
+            stalled: None,
             last_heard: Instant::now(),
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             timer_at: None,
@@ -201,11 +205,12 @@ where
                 continue;
             }
             self.arm_timer();
-            let can_read = self.reading && room && !self.parse_paused;
+            let can_read = self.reading && room && !self.parse_paused && self.stalled.is_none();
             let write_client = !self.out.is_empty() && !self.client_gone;
             let timer_armed = self.timer_at.is_some();
             let watch_table = self.tracking_table.is_some()
                 || !self.subs.is_empty()
+                || self.stalled.is_some()
                 || self.sides.iter().any(SideConn::blocked);
             let backpressured = self.backpressured();
             let (old, new) = self.sides.both_mut();
@@ -234,6 +239,7 @@ where
                         }
                         self.move_blocked();
                         self.move_subscriptions();
+                        self.resume_stalled();
                     }
                     Err(_) => self.tracking_table = None,
                 },
@@ -296,7 +302,10 @@ where
 
     fn done(&self) -> bool {
         let client_done = self.client_gone || (self.order.is_empty() && self.out.is_empty());
-        client_done && self.held.is_empty() && self.sides.iter().all(SideConn::settled)
+        client_done
+            && self.stalled.is_none()
+            && self.held.is_empty()
+            && self.sides.iter().all(SideConn::settled)
     }
 
     fn client_left(&mut self) {
@@ -349,6 +358,10 @@ where
     fn on_client_bytes(&mut self) {
         self.last_heard = Instant::now();
         loop {
+            if self.stalled.is_some() {
+                // The rest waits behind the held command.
+                return;
+            }
             if self.order.len() >= MAX_PENDING_REPLIES {
                 // The rest waits in the buffer until the client takes
                 // some replies.
@@ -437,7 +450,7 @@ where
             }
             self.open(side);
         }
-        let old_keys = matches!(&out.target, Target::Keys(p) if p.side == Side::Old);
+        let old_keys = matches!(&out.target, Target::Keys(p) if p.side == Side::Old && !p.again);
         if old_keys
             || matches!(
                 out.target,

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+pub(super) use super::keyspace::Merge;
 use super::refusal::Refusal;
 use crate::commands::{
     self, CommandSpec, Entry, KeyPositions, KeyspaceRead, Kind, PubSubCmd, StateCmd, Traits, TxCmd,
@@ -91,6 +92,10 @@ pub(super) struct Routed {
     pub(super) shadow_fraction: f64,
     pub(super) shadow_repair: bool,
     pub(super) how: How,
+    /// Its route is settling after a flip (`routing/settle.rs`): held.
+    pub(super) settling: bool,
+    /// The table version it was routed by.
+    pub(super) version: u64,
 }
 
 /// How a routed command is carried.
@@ -115,12 +120,15 @@ pub(super) enum How {
     /// To the answering side only; `shadow`: the read may be shadowed to
     /// the other cache and compared this way.
     Read { shadow: Option<Order> },
-    /// `KEYS` with routes read from both caches: asked of both, each one's
-    /// keys kept where they are read from.
-    Keys,
+    /// `KEYS`, `DBSIZE`, `RANDOMKEY` with routes read from both caches:
+    /// asked of both, each one's keys kept where they are read from.
+    Both(Merge),
     /// `SCAN` with routes read from both caches: old's keyspace, then new's,
     /// the cursor saying which.
     Scan,
+    /// `PUBLISH`/`SPUBLISH` in a dual phase: to both caches, answered with
+    /// the sum of their receiver counts.
+    Publish,
 }
 
 /// The route of the keys at `positions` (the default route when there are
@@ -192,9 +200,19 @@ struct Carried<'a> {
     tracking: bool,
 }
 
-/// How a routed command outside MULTI is carried (see [`How`]).
-fn how(c: &Carried<'_>, effect: Option<Effect>) -> How {
+/// How a routed command outside MULTI is carried (see [`How`]). The table
+/// is looked at only for the keyspace-wide reads.
+fn how(table: &RouteTable, c: &Carried<'_>, effect: Option<Effect>) -> How {
     let traits = c.traits;
+    let split = || table.reads_split();
+    match traits.keyspace_read {
+        Some(KeyspaceRead::Keys) if split() => return How::Both(Merge::Keys),
+        Some(KeyspaceRead::Scan) if split() => return How::Scan,
+        Some(KeyspaceRead::DbSize) if split() => return How::Both(Merge::Count),
+        Some(KeyspaceRead::RandomKey) if split() => return How::Both(Merge::RandomKey),
+        _ if traits.counts_receivers && c.mirror.is_some() => return How::Publish,
+        _ => {}
+    }
     let keys_comparable = (1..=MAX_COMPARED_KEYS).contains(&c.keys);
     if let (Some(_), Some(effect)) = (c.mirror, effect) {
         How::Effect(effect)
@@ -315,7 +333,6 @@ fn routed(
         Err(refusal) => return Plan::Refuse(refusal),
     };
     let route = &table.routes[route_i];
-    let blocking = traits.blocking;
     let scan_side = traits
         .sticky_cursor
         .map(|at| scan_side(conn, cmd, at, phase.authoritative()));
@@ -341,7 +358,7 @@ fn routed(
             effect,
             route: format!("route '{}' ({})", route.name, phase),
         }
-    } else if blocking && mirror.is_some() && effect.is_none() {
+    } else if traits.blocking && mirror.is_some() && effect.is_none() {
         return Plan::Refuse(Refusal::BlockingWrite {
             name: display_name(cmd),
             route: route.name.to_string(),
@@ -358,13 +375,7 @@ fn routed(
             read_fallback: route.read_fallback,
             tracking: conn.tracking,
         };
-        // (The table is looked at only for KEYS and SCAN.)
-        let split = || table.reads_split();
-        match traits.keyspace_read {
-            Some(KeyspaceRead::Keys) if split() => How::Keys,
-            Some(KeyspaceRead::Scan) if split() => How::Scan,
-            _ => how(&carried, effect),
-        }
+        how(table, &carried, effect)
     };
     Plan::Routed(Routed {
         traits,
@@ -374,13 +385,15 @@ fn routed(
         authoritative,
         mirror,
         write,
-        blocking,
+        blocking: traits.blocking,
         arity_ok,
         positions,
         scan_side,
         shadow_fraction: route.shadow_reads,
         shadow_repair: route.shadow_repair,
         how,
+        settling: route.settling,
+        version: table.version,
     })
 }
 

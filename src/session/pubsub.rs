@@ -29,7 +29,7 @@ use super::refusal::Refusal;
 use super::{Session, Target};
 use crate::commands::PubSubCmd;
 use crate::protocol::Command;
-use crate::routing::{PerSide, Side};
+use crate::routing::{BlockedHold, PerSide, Side};
 
 /// The client's subscriptions and the side each one lives on.
 #[derive(Debug, Default)]
@@ -39,6 +39,12 @@ pub(super) struct Subscriptions {
     shards: HashMap<Bytes, Side>,
     /// Subscriptions held on each side's connection.
     on_side: PerSide<usize>,
+    /// Registered with the router while there are subscriptions: a flip
+    /// that changes where a route publishes settles until they have moved
+    /// (`routing/settle.rs`), so no message published after it is lost.
+    hold: Option<BlockedHold>,
+    /// Moves (subscribe there, unsubscribe here) not yet confirmed.
+    moving: usize,
 }
 
 /// What one (un)subscribe command changes: the names each side's
@@ -65,6 +71,14 @@ impl Subscriptions {
 
     pub(super) fn clear(&mut self) {
         *self = Subscriptions::default();
+    }
+
+    /// The subscriptions are where their routes publish now: a flip need
+    /// not wait for them.
+    fn settled(&mut self) {
+        if let Some(hold) = self.hold.as_mut() {
+            hold.confirm();
+        }
     }
 
     /// Whether `side`'s connection holds subscriptions (its arrays may be
@@ -268,6 +282,7 @@ where
                 .authoritative()
         });
         drop(table);
+        self.hold_subscriptions();
         let (per_side, out) = (change.per_side, change.confirmations);
         let id = self.held.next_ticket();
         let mut frames_expected = 0;
@@ -292,9 +307,9 @@ where
 
     /// The routing table changed: subscriptions on a cache their route no
     /// longer publishes to follow it (subscribed where it publishes now,
-    /// then left where they were; the client sees neither). A message
-    /// published between the table change and the new subscription is not
-    /// received (README Limits).
+    /// then left where they were; the client sees neither). The route
+    /// settles until both are confirmed, so a message published after the
+    /// flip waits for the new subscription.
     pub(super) fn move_subscriptions(&mut self) {
         if self.subs.is_empty() {
             return;
@@ -305,6 +320,10 @@ where
             (phase.authoritative(), phase.mirror())
         });
         drop(table);
+        self.subs.moving += 2 * moved.len();
+        if self.subs.moving == 0 {
+            self.subs.settled();
+        }
         for (what, name, from, to) in moved {
             debug!(%from, %to, "subscription follows its route");
             let leave = match what {
@@ -316,6 +335,32 @@ where
             self.send(to, &join, Target::MoveAck);
             let part = Command::from_args(&[leave.upstream_name(), &name]);
             self.send(from, &part, Target::MoveAck);
+        }
+    }
+
+    /// Registers the connection's subscriptions with the router while it
+    /// has any (see [`Subscriptions::hold`]).
+    fn hold_subscriptions(&mut self) {
+        if self.subs.is_empty() {
+            self.subs.hold = None;
+            return;
+        }
+        if self.subs.hold.is_some() {
+            return;
+        }
+        let router = &self.shared.router;
+        self.subs.hold = loop {
+            if let Some(hold) = router.block(router.load().version) {
+                break Some(hold);
+            }
+        };
+    }
+
+    /// A moved subscription's confirmation (or error) came.
+    pub(super) fn move_acked(&mut self) {
+        self.subs.moving = self.subs.moving.saturating_sub(1);
+        if self.subs.moving == 0 {
+            self.subs.settled();
         }
     }
 

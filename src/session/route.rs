@@ -6,9 +6,10 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::held::Pending;
-use super::plan::{self, ConnView, How, Plan, Routed};
+use super::moving::{Movable, Stale};
+use super::plan::{self, ConnView, How, Merge, Plan, Routed};
 use super::refusal::Refusal;
-use super::{moving, Outbound, Session, Target};
+use super::{Outbound, Session, Target};
 use crate::commands;
 use crate::mirror;
 use crate::protocol::Command;
@@ -31,11 +32,15 @@ where
             scan_side: self.scan_side_of(entry, &cmd),
         };
         // Inside a transaction (or after WATCH), the table it began under.
-        let table = match self.tx.table() {
-            Some(pinned) => arc_swap::Guard::from_inner(pinned),
-            None => self.shared.router.load(),
+        let (table, pinned) = match self.tx.table() {
+            Some(pinned) => (arc_swap::Guard::from_inner(pinned), true),
+            None => (self.shared.router.load(), false),
         };
         match plan::plan(&table, entry, &cmd, &conn) {
+            // A flip is moving blocked commands off the cache this route
+            // read from: this waits (and all behind it) until they have.
+            Plan::Routed(r) if r.settling && !pinned => self.stall(cmd),
+            Plan::Tx(..) if !pinned && table.settling() => self.stall(cmd),
             Plan::Refuse(refusal) => self.refuse(refusal),
             Plan::Reply(reply) => self.local(reply),
             Plan::Quit => {
@@ -73,6 +78,11 @@ where
                 route,
             );
         }
+        let movable = match self.movable(&cmd, &r) {
+            Ok(m) => m,
+            // Routed by a table a flip replaced meanwhile: routed again.
+            Err(Stale) => return self.dispatch(cmd),
+        };
         RouteStats::bump(if r.write {
             &r.stats.writes
         } else {
@@ -83,13 +93,15 @@ where
         } else {
             self.place_caching(r.authoritative);
         }
-        let movable = r.blocking.then(|| moving::Movable::of(&cmd)).flatten();
-        let out = Outbound::from(Target::Client { state: false })
+        let mut out = Outbound::from(Target::Client { state: false })
             .blocking(r.blocking)
             .routed(&r.stats, r.phase)
             .movable(movable);
         match (&r.how, r.mirror) {
-            (How::Effect(effect), Some(m)) => self.execute_effect(cmd, &r, effect.clone(), m),
+            (How::Effect(effect), Some(m)) => {
+                let movable = out.movable.take();
+                self.execute_effect(cmd, &r, (effect.clone(), m), movable)
+            }
             (How::Mirror { compare, probe }, Some(m)) => {
                 self.execute_mirrored(cmd, &r, m, (*compare, *probe), out)
             }
@@ -101,7 +113,8 @@ where
                 _,
             ) => self.execute_shadowed(cmd, &r, *order, out),
             _ if r.traits.kills_script => self.execute_kill(cmd, &r, out),
-            (How::Keys, _) => self.execute_keys(&cmd, out),
+            (How::Both(merge), _) => self.execute_keys(&cmd, out, *merge),
+            (How::Publish, Some(m)) => self.execute_publish(cmd, &r, m, out),
             (How::Scan, _) => self.execute_scan(&cmd, out),
             _ => {
                 self.send(r.authoritative, &cmd, out);
@@ -122,7 +135,13 @@ where
 
     /// A write mirrored as its effect: held for the mirror until the
     /// answering side's reply says what happened.
-    fn execute_effect(&mut self, cmd: Command, r: &Routed, effect: mirror::Effect, m: Side) {
+    fn execute_effect(
+        &mut self,
+        cmd: Command,
+        r: &Routed,
+        (effect, m): (mirror::Effect, Side),
+        movable: Option<Box<Movable>>,
+    ) {
         let keys = (!r.blocking).then(|| super::keys_at(&cmd, &r.positions));
         let pending = Pending::One {
             effect,
@@ -132,7 +151,6 @@ where
         let ticket = self.defer_mirror(m, pending, keys);
         // Reported once its keys are held (see InFlight).
         self.note_write(&cmd, &r.positions);
-        let movable = r.blocking.then(|| moving::Movable::of(&cmd)).flatten();
         let out = Outbound::from(Target::Effect(ticket))
             .blocking(r.blocking)
             .routed(&r.stats, r.phase)
@@ -178,6 +196,19 @@ where
         self.note_write(&cmd, &r.positions);
         if let (Some(id), None) = (compare, sent) {
             self.compare_drop(id);
+        }
+    }
+
+    /// `PUBLISH` in a dual phase: both caches' subscribers count. Behind
+    /// this client's held writes (which it must not overtake on the
+    /// mirror), or with the mirror unreachable, it is mirrored as before
+    /// and answered with the answering side's count.
+    fn execute_publish(&mut self, cmd: Command, r: &Routed, m: Side, out: Outbound) {
+        let reachable = !self.sides[m].is_idle() || self.shared.upstream(m).may_try();
+        if self.held.is_empty() && reachable && !self.sides[m].diverged {
+            self.execute_keys(&cmd, out, Merge::Sum(r.authoritative));
+        } else {
+            self.execute_mirrored(cmd, r, m, (false, false), out);
         }
     }
 

@@ -422,9 +422,6 @@ impl SideConn {
             .chain(deferred)
             .chain(gated)
             .collect();
-        self.gates = 0;
-        self.conn_id += 1;
-        self.diverged = false;
         for e in expects {
             let failed_route = e.timing.as_ref().and_then(|t| t.route.as_ref());
             if let (Some(w), Some((stats, _))) = (e.write, failed_route) {
@@ -434,12 +431,13 @@ impl SideConn {
                     db: w.db,
                     keys: w.keys,
                     check: None,
+                    hold: None,
                 });
             }
             match e.target {
                 Target::Keys(p) => {
                     // Old's answer has the client's place: kept for the merge.
-                    let reserved = (p.side == Side::Old).then(|| {
+                    let reserved = (p.side == Side::Old && !p.again).then(|| {
                         lost.failed_replies += 1;
                         let pos = self.ready_base + self.ready.len() as u64;
                         self.ready.push_back(Ready::Pending(Vec::new()));
@@ -474,12 +472,20 @@ impl SideConn {
                 }
             }
         }
+        self.reset(max_depth);
+        lost
+    }
+
+    /// Back to no connection, with nothing sent and no state.
+    fn reset(&mut self, max_depth: usize) {
+        self.gates = 0;
+        self.conn_id += 1;
+        self.diverged = false;
         self.link = Link::Idle;
         self.client_id = None;
         self.asked_id = false;
         self.wbuf.clear();
         self.rbuf.clear();
         self.scanner = ReplyScanner::new(max_depth);
-        lost
     }
 }

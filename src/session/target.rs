@@ -10,7 +10,7 @@ use super::{fallback, moving, side};
 use crate::commands::{self, StateCmd};
 use crate::protocol::{Command, Value};
 use crate::repair::{Entered, Keys};
-use crate::routing::{RouteStats, Side};
+use crate::routing::{BlockedHold, RouteStats, Side};
 
 /// One shadow read in flight, released when its reply came or was lost.
 #[derive(Debug)]
@@ -94,6 +94,12 @@ pub(super) struct MirrorWrite {
     /// What the mirror's reply must be to show it held what the
     /// authoritative side did; another one queues a copy.
     pub(super) check: Option<Box<Check>>,
+    /// The effect of a blocking command served just as a flip came: the
+    /// flip's route settles until it has landed on the mirror, or a
+    /// consumer blocking there under the new table could take what it
+    /// removes (`routing/settle.rs`).
+    #[expect(dead_code, reason = "kept for its Drop, which releases the flip")]
+    pub(super) hold: Option<Box<BlockedHold>>,
 }
 
 /// What a mirrored write's reply is checked against.

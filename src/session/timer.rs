@@ -27,6 +27,7 @@ where
             .filter_map(|s| s.inflight.front().and_then(|e| e.deadline));
         let next = heads
             .chain(self.drain_deadline)
+            .chain(self.stalled.as_ref().map(|s| s.until))
             .chain(self.idle_deadline())
             .min();
         match (next, self.timer_at) {
@@ -58,6 +59,9 @@ where
     pub(super) fn on_timer(&mut self) {
         self.timer_at = None;
         let now = Instant::now();
+        if self.stalled.as_ref().is_some_and(|s| s.until <= now) {
+            self.resume_stalled();
+        }
         if self.idle_deadline().is_some_and(|d| d <= now) {
             debug!(
                 idle_secs = self.shared.limits.idle_timeout_secs,

@@ -3,7 +3,7 @@
 //! pub/sub and push frames that answer no command, mirror replies, and a
 //! failed connection turned into errors for the client and journal entries.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
@@ -64,7 +64,13 @@ where
                 warn!(%side, frame = %text(&reply.bytes), "reply with no command waiting for it; dropping the connection");
                 return self.fail_side(side, UpstreamError::Closed { side, addr });
             };
+            let was_movable = expect.movable.is_some();
             self.on_reply(side, expect, reply);
+            if was_movable {
+                // The blocking command behind it (pipelined) may have been
+                // routed before a flip it now runs after.
+                self.move_blocked();
+            }
         }
     }
 
@@ -95,7 +101,7 @@ where
                         ..
                     }) => self.sub_ack(id, None),
                     // A moved subscription's: the client knows nothing of it.
-                    Some(_) => {}
+                    Some(_) => self.move_acked(),
                     None => unreachable!("checked above"),
                 }
                 None
@@ -167,6 +173,9 @@ where
         if let Some(id) = expect.compare {
             self.compare_reply(id, side, &reply.bytes);
         }
+        // A blocking command served: its registration stays with its
+        // effect until the mirror applied it.
+        let hold = expect.movable.take().and_then(|m| m.hold);
         match expect.target {
             Target::Client { state } => {
                 if state {
@@ -182,7 +191,7 @@ where
             Target::Effect(ticket) => {
                 // An error reply is an answer too: the write changed
                 // nothing, so the mirror gets nothing (not a failure).
-                self.resolve_effect(ticket, Some(&reply.bytes));
+                self.resolve_effect_holding(ticket, Some(&reply.bytes), hold);
                 self.sides[side].ready.push_back(Ready::Done(reply.bytes));
             }
             Target::Mirror(w) => self.on_mirror_reply(side, &w, expect.compare.is_some(), &reply),
@@ -199,29 +208,17 @@ where
                     self.compare_missing(id);
                 }
             }
-            Target::SubAck(id) => {
-                // An error instead of a confirmation (an ACL refusal): it
-                // answers the whole command.
-                let sc = &mut self.sides[side];
-                while matches!(sc.inflight.front(), Some(Expect { target: Target::SubAck(i), .. }) if *i == id)
-                {
-                    sc.inflight.pop_front();
-                }
-                self.sub_ack(id, Some(reply.bytes));
-            }
+            Target::SubAck(id) => self.sub_refused(side, id, reply.bytes),
             Target::MoveAck => {
+                self.move_acked();
                 warn!(%side, reply = %text(&reply.bytes), "a subscription could not be moved to the cache its route publishes to");
             }
             Target::ClientId => {
-                let id = std::str::from_utf8(
-                    reply
-                        .bytes
-                        .get(1..reply.bytes.len().saturating_sub(2))
-                        .unwrap_or_default(),
-                );
+                let id = reply.bytes.get(1..reply.bytes.len().saturating_sub(2));
+                let id = std::str::from_utf8(id.unwrap_or_default());
                 self.sides[side].client_id = id.ok().and_then(|s| s.parse().ok());
             }
-            Target::Moved(slot) => self.moved_reply(*slot, reply.bytes),
+            Target::Moved(slot) => self.moved_reply(*slot, reply.bytes, hold),
             Target::Keys(part) => self.keys_reply(*part, reply.bytes, None),
             Target::ScanPage(on) => self.scan_page(on, reply.bytes),
             Target::OtherState(gate) => {
@@ -231,14 +228,25 @@ where
                 }
                 self.state_settled(side, gate, diverged);
             }
-            Target::Quiet(what) => {
-                if reply.bytes.starts_with(b"-NOTBUSY") {
-                    debug!(%side, what, "no script to kill there");
-                } else if reply.is_error() {
-                    warn!(%side, what, reply = %text(&reply.bytes), "upstream refused a command the proxy sent");
-                }
+            Target::Quiet(what) if reply.bytes.starts_with(b"-NOTBUSY") => {
+                debug!(%side, what, "no script to kill there");
             }
+            Target::Quiet(what) if reply.is_error() => {
+                warn!(%side, what, reply = %text(&reply.bytes), "upstream refused a command the proxy sent");
+            }
+            Target::Quiet(_) => {}
         }
+    }
+
+    /// An error instead of a (un)subscribe confirmation (an ACL refusal):
+    /// it answers the whole command.
+    fn sub_refused(&mut self, side: Side, id: u64, reply: Bytes) {
+        let sc = &mut self.sides[side];
+        while matches!(sc.inflight.front(), Some(Expect { target: Target::SubAck(i), .. }) if *i == id)
+        {
+            sc.inflight.pop_front();
+        }
+        self.sub_ack(id, Some(reply));
     }
 
     /// The mirror answered a mirrored write: counted, checked against the
@@ -303,7 +311,7 @@ where
             self.fallback_filled(f, None);
         }
         for slot in lost.moved {
-            self.moved_reply(slot, reply.clone());
+            self.moved_reply(slot, reply.clone(), None);
         }
         for (part, reserved) in lost.keys {
             self.keys_reply(part, reply.clone(), reserved);

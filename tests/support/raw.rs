@@ -152,3 +152,12 @@ pub async fn exchange(addr: impl tokio::net::ToSocketAddrs, input: &[u8]) -> (Ve
         }
     }
 }
+
+/// `args` as one RESP request.
+pub fn resp(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    out
+}
