@@ -241,8 +241,9 @@ async fn random_workloads_leave_old_and_new_identical() {
 }
 
 /// Flips under load (issue 16): consumers blocked on one queue, fed
-/// through cutover in batches, while the route flips between `dual-write`
-/// and `read-new` between batches, both ways;
+/// through cutover in batches by two producers, while the route flips
+/// between `dual-write` and `read-new` between batches, both ways (the
+/// next batch pushed as soon as the flip returns);
 /// transactions run throughout on keys that existed on old only before
 /// the migration (copied once a compared transaction showed new lacked
 /// them). Every job reaches exactly one consumer, and old and new end
@@ -334,7 +335,11 @@ async fn flips_under_consumers_and_transactions_leave_old_and_new_identical() {
     // Each flip comes while the consumers are blocked on an empty queue,
     // and the next batch is pushed as soon as the flip returns: the route
     // settles (its commands wait) until the consumers have moved.
-    let mut p = support::connect(&proxy.url()).await;
+    // Two producers, each pushing every other group of five at once.
+    let mut producers = [
+        support::connect(&proxy.url()).await,
+        support::connect(&proxy.url()).await,
+    ];
     let phases = [Phase::ReadNew, Phase::DualWrite].iter().cycle();
     let jobs: Vec<usize> = (0..JOBS).collect();
     for (i, (batch, phase)) in jobs.chunks(JOBS.div_ceil(7)).zip(phases).enumerate() {
@@ -345,13 +350,20 @@ async fn flips_under_consumers_and_transactions_leave_old_and_new_identical() {
                 .await;
             assert_eq!(code, 200, "{body}");
         }
-        for five in batch.chunks(5) {
-            let _: i64 = redis::cmd("RPUSH")
-                .arg("model:jobs")
-                .arg(five)
-                .query_async(&mut p)
-                .await
-                .unwrap();
+        for ten in batch.chunks(10) {
+            let (a, b) = ten.split_at(ten.len().min(5));
+            let [p, q] = &mut producers;
+            let push = async |conn: &mut redis::aio::MultiplexedConnection, jobs: &[usize]| {
+                if !jobs.is_empty() {
+                    let _: i64 = redis::cmd("RPUSH")
+                        .arg("model:jobs")
+                        .arg(jobs)
+                        .query_async(conn)
+                        .await
+                        .unwrap();
+                }
+            };
+            tokio::join!(push(p, a), push(q, b));
         }
         let consumed = batch[batch.len() - 1] + 1;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
