@@ -9,7 +9,15 @@ use std::time::Duration;
 
 use cutover::routing::Phase;
 use redis::AsyncCommands;
-use support::{resp, wait_for, RawClient, StallingRelay, TestProxy};
+use support::{resp, wait_for, RawClient, RedisServer, StallingRelay, TestProxy};
+
+/// Neither cache kept an element of the job queue.
+async fn assert_no_jobs_left(old: &RedisServer, new: &RedisServer) {
+    for s in [old, new] {
+        let n: i64 = s.conn().await.llen("session:jobs").await.unwrap();
+        assert_eq!(n, 0, "{} kept elements", s.addr());
+    }
+}
 
 /// Case 2: job-queue workers blocked across a flip. Consumers blocked
 /// before the flip are moved to the cache the route now reads from, so
@@ -80,10 +88,7 @@ async fn consumers_blocked_across_a_flip_get_each_element_once() {
         got.sort();
         assert_eq!(got, jobs, "{before} -> {after}: each element exactly once");
         proxy.wait_mirrors_settled().await;
-        for s in [&old, &new] {
-            let n: i64 = s.conn().await.llen("session:jobs").await.unwrap();
-            assert_eq!(n, 0, "{before} -> {after}: {} kept elements", s.addr());
-        }
+        assert_no_jobs_left(&old, &new).await;
     }
 }
 
@@ -151,10 +156,7 @@ async fn a_push_right_after_a_flip_waits_for_blocked_consumers_to_move() {
         "each element reaches exactly one consumer"
     );
     proxy.wait_mirrors_settled().await;
-    for s in [&old, &new] {
-        let n: i64 = s.conn().await.llen("session:jobs").await.unwrap();
-        assert_eq!(n, 0, "{} kept elements", s.addr());
-    }
+    assert_no_jobs_left(&old, &new).await;
 }
 
 /// `XREAD ... BLOCK` and `XREADGROUP ... BLOCK` follow a flip like the

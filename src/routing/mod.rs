@@ -272,7 +272,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::Ordering;
 
-    fn cfg(name: &str, patterns: Option<&[&str]>, phase: Phase) -> RouteConfig {
+    pub(super) fn cfg(name: &str, patterns: Option<&[&str]>, phase: Phase) -> RouteConfig {
         RouteConfig {
             ramp_percent: None,
             shadow_reads: 0.0,

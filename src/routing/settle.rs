@@ -189,25 +189,11 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::tests::cfg;
     use crate::routing::{CommandsConfig, Phase, RouteConfig};
 
     fn routes(s: Phase, default: Phase) -> Vec<RouteConfig> {
-        [
-            ("s", Some(vec!["s:*".to_string()]), s),
-            ("default", None, default),
-        ]
-        .into_iter()
-        .map(|(name, patterns, phase)| RouteConfig {
-            ramp_percent: None,
-            shadow_reads: 0.0,
-            shadow_repair: false,
-            read_fallback: false,
-            auto_cutover: None,
-            name: name.into(),
-            patterns,
-            phase,
-        })
-        .collect()
+        vec![cfg("s", Some(&["s:*"]), s), cfg("default", None, default)]
     }
 
     fn settling(r: &Router) -> Vec<bool> {
