@@ -21,7 +21,7 @@
 //! | [`backoff`] | the one retry backoff |
 //! | [`tls`], [`net`] | rustls configurations and handshake errors in words; plain-or-TLS streams |
 //! | [`error`] | data-path error types |
-//! | [`upstream`] | opening and setting up a connection to `old` or `new`, reconnect backoff |
+//! | [`upstream`] | opening and setting up a connection to `old` or `new`, reconnect backoff, a cluster's slot map (`topology`) |
 //! | [`mirror`] | effect translation, script bodies for EVALSHA retries, the mirror backlog bound |
 //! | [`repair`] | key copies to the mirror, in-flight counters, the mirror-failure journal |
 //! | [`tools`] | offline `verify` and `backfill` |

@@ -257,6 +257,7 @@ impl Upstream {
 }
 
 pub mod client;
+pub mod topology;
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,7 @@
 //! | file | what |
 //! | --- | --- |
 //! | `redis.rs` | throwaway `redis-server`s (plain or TLS), killed on drop |
+//! | `cluster.rs` | real Redis Clusters of them ([`RedisCluster`]) |
 //! | `config.rs` | proxy configs, built as TOML values |
 //! | `proxy.rs` | the proxy in-process ([`TestProxy`]) |
 //! | `served.rs` | the `cutover` binary as a process ([`Served`]) |
@@ -16,6 +17,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+mod cluster;
 mod config;
 mod keyspace;
 pub mod pki;
@@ -26,6 +28,8 @@ mod relay;
 mod served;
 
 // Each test binary uses a part of the harness.
+#[allow(unused_imports)]
+pub use self::cluster::*;
 #[allow(unused_imports)]
 pub use self::config::*;
 #[allow(unused_imports)]
