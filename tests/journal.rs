@@ -166,3 +166,33 @@ async fn a_journalled_copy_from_a_side_the_route_no_longer_writes_is_dropped() {
     let v: Option<String> = new.conn().await.get("k").await.unwrap();
     assert_eq!(v.as_deref(), Some("newer"));
 }
+
+/// A copy queued while new answered (`read-new`), run after the route
+/// went back to `dual-write`, copies from old, which answers now: copying
+/// from new would overwrite old, the truth again, with new's older view (a
+/// model run caught it: a list element a consumer had already popped on old
+/// came back and was delivered twice). Here the journal on disk holds a
+/// new→old copy and the proxy starts in `dual-write`.
+#[tokio::test]
+async fn a_queued_copy_reads_from_the_side_that_answers_now() {
+    let (old, new) = support::start_pair();
+    let _: () = old.conn().await.set("k", "truth").await.unwrap();
+    let _: () = new.conn().await.set("k", "older").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let journal = support::journal_of_k(dir.path(), "new");
+    let text = support::Config::new(&old.addr(), &new.addr())
+        .routes(&[("default", None, Phase::DualWrite)])
+        .with(&journal)
+        .text();
+    let proxy = TestProxy::start_text(&text).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while journal_status(&proxy).await.0 > 0 {
+        assert!(Instant::now() < deadline, "the journal never drained");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(proxy.stat("default", "repaired"), 1);
+    for (s, name) in [(&old, "old"), (&new, "new")] {
+        let v: Option<String> = s.conn().await.get("k").await.unwrap();
+        assert_eq!(v.as_deref(), Some("truth"), "{name}");
+    }
+}

@@ -354,16 +354,17 @@ pub async fn run(
 ) {
     let mut links = PerSide::from_fn(|_| Link::new());
     loop {
-        let q = tokio::select! {
+        let mut q = tokio::select! {
             q = rx.recv() => match q { Some(q) => q, None => return },
             _ = shutdown.wait_for(|s| *s) => return,
         };
         let repairer = &copier.repairer;
         let stats = q.job.stats.clone();
-        let (from, to) = (q.job.from, q.job.from.other());
-        if moved_on(&copier, &q.job) {
-            continue;
+        match source(&copier, &q.job) {
+            Some(from) => q.job.from = from,
+            None => continue,
         }
+        let (from, to) = (q.job.from, q.job.from.other());
         if !repairer.side_usable(from) || !repairer.side_usable(to) {
             // A cache that just failed copies: keep the key for later
             // instead of waiting out a timeout per key.
@@ -425,24 +426,29 @@ pub async fn run(
     }
 }
 
-/// Drops `job` (true) when the route that serves its key now no longer
-/// writes the side the copy reads from (neither its authoritative side nor
-/// its mirror). It was queued when `from` was authoritative; the route has
-/// since moved on (read-new to new-only, or a rollback to old-only) and
-/// `from` no longer gets its writes: copying from it could overwrite newer
-/// data with older.
-fn moved_on(copier: &Copier, job: &RepairJob) -> bool {
+/// The side a queued copy reads from now. Copies go from the side the
+/// key's route answers from *now* to the other: one queued in `read-new`
+/// (from new) that runs after a flip back to `dual-write` copies from old,
+/// or it would overwrite old, now the truth, with new's older view (an
+/// element a consumer already popped there comes back). `None` (dropped)
+/// when the route has since moved to one cache and the recorded source no
+/// longer gets its writes (read-new to new-only, or a rollback to
+/// old-only).
+fn source(copier: &Copier, job: &RepairJob) -> Option<Side> {
     let table = copier.router.load();
     let phase = table.routes[table.route_of(&job.key)].phase_for(&job.key);
-    if phase.authoritative() == job.from || phase.mirror() == Some(job.from) {
-        return false;
+    if phase.mirror().is_some() {
+        return Some(phase.authoritative());
+    }
+    if phase.authoritative() == job.from {
+        return Some(job.from);
     }
     let repairer = &copier.repairer;
     debug!(from = %job.from, "repair copy dropped: its route no longer writes the side it copies from");
     RouteStats::bump(&job.stats.repair_skipped);
     repairer.finish(job);
     repairer.journal.copied(job.db, &job.key, repairer.start());
-    true
+    None
 }
 
 /// Feeds the journal's keys to the copier while their mirror may be tried,
