@@ -70,3 +70,16 @@ async fn a_server_that_is_no_cluster_is_refused_clearly() {
         "{err}"
     );
 }
+
+/// A one-node cluster that never met another announces no address: it is
+/// where the seed is.
+#[tokio::test]
+async fn a_node_without_an_address_is_where_the_seed_is() {
+    let cluster = RedisCluster::start(1);
+    let seed = cluster.nodes[0].addr();
+    let t = discover(&upstream(&seed), &mut Client::new(), 64)
+        .await
+        .unwrap();
+    assert_eq!(t.owner(0).unwrap().addr(false), Some(seed.clone()));
+    assert_eq!(t.owner(16383).unwrap().addr(false), Some(seed));
+}

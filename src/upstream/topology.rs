@@ -215,7 +215,8 @@ impl Topology {
             };
             let node = Node {
                 id: text(id).ok_or(bad("a node has no id"))?,
-                host: endpoint(Some(host)).ok_or(bad("a node has no address"))?,
+                // Empty until a node has met another: "where you reached me".
+                host: endpoint(Some(host)).unwrap_or_default(),
                 port: port(Some(port_v)),
                 tls_port: None,
             };
@@ -240,7 +241,18 @@ pub async fn discover(
         let reply: Bytes = client.call(upstream, depth, &[cmd]).await?.remove(0);
         match value::decode(&reply, depth) {
             Some(Value::Error(e)) => refusal = Some(String::from_utf8_lossy(&e).into_owned()),
-            Some(v) => return Ok(parse(&v)?),
+            Some(v) => {
+                let mut topology = parse(&v)?;
+                // A node that announces no address is where the seed is.
+                let seed = upstream.addr().rsplit_once(':').map_or("", |(h, _)| h);
+                for p in topology.primaries.iter_mut().filter(|p| p.host.is_empty()) {
+                    p.host = seed
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_string();
+                }
+                return Ok(topology);
+            }
             None => {
                 return Err(TopologyError::Malformed {
                     command: "SHARDS",
