@@ -56,6 +56,7 @@ pub mod admin;
 pub mod auth;
 pub mod backfill;
 pub mod backoff;
+pub mod cluster_face;
 pub mod commands;
 pub mod compare;
 pub mod config;

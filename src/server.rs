@@ -124,6 +124,10 @@ impl Proxy {
             shadow_inflight: Default::default(),
             backfills: Backfills::new(router, upstreams.clone(), repairer.clone(), depth),
             backlog: Default::default(),
+            cluster_face: settings.listen.cluster.then(|| {
+                let l = &settings.listen;
+                crate::cluster_face::ClusterFace::new(l.announce.as_deref(), &l.address)
+            }),
         });
         let journalled = shared.repairer.journal.load(&shared.router)?;
         if journalled > 0 {
@@ -321,6 +325,7 @@ async fn accept_loop(
             }
         };
         let _ = sock.set_nodelay(true);
+        let local = sock.local_addr().ok();
         let permit = slots.clone().try_acquire_owned().ok();
         let shared = shared.clone();
         let shutdown = shutdown.clone();
@@ -333,7 +338,10 @@ async fn accept_loop(
             };
             debug!(%peer, tls, "client connected");
             let (rd, wr) = stream.split();
-            Session::new(shared, rd, wr).run(shutdown).await;
+            Session::new(shared, rd, wr)
+                .reached_at(local)
+                .run(shutdown)
+                .await;
             debug!(%peer, "client disconnected");
             drop(permit);
         });

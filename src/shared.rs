@@ -51,6 +51,8 @@ pub struct Shared {
     pub auth: arc_swap::ArcSwapOption<Users>,
     /// Bytes of mirrored writes not yet answered, over all sessions.
     pub backlog: Arc<Backlog>,
+    /// `[listen] cluster = true`: the cluster clients see.
+    pub cluster_face: Option<crate::cluster_face::ClusterFace>,
 }
 
 impl Shared {

@@ -67,6 +67,10 @@ pub struct Traits {
     /// where it was made across `dual-write` ⇄ `read-new`), so the answer
     /// is both caches' counts added up.
     pub counts_receivers: bool,
+    /// `CLUSTER SLOTS|SHARDS|NODES|MYID|INFO|KEYSLOT`, `READONLY`,
+    /// `READWRITE`, `ASKING`: answered by the proxy itself with
+    /// `[listen] cluster = true` (`cluster_face.rs`).
+    pub cluster_face: bool,
 }
 
 /// A read of the whole keyspace.
@@ -114,6 +118,18 @@ impl Traits {
             },
             ping: name == "ping",
             counts_receivers: matches!(name, "publish" | "spublish"),
+            cluster_face: matches!(
+                name,
+                "cluster|slots"
+                    | "cluster|shards"
+                    | "cluster|nodes"
+                    | "cluster|myid"
+                    | "cluster|info"
+                    | "cluster|keyslot"
+                    | "readonly"
+                    | "readwrite"
+                    | "asking"
+            ),
         }
     }
 }

@@ -174,6 +174,14 @@ pub struct Listen {
     /// With TLS on `address`: plain TCP on this second `host:port` too.
     #[serde(default)]
     pub plain_address: Option<String>,
+    /// Answer the Redis Cluster API as a one-node cluster owning every
+    /// slot, so cluster clients work unchanged (`cluster_face.rs`).
+    #[serde(default)]
+    pub cluster: bool,
+    /// The `host:port` written into those replies (default: `address`, or
+    /// the address each client connected to when `address` is a wildcard).
+    #[serde(default)]
+    pub announce: Option<String>,
 }
 
 impl Listen {

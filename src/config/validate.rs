@@ -196,6 +196,12 @@ impl Settings {
         if let Some(a) = &l.plain_address {
             check_address("listen.plain_address", a)?;
         }
+        if let Some(a) = &l.announce {
+            check_address("listen.announce", a)?;
+            if !l.cluster {
+                return err("listen.announce", "only used with cluster = true");
+            }
+        }
         for (side, up) in [("old", &self.upstreams.old), ("new", &self.upstreams.new)] {
             let field = |name: &str| format!("upstreams.{side}.{name}");
             if !up.tls {

@@ -128,6 +128,8 @@ pub struct Session<R, W> {
     last_heard: Instant,
     timer: Pin<Box<Sleep>>,
     timer_at: Option<Instant>,
+    /// The proxy address the client connected to (`[listen] cluster`).
+    reached: Option<std::net::SocketAddr>,
 }
 
 impl<R, W> Session<R, W>
@@ -173,7 +175,14 @@ where
             last_heard: Instant::now(),
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             timer_at: None,
+            reached: None,
         }
+    }
+
+    /// The proxy address the client connected to.
+    pub fn reached_at(mut self, local: Option<std::net::SocketAddr>) -> Session<R, W> {
+        self.reached = local;
+        self
     }
 
     /// Runs until the client leaves (or is closed) and in-flight mirrored

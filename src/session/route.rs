@@ -25,6 +25,13 @@ where
 {
     pub(super) fn dispatch(&mut self, cmd: Command) {
         let entry = commands::entry(&cmd);
+        if let Some(e) = entry.filter(|e| e.traits.cluster_face && self.tx.open.is_none()) {
+            if let Some(face) = &self.shared.cluster_face {
+                let args: Vec<&[u8]> = cmd.args().collect();
+                let reply = face.answer(e.spec.name, &args, self.resp3(), self.reached);
+                return self.local(reply);
+            }
+        }
         let conn = ConnView {
             in_tx: self.tx.open.is_some(),
             subscribed_resp2: !self.subs.is_empty() && !self.resp3(),
