@@ -39,7 +39,7 @@ use crate::backoff::Backoff;
 use crate::error::UpstreamError;
 use crate::protocol::{text, value, Command, Value};
 use crate::routing::PerSide;
-use crate::routing::{RouteStats, Router, Side};
+use crate::routing::{Phase, RouteStats, Router, Side};
 use crate::upstream::client::Client;
 use crate::upstream::Upstream;
 
@@ -426,29 +426,33 @@ pub async fn run(
     }
 }
 
-/// The side a queued copy reads from now. Copies go from the side the
-/// key's route answers from *now* to the other: one queued in `read-new`
-/// (from new) that runs after a flip back to `dual-write` copies from old,
-/// or it would overwrite old, now the truth, with new's older view (an
-/// element a consumer already popped there comes back). `None` (dropped)
-/// when the route has since moved to one cache and the recorded source no
-/// longer gets its writes (read-new to new-only, or a rollback to
-/// old-only).
+/// The side a queued copy reads from now; `None` (dropped) when the key's
+/// route has since moved to one cache and the recorded source no longer
+/// gets its writes (read-new to new-only, or a rollback to old-only): it
+/// is older than its target.
+///
+/// A copy from new queued while new answered (`read-new`) that runs after
+/// the route went back to `dual-write` copies from old, which answers now:
+/// new lags it (a consumer's mirrored pop not yet applied there), and
+/// copying new over old brought popped elements back. Nothing copies from
+/// new in `dual-write` otherwise. The other way round cannot be told apart
+/// from a fill (read fallback and backfill copy old to new in `read-new`),
+/// so copies from old keep their direction (README Limits).
 fn source(copier: &Copier, job: &RepairJob) -> Option<Side> {
     let table = copier.router.load();
     let phase = table.routes[table.route_of(&job.key)].phase_for(&job.key);
-    if phase.mirror().is_some() {
-        return Some(phase.authoritative());
+    if phase.authoritative() != job.from && phase.mirror() != Some(job.from) {
+        let repairer = &copier.repairer;
+        debug!(from = %job.from, "repair copy dropped: its route no longer writes the side it copies from");
+        RouteStats::bump(&job.stats.repair_skipped);
+        repairer.finish(job);
+        repairer.journal.copied(job.db, &job.key, repairer.start());
+        return None;
     }
-    if phase.authoritative() == job.from {
-        return Some(job.from);
+    match (phase, job.from) {
+        (Phase::DualWrite, Side::New) => Some(Side::Old),
+        _ => Some(job.from),
     }
-    let repairer = &copier.repairer;
-    debug!(from = %job.from, "repair copy dropped: its route no longer writes the side it copies from");
-    RouteStats::bump(&job.stats.repair_skipped);
-    repairer.finish(job);
-    repairer.journal.copied(job.db, &job.key, repairer.start());
-    None
 }
 
 /// Feeds the journal's keys to the copier while their mirror may be tried,
