@@ -375,6 +375,7 @@ async fn copy_registered(
             db: None,
             key,
             stats: stats.clone(),
+            follows: false,
         });
     }
     Ok(first_refusal)

@@ -196,3 +196,38 @@ async fn a_queued_copy_reads_from_the_side_that_answers_now() {
         assert_eq!(v.as_deref(), Some("truth"), "{name}");
     }
 }
+
+/// The mirror image: a copy from old queued in `dual-write` that runs once
+/// the route reads from new copies from new, which answers now; a fill
+/// (journalled by a read fallback or a backfill, `"follows": false`)
+/// still copies old to new.
+#[tokio::test]
+async fn a_copy_follows_its_route_to_read_new_and_a_fill_does_not() {
+    for (follows, want) in [(true, "truth"), (false, "from-old")] {
+        let (old, new) = support::start_pair();
+        let _: () = old.conn().await.set("k", "from-old").await.unwrap();
+        let _: () = new.conn().await.set("k", "truth").await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let journal = support::journal_of_k(dir.path(), "old");
+        if !follows {
+            let file = dir.path().join("journal.json");
+            let text = std::fs::read_to_string(&file).unwrap();
+            let text = text.replace(r#""from":"old""#, r#""from":"old","follows":false"#);
+            std::fs::write(&file, text).unwrap();
+        }
+        let text = support::Config::new(&old.addr(), &new.addr())
+            .routes(&[("default", None, Phase::ReadNew)])
+            .with(&journal)
+            .text();
+        let proxy = TestProxy::start_text(&text).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while journal_status(&proxy).await.0 > 0 {
+            assert!(Instant::now() < deadline, "the journal never drained");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for (s, name) in [(&old, "old"), (&new, "new")] {
+            let v: Option<String> = s.conn().await.get("k").await.unwrap();
+            assert_eq!(v.as_deref(), Some(want), "follows {follows}: {name}");
+        }
+    }
+}

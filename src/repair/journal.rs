@@ -37,6 +37,8 @@ struct Entry {
     stats: Arc<RouteStats>,
     /// The side that answered the client: the copy comes from there.
     from: Side,
+    /// See [`RepairJob::follows`].
+    follows: bool,
     /// Repairer sequence number of the last failure recorded for it.
     stamp: u64,
     /// A copy is queued for it.
@@ -73,8 +75,16 @@ struct FileEntry {
     route: String,
     db: Option<u32>,
     from: Side,
+    /// See [`RepairJob::follows`]; absent in journals written before it
+    /// existed, whose entries were all copies that follow their route.
+    #[serde(default = "yes")]
+    follows: bool,
     /// The key, hex-encoded (keys are binary).
     key: String,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -162,6 +172,7 @@ impl Journal {
                 Entry {
                     stats,
                     from: e.from,
+                    follows: e.follows,
                     stamp: 0,
                     queued: false,
                 },
@@ -193,7 +204,7 @@ impl Journal {
     pub fn record(
         &self,
         stats: &Arc<RouteStats>,
-        from: Side,
+        (from, follows): (Side, bool),
         db: Option<u32>,
         key: &Bytes,
         stamp: u64,
@@ -203,6 +214,7 @@ impl Journal {
             // Failed again: copy again (a copy under way may predate it).
             e.stamp = stamp;
             e.from = from;
+            e.follows = follows;
             e.queued = false;
         } else if inner.keys.len() >= self.max_keys {
             RouteStats::bump(&stats.journal_overflow);
@@ -220,6 +232,7 @@ impl Journal {
                 Entry {
                     stats: stats.clone(),
                     from,
+                    follows,
                     stamp,
                     queued: false,
                 },
@@ -247,6 +260,7 @@ impl Journal {
                 db: *db,
                 key: key.clone(),
                 stats: e.stats.clone(),
+                follows: e.follows,
             });
         }
         out
@@ -308,6 +322,7 @@ impl Journal {
                         route: e.stats.name.to_string(),
                         db: *db,
                         from: e.from,
+                        follows: e.follows,
                         key: hex(key),
                     })
                     .collect(),
@@ -342,12 +357,12 @@ mod tests {
     fn keys_are_kept_once_bounded_and_removed_only_by_a_later_copy() {
         let j = Journal::new(None, 2);
         let stats = Arc::new(RouteStats::named("r"));
-        j.record(&stats, Side::Old, None, &key("a"), 1);
-        j.record(&stats, Side::Old, None, &key("a"), 2);
-        j.record(&stats, Side::Old, Some(1), &key("a"), 3);
+        j.record(&stats, (Side::Old, true), None, &key("a"), 1);
+        j.record(&stats, (Side::Old, true), None, &key("a"), 2);
+        j.record(&stats, (Side::Old, true), Some(1), &key("a"), 3);
         assert_eq!(j.len(), 2);
         assert!(!stats.needs_verify.load(Ordering::Relaxed));
-        j.record(&stats, Side::Old, None, &key("b"), 4);
+        j.record(&stats, (Side::Old, true), None, &key("b"), 4);
         assert_eq!(j.len(), 2);
         assert!(stats.needs_verify.load(Ordering::Relaxed));
         assert_eq!(stats.journal_overflow.load(Ordering::Relaxed), 1);
@@ -373,7 +388,7 @@ mod tests {
         let router = Router::new(&[], &Default::default());
         let j = Journal::new(Some(path.clone()), 10);
         let stats = router.stats_for("sessions");
-        j.record(&stats, Side::New, Some(3), &key("k\r\n\0"), 1);
+        j.record(&stats, (Side::New, true), Some(3), &key("k\r\n\0"), 1);
         j.clear_needs_verify(&stats);
         stats.needs_verify.store(true, Ordering::Relaxed);
         j.lock().verify.insert(stats.name.clone(), stats.clone());

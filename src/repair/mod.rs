@@ -39,7 +39,7 @@ use crate::backoff::Backoff;
 use crate::error::UpstreamError;
 use crate::protocol::{text, value, Command, Value};
 use crate::routing::PerSide;
-use crate::routing::{Phase, RouteStats, Router, Side};
+use crate::routing::{RouteStats, Router, Side};
 use crate::upstream::client::Client;
 use crate::upstream::Upstream;
 
@@ -58,6 +58,11 @@ const SIDE_RETRY_MAX: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct RepairJob {
     pub from: Side,
+    /// `from` answered for the key's route when the copy was queued, and
+    /// the copy follows the route: if it flips before the copy runs, the
+    /// copy reads from the side that answers then. `false` for fills
+    /// (read fallback, backfill), which copy old to new on purpose.
+    pub follows: bool,
     /// The database the client selected; `None`: each upstream's `db`.
     pub db: Option<u32>,
     pub key: Bytes,
@@ -141,7 +146,7 @@ impl Repairer {
     /// `from` once the mirror is back.
     pub fn lost(&self, stats: &Arc<RouteStats>, from: Side, db: DbKey, keys: &[Bytes]) {
         for key in keys {
-            self.journal.record(stats, from, db, key, self.next_seq());
+            self.journal.record(stats, (from, true), db, key, self.next_seq());
         }
     }
 
@@ -263,7 +268,9 @@ impl Repairer {
     /// copied once both caches take copies again.
     fn postpone(&self, job: &RepairJob) {
         self.finish(job);
-        self.lost(&job.stats, job.from, job.db, std::slice::from_ref(&job.key));
+        let seq = self.next_seq();
+        self.journal
+            .record(&job.stats, (job.from, job.follows), job.db, &job.key, seq);
     }
 
     fn finish(&self, job: &RepairJob) {
@@ -431,13 +438,12 @@ pub async fn run(
 /// gets its writes (read-new to new-only, or a rollback to old-only): it
 /// is older than its target.
 ///
-/// A copy from new queued while new answered (`read-new`) that runs after
-/// the route went back to `dual-write` copies from old, which answers now:
-/// new lags it (a consumer's mirrored pop not yet applied there), and
-/// copying new over old brought popped elements back. Nothing copies from
-/// new in `dual-write` otherwise. The other way round cannot be told apart
-/// from a fill (read fallback and backfill copy old to new in `read-new`),
-/// so copies from old keep their direction (README Limits).
+/// A copy that follows its route reads from the side that answers for it
+/// when the copy runs: one queued in `read-new` (from new) that runs after
+/// a flip back to `dual-write` copies from old, which answers now and
+/// which new lags (a consumer's mirrored pop not yet applied there:
+/// copying new over old brought popped elements back), and the other way
+/// round. Fills (read fallback, backfill) keep their direction.
 fn source(copier: &Copier, job: &RepairJob) -> Option<Side> {
     let table = copier.router.load();
     let phase = table.routes[table.route_of(&job.key)].phase_for(&job.key);
@@ -449,8 +455,8 @@ fn source(copier: &Copier, job: &RepairJob) -> Option<Side> {
         repairer.journal.copied(job.db, &job.key, repairer.start());
         return None;
     }
-    match (phase, job.from) {
-        (Phase::DualWrite, Side::New) => Some(Side::Old),
+    match phase.mirror() {
+        Some(_) if job.follows => Some(phase.authoritative()),
         _ => Some(job.from),
     }
 }

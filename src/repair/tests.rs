@@ -24,6 +24,7 @@ fn writes_to_pending_keys_are_noted_and_finished_jobs_forgotten() {
         db: None,
         key: Bytes::from_static(k),
         stats: Arc::default(),
+        follows: true,
     };
     assert!(r.submit(job(b"k")));
     assert!(r.submit(job(b"k")), "queued once, answered true");
@@ -47,6 +48,7 @@ fn a_key_waiting_for_a_copy_is_pending_until_it_lands() {
         db: None,
         key: k.clone(),
         stats: Arc::default(),
+        follows: true,
     };
     assert!(r.submit(job()));
     assert!(r.pending_for(None, &k));

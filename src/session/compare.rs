@@ -192,6 +192,7 @@ where
                             db: c.db,
                             key,
                             stats: c.stats.clone(),
+                            follows: true,
                         });
                     }
                 }
@@ -215,6 +216,7 @@ where
                         db: c.db,
                         key: Bytes::copy_from_slice(key),
                         stats: c.stats.clone(),
+                        follows: true,
                     });
                 }
             }
@@ -239,6 +241,7 @@ where
                 db: w.db,
                 key: key.clone(),
                 stats: w.stats.clone(),
+                follows: true,
             });
         }
     }
@@ -262,6 +265,7 @@ where
                     db: w.db,
                     key: key.clone(),
                     stats: w.stats.clone(),
+                    follows: true,
                 });
             }
         };

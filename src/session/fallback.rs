@@ -97,6 +97,7 @@ where
                     db: f.read.db,
                     key: f.read.key.clone(),
                     stats: f.read.stats.clone(),
+                    follows: false,
                 });
                 r
             }
