@@ -146,7 +146,8 @@ impl Repairer {
     /// `from` once the mirror is back.
     pub fn lost(&self, stats: &Arc<RouteStats>, from: Side, db: DbKey, keys: &[Bytes]) {
         for key in keys {
-            self.journal.record(stats, (from, true), db, key, self.next_seq());
+            self.journal
+                .record(stats, (from, true), db, key, self.next_seq());
         }
     }
 
