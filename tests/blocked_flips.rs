@@ -11,6 +11,16 @@ use cutover::routing::Phase;
 use redis::AsyncCommands;
 use support::{resp, wait_for, RawClient, RedisServer, StallingRelay, TestProxy};
 
+/// Flips route `session` to `phase` through the admin API (done when it
+/// returns).
+async fn flip(proxy: &TestProxy, phase: &str) {
+    let body = format!(r#"{{"phase": "{phase}"}}"#);
+    let (code, body) = proxy
+        .admin("PUT", "/routes/session/phase", Some(&body))
+        .await;
+    assert_eq!(code, 200, "{body}");
+}
+
 /// Neither cache kept an element of the job queue.
 async fn assert_no_jobs_left(old: &RedisServer, new: &RedisServer) {
     for s in [old, new] {
@@ -128,14 +138,7 @@ async fn a_push_right_after_a_flip_waits_for_blocked_consumers_to_move() {
     let second = proxy.raw().await;
     relay.accept_delay(Duration::from_millis(300));
 
-    let (code, body) = proxy
-        .admin(
-            "PUT",
-            "/routes/session/phase",
-            Some(r#"{"phase": "read-new"}"#),
-        )
-        .await;
-    assert_eq!(code, 200, "{body}");
+    flip(&proxy, "read-new").await;
     let second = consumer(second);
     tokio::time::sleep(Duration::from_millis(20)).await;
     let _: i64 = producer.rpush("session:jobs", "e1").await.unwrap();
@@ -206,14 +209,7 @@ async fn blocked_stream_reads_move_at_a_flip() {
         support::blocked_clients(&old) == 2
     })
     .await;
-    let (code, body) = proxy
-        .admin(
-            "PUT",
-            "/routes/session/phase",
-            Some(r#"{"phase": "read-new"}"#),
-        )
-        .await;
-    assert_eq!(code, 200, "{body}");
+    flip(&proxy, "read-new").await;
     wait_for("both readers moved to new", async || {
         support::blocked_clients(&new) == 2 && support::blocked_clients(&old) == 0
     })
@@ -275,20 +271,13 @@ async fn a_publish_right_after_new_only_reaches_every_moved_subscriber() {
         s.read_replies(1).await;
         subs.push(s);
     }
-    let flip = async |phase: &str| {
-        let body = format!(r#"{{"phase": "{phase}"}}"#);
-        let (code, body) = proxy
-            .admin("PUT", "/routes/session/phase", Some(&body))
-            .await;
-        assert_eq!(code, 200, "{body}");
-    };
-    flip("dual-write").await;
-    flip("read-new").await;
+    flip(&proxy, "dual-write").await;
+    flip(&proxy, "read-new").await;
     // The publisher's connection to new is open before new ones slow down.
     let mut p = proxy.conn().await;
     let _: i64 = p.publish("session:ch", "warm").await.unwrap();
     relay.accept_delay(Duration::from_millis(300));
-    flip("new-only").await;
+    flip(&proxy, "new-only").await;
     let n: i64 = p.publish("session:ch", "after").await.unwrap();
     assert_eq!(n, SUBSCRIBERS as i64, "every subscriber counted, on new");
     let message = |m: &str| {

@@ -6,7 +6,18 @@
 mod support;
 
 use cutover::routing::Phase;
-use support::{resp, RawClient, RedisCluster, TestProxy};
+use support::{resp, RawClient, RedisCluster, RedisServer, TestProxy};
+
+/// A proxy in `dual-write` over `old` and `new` with `[listen] cluster = true`.
+async fn cluster_proxy(old: &RedisServer, new: &RedisServer) -> TestProxy {
+    let text = support::config_text(
+        &old.addr(),
+        &new.addr(),
+        &[("default", None, Phase::DualWrite)],
+        "[listen]\ncluster = true\n",
+    );
+    TestProxy::start_text(&text).await
+}
 
 /// `args`' reply from `addr`, after `HELLO proto`.
 async fn ask(addr: &str, proto: &str, args: &[&str]) -> String {
@@ -22,13 +33,7 @@ async fn the_cluster_api_reads_like_a_one_node_redis_cluster() {
     let real = RedisCluster::start(1);
     let node = &real.nodes[0];
     let (old, new) = support::start_pair();
-    let text = support::config_text(
-        &old.addr(),
-        &new.addr(),
-        &[("default", None, Phase::DualWrite)],
-        "[listen]\ncluster = true\n",
-    );
-    let proxy = TestProxy::start_text(&text).await;
+    let proxy = cluster_proxy(&old, &new).await;
     let here = proxy.addr.to_string();
     let myid = ask(&here, "2", &["CLUSTER", "MYID"]).await;
     let real_id = ask(&node.addr(), "2", &["CLUSTER", "MYID"]).await;
@@ -76,23 +81,9 @@ async fn the_cluster_api_reads_like_a_one_node_redis_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_py_cluster_client_works_through_cutover() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let prep = std::process::Command::new(format!("{root}/scripts/python-client.sh"))
-        .output()
-        .expect("scripts/python-client.sh runs");
-    assert!(
-        prep.status.success(),
-        "{}",
-        String::from_utf8_lossy(&prep.stderr)
-    );
-    let python = String::from_utf8(prep.stdout).unwrap().trim().to_string();
+    let python = support::python_client();
     let (old, new) = support::start_pair();
-    let text = support::config_text(
-        &old.addr(),
-        &new.addr(),
-        &[("default", None, Phase::DualWrite)],
-        "[listen]\ncluster = true\n",
-    );
-    let proxy = TestProxy::start_text(&text).await;
+    let proxy = cluster_proxy(&old, &new).await;
     let out = tokio::process::Command::new(&python)
         .arg(format!("{root}/tests/clients/redis_py_cluster.py"))
         .arg(proxy.addr.port().to_string())
@@ -115,13 +106,7 @@ async fn redis_py_cluster_client_works_through_cutover() {
 async fn the_redis_crate_cluster_client_works_through_cutover() {
     use redis::AsyncCommands;
     let (old, new) = support::start_pair();
-    let text = support::config_text(
-        &old.addr(),
-        &new.addr(),
-        &[("default", None, Phase::DualWrite)],
-        "[listen]\ncluster = true\n",
-    );
-    let proxy = TestProxy::start_text(&text).await;
+    let proxy = cluster_proxy(&old, &new).await;
     let client = redis::cluster::ClusterClient::new(vec![proxy.url()]).unwrap();
     let mut c = client.get_async_connection().await.unwrap();
     for i in 0..200 {

@@ -139,6 +139,15 @@ async fn a_full_journal_marks_the_route_needs_verify_until_cleared() {
     assert_eq!(code, 404);
 }
 
+/// Polls until the proxy's journal is empty.
+async fn wait_drained(proxy: &TestProxy) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while journal_status(proxy).await.0 > 0 {
+        assert!(Instant::now() < deadline, "the journal never drained");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A copy journalled while old was authoritative must not run once the
 /// route no longer writes old (read-new, then new-only before the journal
 /// drained): old's value is older than new's, and copying it would
@@ -156,11 +165,7 @@ async fn a_journalled_copy_from_a_side_the_route_no_longer_writes_is_dropped() {
         .with(&journal)
         .text();
     let proxy = TestProxy::start_text(&text).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while journal_status(&proxy).await.0 > 0 {
-        assert!(Instant::now() < deadline, "the journal never drained");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_drained(&proxy).await;
     assert_eq!(proxy.stat("default", "repaired"), 0);
     assert_eq!(proxy.stat("default", "repair_skipped"), 1);
     let v: Option<String> = new.conn().await.get("k").await.unwrap();
@@ -185,11 +190,7 @@ async fn a_queued_copy_reads_from_the_side_that_answers_now() {
         .with(&journal)
         .text();
     let proxy = TestProxy::start_text(&text).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while journal_status(&proxy).await.0 > 0 {
-        assert!(Instant::now() < deadline, "the journal never drained");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_drained(&proxy).await;
     assert_eq!(proxy.stat("default", "repaired"), 1);
     for (s, name) in [(&old, "old"), (&new, "new")] {
         let v: Option<String> = s.conn().await.get("k").await.unwrap();
@@ -220,11 +221,7 @@ async fn a_copy_follows_its_route_to_read_new_and_a_fill_does_not() {
             .with(&journal)
             .text();
         let proxy = TestProxy::start_text(&text).await;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while journal_status(&proxy).await.0 > 0 {
-            assert!(Instant::now() < deadline, "the journal never drained");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_drained(&proxy).await;
         for (s, name) in [(&old, "old"), (&new, "new")] {
             let v: Option<String> = s.conn().await.get("k").await.unwrap();
             assert_eq!(v.as_deref(), Some(want), "follows {follows}: {name}");

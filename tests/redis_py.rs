@@ -11,15 +11,7 @@ use support::TestProxy;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_py_works_through_the_proxy() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let prep = std::process::Command::new(format!("{root}/scripts/python-client.sh"))
-        .output()
-        .expect("scripts/python-client.sh runs");
-    assert!(
-        prep.status.success(),
-        "could not prepare redis-py: {}",
-        String::from_utf8_lossy(&prep.stderr)
-    );
-    let python = String::from_utf8(prep.stdout).unwrap().trim().to_string();
+    let python = support::python_client();
     for phase in [Phase::DualWrite, Phase::ReadNew] {
         let (old, new) = support::start_pair();
         let proxy = TestProxy::start(&old, &new, &[("default", None, phase)]).await;

@@ -54,6 +54,21 @@ pub async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// The python of a virtualenv with redis-py (`scripts/python-client.sh`
+/// prepares it once).
+pub fn python_client() -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let prep = std::process::Command::new(format!("{root}/scripts/python-client.sh"))
+        .output()
+        .expect("scripts/python-client.sh runs");
+    assert!(
+        prep.status.success(),
+        "could not prepare redis-py: {}",
+        String::from_utf8_lossy(&prep.stderr)
+    );
+    String::from_utf8(prep.stdout).unwrap().trim().to_string()
+}
+
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
