@@ -61,6 +61,14 @@ pub enum UpstreamError {
     /// The client left while this connection was blocked in its command.
     #[error("upstream {side} ({addr}): abandoned, the client left while blocked")]
     Abandoned { side: Side, addr: String },
+    /// A clustered cache whose topology could not be read, or a node of it
+    /// that failed.
+    #[error("upstream {side} ({addr}): cluster: {reason}")]
+    Cluster {
+        side: Side,
+        addr: String,
+        reason: String,
+    },
 }
 
 impl UpstreamError {
@@ -76,7 +84,8 @@ impl UpstreamError {
             | UpstreamError::Timeout { side, .. }
             | UpstreamError::Protocol { side, .. }
             | UpstreamError::Backoff { side, .. }
-            | UpstreamError::Abandoned { side, .. } => *side,
+            | UpstreamError::Abandoned { side, .. }
+            | UpstreamError::Cluster { side, .. } => *side,
         }
     }
 

@@ -17,11 +17,28 @@ use prometheus_client::registry::Registry;
 use crate::control::RouteStatus;
 use crate::routing::{Phase, RouteStats, Side};
 
+/// A clustered upstream's routing counters, read at scrape time.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterSnapshot {
+    pub side: Option<Side>,
+    pub primaries: u64,
+    pub moved: u64,
+    pub ask: u64,
+    pub split: u64,
+    pub fanout: u64,
+    pub refreshes: u64,
+    pub refresh_failures: u64,
+}
+
 /// Renders every metric as OpenMetrics text.
-pub fn render(routes: Vec<(RouteStatus, Arc<RouteStats>)>) -> String {
+pub fn render(
+    routes: Vec<(RouteStatus, Arc<RouteStats>)>,
+    clusters: Vec<ClusterSnapshot>,
+) -> String {
     let mut registry = Registry::with_prefix("cutover");
     let routes = Arc::new(routes);
     registry.register_collector(Box::new(Routes(routes)));
+    registry.register_collector(Box::new(Clusters(clusters)));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .expect("writing to a String cannot fail");
@@ -164,6 +181,70 @@ impl prometheus_client::collector::Collector for Routes {
             }),
         )?;
         Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct Clusters(Vec<ClusterSnapshot>);
+
+/// A cluster counter's name, help and reader.
+type ClusterCounter = (&'static str, &'static str, fn(&ClusterSnapshot) -> u64);
+
+impl prometheus_client::collector::Collector for Clusters {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let side = |c: &ClusterSnapshot| {
+            let name = c.side.map_or("", |s| s.name());
+            vec![("upstream", name.to_string())]
+        };
+        let counters: [ClusterCounter; 6] = [
+            (
+                "cluster_moved",
+                "MOVED replies followed (slot moved: map patched, command resent)",
+                |c| c.moved,
+            ),
+            (
+                "cluster_ask",
+                "ASK replies followed (ASKING, then resent to the importing node)",
+                |c| c.ask,
+            ),
+            (
+                "cluster_split",
+                "Multi-key commands split by slot, replies merged",
+                |c| c.split,
+            ),
+            (
+                "cluster_fanout",
+                "Commands asked of every primary (SCAN, KEYS, DBSIZE, FLUSHALL, ...)",
+                |c| c.fanout,
+            ),
+            ("cluster_refreshes", "Slot maps read", |c| c.refreshes),
+            (
+                "cluster_refresh_failures",
+                "Slot map reads that failed",
+                |c| c.refresh_failures,
+            ),
+        ];
+        for (name, help, get) in counters {
+            family(
+                &mut encoder,
+                name,
+                help,
+                MetricType::Counter,
+                self.0.iter().map(|c| (side(c), Sample::Counter(get(c)))),
+            )?;
+        }
+        family(
+            &mut encoder,
+            "cluster_primaries",
+            "Primaries in the clustered upstream's slot map",
+            MetricType::Gauge,
+            self.0
+                .iter()
+                .map(|c| (side(c), Sample::Gauge(c.primaries as f64))),
+        )
     }
 }
 

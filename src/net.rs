@@ -13,7 +13,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
@@ -50,6 +50,8 @@ impl Stream {
 pub enum ReadHalf {
     Tcp(OwnedReadHalf),
     Tls(tokio::io::ReadHalf<TlsStream>),
+    /// An in-process pipe: a clustered upstream's router at the far end.
+    Mem(tokio::io::ReadHalf<DuplexStream>),
 }
 
 #[derive(Debug)]
@@ -61,6 +63,7 @@ pub enum WriteHalf {
         /// flushed: the answer to the write that is being retried.
         accepted: Option<usize>,
     },
+    Mem(tokio::io::WriteHalf<DuplexStream>),
 }
 
 impl AsyncRead for ReadHalf {
@@ -72,6 +75,7 @@ impl AsyncRead for ReadHalf {
         match self.get_mut() {
             ReadHalf::Tcp(r) => Pin::new(r).poll_read(cx, buf),
             ReadHalf::Tls(r) => Pin::new(r).poll_read(cx, buf),
+            ReadHalf::Mem(r) => Pin::new(r).poll_read(cx, buf),
         }
     }
 }
@@ -97,6 +101,7 @@ impl AsyncWrite for WriteHalf {
                 *accepted = None;
                 Poll::Ready(flushed.map(|()| n.min(buf.len())))
             }
+            WriteHalf::Mem(w) => Pin::new(w).poll_write(cx, buf),
         }
     }
 
@@ -104,6 +109,7 @@ impl AsyncWrite for WriteHalf {
         match self.get_mut() {
             WriteHalf::Tcp(w) => Pin::new(w).poll_flush(cx),
             WriteHalf::Tls { inner, .. } => Pin::new(inner).poll_flush(cx),
+            WriteHalf::Mem(w) => Pin::new(w).poll_flush(cx),
         }
     }
 
@@ -111,6 +117,7 @@ impl AsyncWrite for WriteHalf {
         match self.get_mut() {
             WriteHalf::Tcp(w) => Pin::new(w).poll_shutdown(cx),
             WriteHalf::Tls { inner, .. } => Pin::new(inner).poll_shutdown(cx),
+            WriteHalf::Mem(w) => Pin::new(w).poll_shutdown(cx),
         }
     }
 }

@@ -171,7 +171,18 @@ impl std::fmt::Debug for Connector {
 impl Connector {
     /// The TLS handshake over a connected socket.
     pub async fn connect(&self, tcp: TcpStream) -> io::Result<TlsStream> {
-        let s = self.connector.connect(self.name.clone(), tcp).await?;
+        self.connect_to(None, tcp).await
+    }
+
+    /// The TLS handshake with a node of a clustered cache: SNI and the
+    /// certificate check use the node's announced hostname; a node known
+    /// only by its IP is checked against the upstream's name.
+    pub async fn connect_to(&self, host: Option<&str>, tcp: TcpStream) -> io::Result<TlsStream> {
+        let named = host
+            .filter(|h| h.parse::<std::net::IpAddr>().is_err())
+            .and_then(|h| ServerName::try_from(h.to_string()).ok());
+        let name = named.unwrap_or_else(|| self.name.clone());
+        let s = self.connector.connect(name, tcp).await?;
         Ok(tokio_rustls::TlsStream::Client(s))
     }
 }

@@ -9,7 +9,6 @@ use cutover::config::UpstreamConfig;
 use cutover::protocol::value;
 use cutover::routing::slot::key_slot;
 use cutover::routing::Side;
-use cutover::upstream::client::Client;
 use cutover::upstream::topology::{discover, DiscoverError, Topology};
 use cutover::upstream::Upstream;
 use support::{resp, RawClient, RedisCluster, RedisServer};
@@ -24,9 +23,7 @@ async fn discovery_maps_every_slot_to_the_node_that_serves_it() {
     let cluster = RedisCluster::start(3);
     let mut maps = Vec::new();
     for seed in &cluster.nodes {
-        let t = discover(&upstream(&seed.addr()), &mut Client::new(), 64)
-            .await
-            .unwrap();
+        let t = discover(upstream(&seed.addr()).dialer(), 64).await.unwrap();
         assert_eq!(t.primaries.len(), 3);
         assert_eq!(t.unassigned(), 0);
         maps.push(t);
@@ -62,7 +59,7 @@ fn assert_same_owners(a: &Topology, b: &Topology) {
 #[tokio::test]
 async fn a_server_that_is_no_cluster_is_refused_clearly() {
     let plain = RedisServer::start();
-    let err = discover(&upstream(&plain.addr()), &mut Client::new(), 64)
+    let err = discover(upstream(&plain.addr()).dialer(), 64)
         .await
         .unwrap_err();
     assert!(
@@ -77,9 +74,7 @@ async fn a_server_that_is_no_cluster_is_refused_clearly() {
 async fn a_node_without_an_address_is_where_the_seed_is() {
     let cluster = RedisCluster::start(1);
     let seed = cluster.nodes[0].addr();
-    let t = discover(&upstream(&seed), &mut Client::new(), 64)
-        .await
-        .unwrap();
+    let t = discover(upstream(&seed).dialer(), 64).await.unwrap();
     assert_eq!(t.owner(0).unwrap().addr(false), Some(seed.clone()));
     assert_eq!(t.owner(16383).unwrap().addr(false), Some(seed));
 }

@@ -482,7 +482,11 @@ async fn stop_backfill(State(shared): State<Arc<Shared>>, Path(name): Path<Strin
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let body = crate::metrics::render(routes(&shared));
+    let clusters = Side::BOTH
+        .into_iter()
+        .filter_map(|side| shared.upstream(side).cluster_snapshot())
+        .collect();
+    let body = crate::metrics::render(routes(&shared), clusters);
     (
         [(
             header::CONTENT_TYPE,

@@ -249,6 +249,15 @@ pub struct UpstreamConfig {
     /// every start.
     #[serde(default)]
     pub insecure_skip_verify: bool,
+    /// The cache is a Redis Cluster (OSS cluster API): `address` (and
+    /// `seeds`) are where its topology is discovered; commands are routed
+    /// by slot to the primary that owns it, `MOVED`/`ASK` followed.
+    #[serde(default)]
+    pub cluster: bool,
+    /// Further nodes to discover a cluster's topology from when `address`
+    /// does not answer.
+    #[serde(default)]
+    pub seeds: Vec<String>,
 }
 
 fn default_connect_timeout_ms() -> u64 {

@@ -15,6 +15,23 @@ impl Settings {
         check_address("upstreams.old.address", &self.upstreams.old.address)?;
         check_address("upstreams.new.address", &self.upstreams.new.address)?;
         for (side, up) in [("old", &self.upstreams.old), ("new", &self.upstreams.new)] {
+            for seed in &up.seeds {
+                check_address(&format!("upstreams.{side}.seeds"), seed)?;
+            }
+            if !up.seeds.is_empty() && !up.cluster {
+                return Err((
+                    format!("upstreams.{side}.seeds"),
+                    "seeds are for a clustered cache: set cluster = true".into(),
+                ));
+            }
+            if up.cluster && up.db != 0 {
+                return Err((
+                    format!("upstreams.{side}.db"),
+                    "a Redis Cluster has database 0 only".into(),
+                ));
+            }
+        }
+        for (side, up) in [("old", &self.upstreams.old), ("new", &self.upstreams.new)] {
             if up.username.is_some() && up.password.is_none() {
                 return Err((
                     format!("upstreams.{side}.username"),

@@ -237,6 +237,41 @@ impl ReplyScanner {
     }
 }
 
+/// What an upstream frame is, for a connection that has subscriptions.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FrameKind {
+    Message,
+    Confirmation,
+    Other,
+}
+
+/// Classifies an array or push frame by its first element, a bulk string
+/// read in place (this runs for every message: no decoding, no allocation).
+pub fn frame_kind(frame: &[u8]) -> FrameKind {
+    let first_bulk = || -> Option<&[u8]> {
+        if !matches!(frame.first(), Some(b'*' | b'>')) {
+            return None;
+        }
+        let header_end = memchr::memchr(b'\n', frame)? + 1;
+        let rest = frame.get(header_end..)?;
+        let len_end = memchr::memchr(b'\r', rest)?;
+        let len: usize = std::str::from_utf8(rest.strip_prefix(b"$")?.get(..len_end - 1)?)
+            .ok()?
+            .parse()
+            .ok()?;
+        rest.get(len_end + 2..len_end + 2 + len)
+    };
+    let Some(kind) = first_bulk() else {
+        return FrameKind::Other;
+    };
+    match kind {
+        b"message" | b"pmessage" | b"smessage" => FrameKind::Message,
+        b"subscribe" | b"psubscribe" | b"ssubscribe" | b"unsubscribe" | b"punsubscribe"
+        | b"sunsubscribe" => FrameKind::Confirmation,
+        _ => FrameKind::Other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

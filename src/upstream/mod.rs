@@ -6,7 +6,7 @@
 //! reconnect backoff shared by all sessions, so a dead mirror is not hammered
 //! by every client at once.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -31,8 +31,19 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub struct Upstream {
     pub side: Side,
     pub config: UpstreamConfig,
-    tls: Option<tls::Connector>,
+    dialer: Arc<Dialer>,
     backoff: Mutex<Reconnect>,
+    /// `cluster = true`: its topology and the counters of its routing.
+    cluster: Option<Arc<cluster::Cluster>>,
+}
+
+/// How a connection to one node of a cache is opened: TCP with TLS when
+/// configured, then setup commands whose replies are checked.
+#[derive(Debug)]
+pub struct Dialer {
+    pub side: Side,
+    pub config: UpstreamConfig,
+    tls: Option<tls::Connector>,
 }
 
 /// Reconnect state shared by every session's connection to one cache.
@@ -66,11 +77,20 @@ pub type SetupStep = (&'static str, Command);
 impl Upstream {
     /// Fails when the TLS material in `config` cannot be loaded.
     pub fn new(side: Side, config: UpstreamConfig) -> Result<Upstream, TlsError> {
-        Ok(Upstream {
+        let dialer = Arc::new(Dialer {
             side,
             tls: tls::connector(side.name(), &config)?,
+            config: config.clone(),
+        });
+        let cluster = config
+            .cluster
+            .then(|| Arc::new(cluster::Cluster::new(dialer.clone())));
+        Ok(Upstream {
+            side,
+            dialer,
             config,
             backoff: Mutex::default(),
+            cluster,
         })
     }
 
@@ -79,13 +99,40 @@ impl Upstream {
         Upstream {
             side: self.side,
             config: self.config.clone(),
-            tls: self.tls.clone(),
+            dialer: self.dialer.clone(),
             backoff: Mutex::default(),
+            cluster: self.cluster.clone(),
         }
     }
 
     pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
+        self.dialer.tls.is_some()
+    }
+
+    /// The cluster this upstream is, with `cluster = true`.
+    pub fn cluster(&self) -> Option<&Arc<cluster::Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// Its routing counters, when it is a cluster.
+    pub fn cluster_snapshot(&self) -> Option<crate::metrics::ClusterSnapshot> {
+        let c = self.cluster.as_ref()?;
+        let n = &c.counters;
+        let get = cluster::Counters::get;
+        Some(crate::metrics::ClusterSnapshot {
+            side: Some(self.side),
+            primaries: c.topology().map_or(0, |t| t.primaries.len() as u64),
+            moved: get(&n.moved),
+            ask: get(&n.ask),
+            split: get(&n.split),
+            fanout: get(&n.fanout),
+            refreshes: get(&n.refreshes),
+            refresh_failures: get(&n.refresh_failures),
+        })
+    }
+
+    pub fn dialer(&self) -> &Arc<Dialer> {
+        &self.dialer
     }
 
     /// Why connecting fails, while it does.
@@ -97,11 +144,7 @@ impl Upstream {
     /// An I/O error on a connection to this upstream; a TLS one (an alert,
     /// a certificate the cache refused) says why.
     pub fn io_error(&self, source: std::io::Error) -> UpstreamError {
-        let (side, addr) = (self.side, self.addr().to_string());
-        match self.tls.as_ref().and_then(|_| tls::explain(&source)) {
-            Some(reason) => UpstreamError::Tls { side, addr, reason },
-            None => UpstreamError::Io { side, addr, source },
-        }
+        self.dialer.io_error(self.addr(), source)
     }
 
     pub fn addr(&self) -> &str {
@@ -145,27 +188,25 @@ impl Upstream {
     /// The commands every new connection starts with: the upstream's own
     /// credentials and database.
     pub fn base_setup(&self) -> Vec<SetupStep> {
-        let mut steps = Vec::new();
-        if let Some(pass) = &self.config.password {
-            let cmd = match &self.config.username {
-                Some(user) => {
-                    Command::from_args(&[b"AUTH", user.as_bytes(), pass.expose().as_bytes()])
-                }
-                None => Command::from_args(&[b"AUTH", pass.expose().as_bytes()]),
-            };
-            steps.push(("AUTH (upstream credentials)", cmd));
-        }
-        steps
+        self.dialer.base_setup()
     }
 
-    /// Connects and runs `setup`, all within the connect timeout.
+    /// Connects and runs `setup`, all within the connect timeout. To a
+    /// cluster, the connection is to a router of this client's own that
+    /// sends each command to the node owning its keys.
     pub async fn connect(
         &self,
         setup: Vec<SetupStep>,
         max_depth: usize,
     ) -> Result<Conn, UpstreamError> {
         let after = self.config.connect_timeout();
-        let result = match tokio::time::timeout(after, self.connect_inner(setup, max_depth)).await {
+        let dial = async {
+            match &self.cluster {
+                Some(cluster) => cluster.connect(setup, max_depth).await,
+                None => self.dialer.open(self.addr(), None, &setup, max_depth).await,
+            }
+        };
+        let result = match tokio::time::timeout(after, dial).await {
             Ok(r) => r,
             Err(_) => Err(UpstreamError::ConnectTimeout {
                 side: self.side,
@@ -179,14 +220,44 @@ impl Upstream {
         }
         result
     }
+}
 
-    async fn connect_inner(
+impl Dialer {
+    pub fn io_error(&self, addr: &str, source: std::io::Error) -> UpstreamError {
+        let (side, addr) = (self.side, addr.to_string());
+        match self.tls.as_ref().and_then(|_| tls::explain(&source)) {
+            Some(reason) => UpstreamError::Tls { side, addr, reason },
+            None => UpstreamError::Io { side, addr, source },
+        }
+    }
+
+    /// The upstream's credentials, for every connection to it.
+    pub fn base_setup(&self) -> Vec<SetupStep> {
+        let mut steps = Vec::new();
+        if let Some(pass) = &self.config.password {
+            let cmd = match &self.config.username {
+                Some(user) => {
+                    Command::from_args(&[b"AUTH", user.as_bytes(), pass.expose().as_bytes()])
+                }
+                None => Command::from_args(&[b"AUTH", pass.expose().as_bytes()]),
+            };
+            steps.push(("AUTH (upstream credentials)", cmd));
+        }
+        steps
+    }
+
+    /// Opens a connection to `addr` (with TLS, checked against `host` when
+    /// it is a node's announced name) and runs `setup`. No deadline: the
+    /// caller's.
+    pub async fn open(
         &self,
-        setup: Vec<SetupStep>,
+        addr: &str,
+        host: Option<&str>,
+        setup: &[SetupStep],
         max_depth: usize,
     ) -> Result<Conn, UpstreamError> {
-        let (side, addr) = (self.side, self.addr());
-        let io_err = |source| self.io_error(source);
+        let side = self.side;
+        let io_err = |source| self.io_error(addr, source);
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|source| UpstreamError::Connect {
@@ -197,7 +268,7 @@ impl Upstream {
         tcp.set_nodelay(true).map_err(io_err)?;
         let stream = match &self.tls {
             None => Stream::Tcp(tcp),
-            Some(tls) => Stream::Tls(Box::new(tls.connect(tcp).await.map_err(|e| {
+            Some(tls) => Stream::Tls(Box::new(tls.connect_to(host, tcp).await.map_err(|e| {
                 UpstreamError::Tls {
                     side,
                     addr: addr.into(),
@@ -210,53 +281,112 @@ impl Upstream {
                 }
             })?)),
         };
-        let (mut rd, mut wr) = stream.split();
+        let (rd, wr) = stream.split();
+        let mut conn = Conn { rd, wr };
         if !setup.is_empty() {
-            let mut out = BytesMut::new();
-            for (_, cmd) in &setup {
-                out.extend_from_slice(cmd.raw());
-            }
-            wr.write_all(&out).await.map_err(io_err)?;
+            self.run_setup(&mut conn, addr, setup, max_depth).await?;
+        }
+        Ok(conn)
+    }
+
+    /// Sends `cmd` on `conn` (to `addr`) and reads its reply, within the
+    /// command timeout.
+    pub async fn ask(
+        &self,
+        conn: &mut Conn,
+        addr: &str,
+        cmd: &Command,
+        max_depth: usize,
+    ) -> Result<bytes::Bytes, UpstreamError> {
+        let side = self.side;
+        let io_err = |source| self.io_error(addr, source);
+        let exchange = async {
+            conn.wr.write_all(cmd.raw()).await.map_err(io_err)?;
             let mut scanner = ReplyScanner::new(max_depth);
-            let mut buf = BytesMut::with_capacity(1024);
-            for (step, _) in &setup {
-                let reply = loop {
-                    if let Some(r) =
-                        scanner
-                            .next(&mut buf)
-                            .map_err(|source| UpstreamError::Protocol {
-                                side,
-                                addr: addr.into(),
-                                source,
-                            })?
-                    {
-                        break r;
-                    }
-                    if rd.read_buf(&mut buf).await.map_err(io_err)? == 0 {
-                        return Err(UpstreamError::Closed {
-                            side,
-                            addr: addr.into(),
-                        });
-                    }
-                };
-                if reply.is_error() {
-                    let text = String::from_utf8_lossy(&reply.bytes[1..])
-                        .trim_end()
-                        .to_string();
-                    return Err(UpstreamError::Handshake {
+            let mut buf = BytesMut::with_capacity(4096);
+            loop {
+                let next = scanner
+                    .next(&mut buf)
+                    .map_err(|source| UpstreamError::Protocol {
                         side,
                         addr: addr.into(),
-                        step,
-                        reply: text,
+                        source,
+                    })?;
+                if let Some(r) = next {
+                    return Ok(r.bytes);
+                }
+                if conn.rd.read_buf(&mut buf).await.map_err(io_err)? == 0 {
+                    return Err(UpstreamError::Closed {
+                        side,
+                        addr: addr.into(),
                     });
                 }
             }
+        };
+        let after = self.config.command_timeout().unwrap_or(Duration::MAX);
+        tokio::time::timeout(after, exchange)
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout {
+                side,
+                addr: addr.into(),
+                after,
+            }))
+    }
+
+    /// Sends `setup` in one write; every reply must be a success.
+    async fn run_setup(
+        &self,
+        conn: &mut Conn,
+        addr: &str,
+        setup: &[SetupStep],
+        max_depth: usize,
+    ) -> Result<(), UpstreamError> {
+        let side = self.side;
+        let io_err = |source| self.io_error(addr, source);
+        let mut out = BytesMut::new();
+        for (_, cmd) in setup {
+            out.extend_from_slice(cmd.raw());
         }
-        Ok(Conn { rd, wr })
+        conn.wr.write_all(&out).await.map_err(io_err)?;
+        let mut scanner = ReplyScanner::new(max_depth);
+        let mut buf = BytesMut::with_capacity(1024);
+        for (step, _) in setup {
+            let reply = loop {
+                let next = scanner
+                    .next(&mut buf)
+                    .map_err(|source| UpstreamError::Protocol {
+                        side,
+                        addr: addr.into(),
+                        source,
+                    })?;
+                if let Some(r) = next {
+                    break r;
+                }
+                if conn.rd.read_buf(&mut buf).await.map_err(io_err)? == 0 {
+                    return Err(UpstreamError::Closed {
+                        side,
+                        addr: addr.into(),
+                    });
+                }
+            };
+            if reply.is_error() {
+                let text = String::from_utf8_lossy(&reply.bytes[1..])
+                    .trim_end()
+                    .to_string();
+                return Err(UpstreamError::Handshake {
+                    side,
+                    addr: addr.into(),
+                    step,
+                    reply: text,
+                });
+            }
+        }
+        Ok(())
     }
 }
 
 pub mod client;
+pub mod cluster;
 pub mod topology;
 
 #[cfg(test)]

@@ -8,14 +8,13 @@
 //! IP otherwise. With TLS the node's `tls-port` is used when `CLUSTER
 //! SHARDS` gives one.
 //!
-//! This is the first part of clustered upstreams (issue 17): discovery and
-//! the slot map, checked against real clusters. Sessions do not route by it
-//! yet.
+//! Every connection to a clustered upstream routes by this map
+//! ([`super::cluster`]); it is read at the first connection and again
+//! periodically, after a `MOVED` and when a node fails.
 
 use bytes::Bytes;
 
-use super::client::Client;
-use super::Upstream;
+use super::Dialer;
 use crate::error::UpstreamError;
 use crate::protocol::{value, Command, Value};
 use crate::routing::slot::SLOTS;
@@ -129,6 +128,23 @@ impl Topology {
         self.primaries.get(usize::from(i))
     }
 
+    /// The index in `primaries` of the primary that owns `slot`.
+    pub fn owner_index(&self, slot: u16) -> Option<usize> {
+        let i = *self.owners.get(usize::from(slot))?;
+        (i != UNASSIGNED).then_some(usize::from(i))
+    }
+
+    /// Each primary's first slot, with its index, in slot order.
+    pub fn first_slots(&self) -> Vec<(u16, usize)> {
+        let mut firsts: Vec<(u16, usize)> = Vec::with_capacity(self.primaries.len());
+        for (slot, &o) in self.owners.iter().enumerate() {
+            if o != UNASSIGNED && !firsts.iter().any(|&(_, p)| p == usize::from(o)) {
+                firsts.push((slot as u16, usize::from(o)));
+            }
+        }
+        firsts
+    }
+
     /// How many slots no primary owns.
     pub fn unassigned(&self) -> usize {
         self.owners.iter().filter(|&&o| o == UNASSIGNED).count()
@@ -226,30 +242,52 @@ impl Topology {
     }
 }
 
-/// Reads the topology of the cluster `upstream` points at, over `client`.
-pub async fn discover(
-    upstream: &Upstream,
-    client: &mut Client,
-    depth: usize,
-) -> Result<Topology, DiscoverError> {
+/// Reads the topology of the cluster `dialer` reaches: from its address,
+/// else from each seed in turn.
+pub async fn discover(dialer: &Dialer, depth: usize) -> Result<Topology, DiscoverError> {
+    let mut last = None;
+    let seeds = std::iter::once(&dialer.config.address).chain(&dialer.config.seeds);
+    for seed in seeds {
+        let after = dialer.config.connect_timeout() + dialer.config.connect_timeout();
+        match tokio::time::timeout(after, discover_at(dialer, seed, depth)).await {
+            Ok(Ok(t)) => return Ok(t),
+            Ok(Err(e)) => last = Some(e),
+            Err(_) => {
+                last = Some(DiscoverError::Upstream(UpstreamError::ConnectTimeout {
+                    side: dialer.side,
+                    addr: seed.clone(),
+                    after,
+                }))
+            }
+        }
+    }
+    Err(last.unwrap_or(DiscoverError::Refused("no address to discover from".into())))
+}
+
+/// Reads the topology from the node at `seed`.
+async fn discover_at(dialer: &Dialer, seed: &str, depth: usize) -> Result<Topology, DiscoverError> {
+    let mut conn = dialer.open(seed, None, &dialer.base_setup(), depth).await?;
     let mut refusal = None;
     for (sub, parse) in [
         (&b"SHARDS"[..], Topology::from_shards as fn(&Value) -> _),
         (&b"SLOTS"[..], Topology::from_slots),
     ] {
         let cmd = Command::from_args(&[&b"CLUSTER"[..], sub]);
-        let reply: Bytes = client.call(upstream, depth, &[cmd]).await?.remove(0);
+        let reply: Bytes = dialer.ask(&mut conn, seed, &cmd, depth).await?;
         match value::decode(&reply, depth) {
             Some(Value::Error(e)) => refusal = Some(String::from_utf8_lossy(&e).into_owned()),
             Some(v) => {
                 let mut topology = parse(&v)?;
                 // A node that announces no address is where the seed is.
-                let seed = upstream.addr().rsplit_once(':').map_or("", |(h, _)| h);
+                let host = seed.rsplit_once(':').map_or("", |(h, _)| h);
                 for p in topology.primaries.iter_mut().filter(|p| p.host.is_empty()) {
-                    p.host = seed
+                    p.host = host
                         .trim_start_matches('[')
                         .trim_end_matches(']')
                         .to_string();
+                }
+                if topology.primaries.is_empty() {
+                    return Err(DiscoverError::Refused("no slot is assigned".into()));
                 }
                 return Ok(topology);
             }

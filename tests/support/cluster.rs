@@ -42,6 +42,74 @@ impl RedisCluster {
         cluster
     }
 
+    /// Every key of every primary.
+    pub fn keyspace(&self) -> std::collections::BTreeMap<Vec<u8>, super::KeyState> {
+        let mut all = std::collections::BTreeMap::new();
+        for n in &self.nodes {
+            all.extend(super::keyspace(&mut n.sync()));
+        }
+        all
+    }
+
+    /// The node serving `key` now (as node 0 sees it).
+    pub fn node_of(&self, key: &str) -> &RedisServer {
+        let slot = cutover::routing::slot::key_slot(key.as_bytes());
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query(&mut self.nodes[0].sync())
+            .unwrap();
+        let line = nodes.lines().find(|l| owns(l, slot)).expect("slot owned");
+        let addr = line.split_whitespace().nth(1).expect("address");
+        let port: u16 = addr
+            .split(['@', ','])
+            .next()
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse().ok())
+            .expect("port");
+        self.nodes.iter().find(|n| n.port == port).expect("a node")
+    }
+
+    /// Moves `slot` from node `from` to node `to` as `redis-cli --cluster
+    /// reshard` does: `IMPORTING`/`MIGRATING`, `MIGRATE` of its keys a few
+    /// at a time (`between` runs after each batch), then `SETSLOT NODE`.
+    pub fn move_slot(&self, slot: u16, from: usize, to: usize, mut between: impl FnMut()) {
+        let (src, dst) = (&self.nodes[from], &self.nodes[to]);
+        let id = |n: &RedisServer| -> String {
+            redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query(&mut n.sync())
+                .unwrap()
+        };
+        let (src_id, dst_id) = (id(src), id(dst));
+        let s = slot.to_string();
+        dst.run(&["CLUSTER", "SETSLOT", &s, "IMPORTING", &src_id]);
+        src.run(&["CLUSTER", "SETSLOT", &s, "MIGRATING", &dst_id]);
+        loop {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(3)
+                .query(&mut src.sync())
+                .unwrap();
+            if keys.is_empty() {
+                break;
+            }
+            let mut m = redis::cmd("MIGRATE");
+            m.arg("127.0.0.1")
+                .arg(dst.port)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys);
+            let _: () = m.query(&mut src.sync()).unwrap();
+            between();
+        }
+        for n in &self.nodes {
+            n.run(&["CLUSTER", "SETSLOT", &s, "NODE", &dst_id]);
+        }
+    }
+
     /// Every node sees every other and all slots served.
     fn wait_ok(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -61,4 +129,15 @@ impl RedisCluster {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Whether a `CLUSTER NODES` line lists `slot` among its ranges.
+fn owns(line: &str, slot: u16) -> bool {
+    line.split_whitespace().skip(8).any(|r| {
+        let (a, b) = r.split_once('-').unwrap_or((r, r));
+        match (a.parse::<u16>(), b.parse::<u16>()) {
+            (Ok(a), Ok(b)) => a <= slot && slot <= b,
+            _ => false,
+        }
+    })
 }

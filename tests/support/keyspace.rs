@@ -73,13 +73,23 @@ pub fn keyspace(conn: &mut redis::Connection) -> std::collections::BTreeMap<Vec<
 pub fn assert_same_keyspace(old: &RedisServer, new: &RedisServer, ttl_tolerance_ms: i64) {
     let a = keyspace(&mut old.sync());
     let b = keyspace(&mut new.sync());
+    assert_same_keys(&a, &b, ttl_tolerance_ms);
+}
+
+/// Asserts two keyspaces (of a server or a whole cluster) hold the same
+/// keys, types and values, and TTLs within `ttl_tolerance_ms`.
+pub fn assert_same_keys(
+    a: &std::collections::BTreeMap<Vec<u8>, KeyState>,
+    b: &std::collections::BTreeMap<Vec<u8>, KeyState>,
+    ttl_tolerance_ms: i64,
+) {
     let names = |m: &std::collections::BTreeMap<Vec<u8>, KeyState>| {
         m.keys()
             .map(|k| String::from_utf8_lossy(k).into_owned())
             .collect::<Vec<_>>()
     };
-    assert_eq!(names(&a), names(&b), "old and new hold different keys");
-    for (key, x) in &a {
+    assert_eq!(names(a), names(b), "old and new hold different keys");
+    for (key, x) in a {
         let y = &b[key];
         let k = String::from_utf8_lossy(key);
         assert_eq!(x.kind, y.kind, "type of {k}");

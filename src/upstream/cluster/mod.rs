@@ -1,0 +1,193 @@
+//! A clustered upstream (`cluster = true`): the cache is a Redis Cluster
+//! (self-hosted, Azure Managed Redis with the OSS policy, Azure Cache for
+//! Redis Premium with shards, ElastiCache cluster mode, ...).
+//!
+//! Everything above this module (sessions, repair, backfill, verify)
+//! keeps talking to "the cache" over one ordered connection: for a
+//! cluster, [`Cluster::connect`] hands out the near end of an in-process
+//! pipe whose far end is a [`router`] of that connection's own. The router
+//! sends each command to the primary owning its keys' slot over node
+//! connections it opens lazily (the upstream's TLS, names and credentials
+//! on each, plus the connection state the caller set up), follows `MOVED`
+//! and `ASK` without the caller seeing them, splits the multi-key commands
+//! a standalone Redis takes with keys anywhere, asks every primary what
+//! concerns the whole keyspace, and answers in the order it was asked.
+//!
+//! The slot map is shared by every connection of the upstream: read at the
+//! first connection, again every [`REFRESH_EVERY`], after a `MOVED` and
+//! when a node fails, always in the background: a router routes by the
+//! map it has, patched by the `MOVED`s it saw, until a new one is in.
+
+mod merge;
+mod plan;
+mod router;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use tracing::{debug, info, warn};
+
+use super::topology::{discover, Topology};
+use super::{Conn, Dialer, SetupStep};
+use crate::error::UpstreamError;
+
+/// How often the slot map is read again with nothing prompting it.
+const REFRESH_EVERY: Duration = Duration::from_secs(10);
+/// Bytes the pipe between a caller and its router holds each way.
+const PIPE_BYTES: usize = 256 * 1024;
+
+/// One clustered upstream: its slot map and counters.
+#[derive(Debug)]
+pub struct Cluster {
+    dialer: Arc<Dialer>,
+    map: ArcSwapOption<Topology>,
+    /// One more each time a new map is in.
+    epoch: AtomicU64,
+    refreshing: AtomicBool,
+    ticking: AtomicBool,
+    pub counters: Counters,
+}
+
+/// What the routers of one clustered upstream did, for metrics and status.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// `MOVED` replies followed (the slot had moved: map updated, resent).
+    pub moved: AtomicU64,
+    /// `ASK` replies followed (`ASKING`, then resent to the importing node).
+    pub ask: AtomicU64,
+    /// Multi-key commands split by slot and their replies merged.
+    pub split: AtomicU64,
+    /// Commands asked of every primary (`SCAN`, `KEYS`, `DBSIZE`, ...).
+    pub fanout: AtomicU64,
+    /// Slot maps read.
+    pub refreshes: AtomicU64,
+    pub refresh_failures: AtomicU64,
+}
+
+impl Counters {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+impl Cluster {
+    pub fn new(dialer: Arc<Dialer>) -> Cluster {
+        Cluster {
+            dialer,
+            map: ArcSwapOption::empty(),
+            epoch: AtomicU64::new(0),
+            refreshing: AtomicBool::new(false),
+            ticking: AtomicBool::new(false),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The slot map, if one was read.
+    pub fn topology(&self) -> Option<Arc<Topology>> {
+        self.map.load_full()
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Reads the map now (the first connection waits for it).
+    async fn read_map(&self, depth: usize) -> Result<Arc<Topology>, UpstreamError> {
+        let result = discover(&self.dialer, depth).await;
+        self.counters.refreshes.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(t) => {
+                let t = Arc::new(t);
+                let changed = self.map.load().as_deref() != Some(&*t);
+                self.map.store(Some(t.clone()));
+                if changed {
+                    self.epoch.fetch_add(1, Ordering::AcqRel);
+                    info!(side = %self.dialer.side, primaries = t.primaries.len(), "cluster slot map read");
+                }
+                Ok(t)
+            }
+            Err(e) => {
+                self.counters
+                    .refresh_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(UpstreamError::Cluster {
+                    side: self.dialer.side,
+                    addr: self.dialer.config.address.clone(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Reads the map again in the background, unless a read is running.
+    pub fn refresh(self: &Arc<Self>, depth: usize) {
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.read_map(depth).await {
+                warn!(error = %e, "cluster slot map refresh failed; routing by the last one");
+            }
+            me.refreshing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Starts the periodic refresh (once; it ends with the upstream).
+    fn tick(self: &Arc<Self>, depth: usize) {
+        if self.ticking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak: Weak<Cluster> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(REFRESH_EVERY).await;
+                let Some(me) = weak.upgrade() else { return };
+                debug!(side = %me.dialer.side, "periodic cluster slot map refresh");
+                me.refresh(depth);
+            }
+        });
+    }
+
+    /// A connection to the cluster as if it were one cache: the near end
+    /// of a pipe to a router of its own, set up with `setup` on every node
+    /// it reaches. The first node is connected (and `setup` checked) before
+    /// this returns, so a refused credential fails here, as for a
+    /// standalone cache.
+    pub async fn connect(
+        self: &Arc<Self>,
+        setup: Vec<SetupStep>,
+        depth: usize,
+    ) -> Result<Conn, UpstreamError> {
+        let map = match self.topology() {
+            Some(t) => t,
+            None => self.read_map(depth).await?,
+        };
+        self.tick(depth);
+        let home = map
+            .primaries
+            .first()
+            .cloned()
+            .ok_or(UpstreamError::Cluster {
+                side: self.dialer.side,
+                addr: self.dialer.config.address.clone(),
+                reason: "no primary owns a slot".into(),
+            })?;
+        let tls = self.dialer.tls.is_some();
+        let addr = home.addr(tls).unwrap_or_default();
+        let first = self
+            .dialer
+            .open(&addr, Some(&home.host), &setup, depth)
+            .await?;
+        let (near, far) = tokio::io::duplex(PIPE_BYTES);
+        let (rd, wr) = tokio::io::split(near);
+        let router = router::Router::new(self.clone(), map, setup, depth, (addr, home.host, first));
+        tokio::spawn(router.run(far));
+        Ok(Conn {
+            rd: crate::net::ReadHalf::Mem(rd),
+            wr: crate::net::WriteHalf::Mem(wr),
+        })
+    }
+}

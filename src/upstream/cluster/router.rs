@@ -1,0 +1,559 @@
+//! One caller's connection to a cluster: commands in from the pipe, sent
+//! to the nodes that own their slots, replies out in the order the
+//! commands came.
+//!
+//! Every command becomes an [`Entry`] at the back of the reply queue with
+//! one part per node it was sent to; each node connection keeps, in send
+//! order, what each of its replies is for ([`Expected`]). An entry leaves
+//! the queue (its parts merged) once it and every entry before it are
+//! answered, so a fast node never overtakes a slow one. Pub/sub messages
+//! and pushes join the queue as answered entries when they arrive.
+//!
+//! A node that fails while it holds commands, subscriptions or the home
+//! role ends the whole connection: the caller sees its cache connection
+//! drop (what is in flight has an unknown outcome, which it already knows
+//! how to handle) and the slot map is read again.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::merge::{self, Merge};
+use super::plan::{self, Plan};
+use super::Cluster;
+use crate::error::UpstreamError;
+use crate::net::{ReadHalf, WriteHalf};
+use crate::protocol::reply::{frame_kind, FrameKind};
+use crate::protocol::{Command, Reply, ReplyKind, ReplyScanner, RequestParser};
+use crate::upstream::topology::Topology;
+use crate::upstream::{Conn, SetupStep};
+
+/// Redirections followed for one command before its error is the answer.
+const MAX_HOPS: u8 = 5;
+/// Longest command the pipe carries (the caller bounds them already).
+const MAX_BULK: usize = 1 << 32;
+/// The cursor bits naming the node of a cluster `SCAN` (its first slot).
+const SCAN_NODE_BITS: u32 = 14;
+
+/// What a node connection's reply is for.
+#[derive(Debug)]
+struct Expected {
+    seq: u64,
+    part: usize,
+    /// Kept to resend it on a redirection (`None`: not redirected).
+    cmd: Option<Command>,
+    slot: Option<u16>,
+    what: What,
+    hops: u8,
+}
+
+#[derive(Debug)]
+enum What {
+    Reply,
+    /// The proxy's own (`ASKING`, a transaction's `MULTI`): dropped.
+    Swallow,
+    /// Subscription confirmations still to come, gathered so far.
+    Frames(usize, BytesMut),
+    /// A connection-state command (its id among those recorded): dropped
+    /// from the replayed setup if the node refuses it.
+    State(u64),
+}
+
+/// One command's reply, waiting for its parts.
+#[derive(Debug)]
+struct Entry {
+    parts: Vec<Option<Bytes>>,
+    left: usize,
+    merge: Merge,
+    /// `SCAN`: the node's first slot and the next node's.
+    scan: Option<(u16, Option<u16>)>,
+}
+
+struct Node {
+    addr: String,
+    host: String,
+    wr: Option<WriteHalf>,
+    wbuf: BytesMut,
+    inflight: VecDeque<Expected>,
+    reader: Option<tokio::task::JoinHandle<()>>,
+    dead: bool,
+}
+
+enum Event {
+    Connected(usize, WriteHalf),
+    Replies(usize, Vec<Reply>),
+    Failed(usize, UpstreamError),
+}
+
+#[derive(Default)]
+struct Subs {
+    channels: HashSet<Bytes>,
+    patterns: HashSet<Bytes>,
+    shard: HashMap<Bytes, usize>,
+}
+
+pub(super) struct Router {
+    cluster: Arc<Cluster>,
+    depth: usize,
+    map: Arc<Topology>,
+    epoch: u64,
+    /// Slot owners learnt from `MOVED` since the map was read.
+    moved: HashMap<u16, usize>,
+    /// The node of each primary of `map`, once connected to.
+    primary_node: Vec<Option<usize>>,
+    nodes: Vec<Node>,
+    by_addr: HashMap<String, usize>,
+    /// What every new node connection runs first: the caller's setup, then
+    /// the state commands sent since (by id), in order.
+    setup: Vec<SetupStep>,
+    recorded: Vec<(u64, Command)>,
+    next_state: u64,
+    home: usize,
+    entries: VecDeque<Entry>,
+    base: u64,
+    events: (mpsc::UnboundedSender<Event>, mpsc::UnboundedReceiver<Event>),
+    /// An open transaction, and the node it runs on once known.
+    tx: Option<Option<usize>>,
+    /// The node holding this connection's `WATCH`es.
+    watch: Option<usize>,
+    subs: Subs,
+    out: BytesMut,
+}
+
+impl Router {
+    pub(super) fn new(
+        cluster: Arc<Cluster>,
+        map: Arc<Topology>,
+        setup: Vec<SetupStep>,
+        depth: usize,
+        home: (String, String, Conn),
+    ) -> Router {
+        let epoch = cluster.epoch();
+        let mut r = Router {
+            cluster,
+            depth,
+            primary_node: vec![None; map.primaries.len()],
+            map,
+            epoch,
+            moved: HashMap::new(),
+            nodes: Vec::new(),
+            by_addr: HashMap::new(),
+            setup,
+            recorded: Vec::new(),
+            next_state: 0,
+            home: 0,
+            entries: VecDeque::new(),
+            base: 0,
+            events: mpsc::unbounded_channel(),
+            tx: None,
+            watch: None,
+            subs: Subs::default(),
+            out: BytesMut::new(),
+        };
+        let (addr, host, conn) = home;
+        r.primary_node[0] = Some(0);
+        r.add_node(addr, host, Some(conn));
+        r
+    }
+
+    pub(super) async fn run(mut self, far: DuplexStream) {
+        let (mut crd, mut cwr) = tokio::io::split(far);
+        let mut parser = RequestParser::new(MAX_BULK);
+        let mut inbuf = BytesMut::with_capacity(16 * 1024);
+        let failure = loop {
+            let step = tokio::select! {
+                biased;
+                ev = self.events.1.recv() => match ev {
+                    Some(ev) => self.on_event(ev),
+                    None => Ok(()),
+                },
+                r = crd.read_buf(&mut inbuf) => match r {
+                    Ok(0) | Err(_) => break None,
+                    Ok(_) => self.on_input(&mut parser, &mut inbuf),
+                },
+            };
+            if let Err(e) = step {
+                break Some(e);
+            }
+            if let Err(e) = self.flush_nodes().await {
+                break Some(e);
+            }
+            if !self.out.is_empty() {
+                if cwr.write_all(&self.out).await.is_err() {
+                    break None;
+                }
+                self.out.clear();
+            }
+        };
+        if let Some(e) = failure {
+            warn!(error = %e, "cluster node failed; dropping the connection routed through it and reading the slot map again");
+            self.cluster.refresh(self.depth);
+        }
+        for n in &self.nodes {
+            if let Some(r) = &n.reader {
+                r.abort();
+            }
+        }
+    }
+
+    fn on_input(
+        &mut self,
+        parser: &mut RequestParser,
+        inbuf: &mut BytesMut,
+    ) -> Result<(), UpstreamError> {
+        self.sync_map();
+        loop {
+            match parser.parse(inbuf) {
+                Ok(Some(cmd)) => self.dispatch(cmd),
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(self.error(format!("unparsable command from the proxy: {e}"))),
+            }
+        }
+    }
+
+    fn error(&self, reason: String) -> UpstreamError {
+        UpstreamError::Cluster {
+            side: self.cluster.dialer.side,
+            addr: self.cluster.dialer.config.address.clone(),
+            reason,
+        }
+    }
+
+    /// Takes a newer slot map when one was read; `MOVED`s seen before it
+    /// are in it.
+    fn sync_map(&mut self) {
+        let epoch = self.cluster.epoch();
+        if epoch == self.epoch {
+            return;
+        }
+        if let Some(map) = self.cluster.topology() {
+            self.primary_node = map
+                .primaries
+                .iter()
+                .map(|p| {
+                    let addr = p.addr(self.tls())?;
+                    self.by_addr.get(&addr).copied()
+                })
+                .collect();
+            self.map = map;
+            self.moved.clear();
+        }
+        self.epoch = epoch;
+    }
+
+    fn tls(&self) -> bool {
+        self.cluster.dialer.tls.is_some()
+    }
+
+    /// The node to send `slot`'s commands to, connecting to it if needed.
+    fn node_for(&mut self, slot: u16) -> usize {
+        if let Some(&n) = self.moved.get(&slot) {
+            return n;
+        }
+        let Some(p) = self.map.owner_index(slot) else {
+            // Unassigned: the home node answers (CLUSTERDOWN).
+            return self.home;
+        };
+        if let Some(n) = self.primary_node[p].filter(|&n| !self.nodes[n].dead) {
+            return n;
+        }
+        let node = &self.map.primaries[p];
+        let (addr, host) = (node.addr(self.tls()).unwrap_or_default(), node.host.clone());
+        let n = self.node_at(addr, host);
+        self.primary_node[p] = Some(n);
+        n
+    }
+
+    /// The node at `addr`, connecting to it if there is none.
+    fn node_at(&mut self, addr: String, host: String) -> usize {
+        match self.by_addr.get(&addr) {
+            Some(&n) if !self.nodes[n].dead => n,
+            _ => self.add_node(addr, host, None),
+        }
+    }
+
+    fn add_node(&mut self, addr: String, host: String, conn: Option<Conn>) -> usize {
+        let idx = self.nodes.len();
+        let events = self.events.0.clone();
+        let depth = self.depth;
+        let dialer = self.cluster.dialer.clone();
+        let (wr, reader) = match conn {
+            Some(Conn { rd, wr }) => {
+                let reader = tokio::spawn(read_loop(idx, rd, events, depth, dialer, addr.clone()));
+                (Some(wr), reader)
+            }
+            None => {
+                let mut setup = self.setup.clone();
+                for (_, cmd) in &self.recorded {
+                    setup.push(("a connection-state command", cmd.clone()));
+                }
+                let (addr, host) = (addr.clone(), host.clone());
+                let reader = tokio::spawn(async move {
+                    let after = dialer.config.connect_timeout();
+                    let open = dialer.open(&addr, Some(&host), &setup, depth);
+                    let conn = match tokio::time::timeout(after, open).await {
+                        Ok(Ok(c)) => c,
+                        Ok(Err(e)) => {
+                            let _ = events.send(Event::Failed(idx, e));
+                            return;
+                        }
+                        Err(_) => {
+                            let side = dialer.side;
+                            let e = UpstreamError::ConnectTimeout { side, addr, after };
+                            let _ = events.send(Event::Failed(idx, e));
+                            return;
+                        }
+                    };
+                    if events.send(Event::Connected(idx, conn.wr)).is_ok() {
+                        read_loop(idx, conn.rd, events, depth, dialer, addr).await;
+                    }
+                });
+                (None, reader)
+            }
+        };
+        debug!(node = %addr, "cluster node connection opened");
+        self.by_addr.insert(addr.clone(), idx);
+        self.nodes.push(Node {
+            addr,
+            host,
+            wr,
+            wbuf: BytesMut::new(),
+            inflight: VecDeque::new(),
+            reader: Some(reader),
+            dead: false,
+        });
+        idx
+    }
+
+    /// A new entry at the back of the reply queue; its sequence number.
+    fn entry(&mut self, parts: usize, merge: Merge) -> u64 {
+        self.entries.push_back(Entry {
+            parts: vec![None; parts],
+            left: parts,
+            merge,
+            scan: None,
+        });
+        self.base + self.entries.len() as u64 - 1
+    }
+
+    /// An entry answered by the router itself.
+    fn local(&mut self, reply: Bytes) {
+        let seq = self.entry(1, Merge::One);
+        self.complete(seq, 0, reply);
+    }
+
+    fn send(&mut self, node: usize, raw: &Bytes, exp: Expected) {
+        let n = &mut self.nodes[node];
+        n.wbuf.extend_from_slice(raw);
+        n.inflight.push_back(exp);
+    }
+
+    /// `cmd` to `node` as one whole entry; `slot`: follow redirections.
+    fn send_one(&mut self, node: usize, cmd: Command, slot: Option<u16>, what: What) {
+        let seq = self.entry(1, Merge::One);
+        let raw = cmd.raw().clone();
+        let exp = Expected {
+            seq,
+            part: 0,
+            cmd: slot.map(|_| cmd),
+            slot,
+            what,
+            hops: 0,
+        };
+        self.send(node, &raw, exp);
+    }
+
+    fn dispatch(&mut self, cmd: Command) {
+        let plan = plan::plan(&cmd);
+        if self.tx.is_some() && !matches!(plan, Plan::Tx(..) | Plan::State) {
+            return self.in_tx(cmd, plan);
+        }
+        match plan {
+            Plan::Slot(s) => {
+                let n = self.node_for(s);
+                self.send_one(n, cmd, Some(s), What::Reply);
+            }
+            Plan::Home => self.send_one(self.home, cmd, None, What::Reply),
+            Plan::Split(parts, merge) => {
+                self.cluster.counters.split.fetch_add(1, Ordering::Relaxed);
+                let seq = self.entry(parts.len(), merge);
+                for (part, (slot, c)) in parts.into_iter().enumerate() {
+                    let n = self.node_for(slot);
+                    let raw = c.raw().clone();
+                    let exp = Expected {
+                        seq,
+                        part,
+                        cmd: Some(c),
+                        slot: Some(slot),
+                        what: What::Reply,
+                        hops: 0,
+                    };
+                    self.send(n, &raw, exp);
+                }
+            }
+            Plan::All(merge) => {
+                self.cluster.counters.fanout.fetch_add(1, Ordering::Relaxed);
+                let nodes: Vec<usize> = self.primaries();
+                self.send_each(&nodes, &cmd, merge, || What::Reply);
+            }
+            Plan::Scan => self.scan(cmd),
+            Plan::State => {
+                let id = self.next_state;
+                self.next_state += 1;
+                self.recorded.push((id, cmd.clone()));
+                let nodes: Vec<usize> = (0..self.nodes.len())
+                    .filter(|&n| !self.nodes[n].dead)
+                    .collect();
+                self.send_each(&nodes, &cmd, Merge::FirstError, || What::State(id));
+            }
+            Plan::Tx(t, slot) => self.tx_cmd(t, slot, cmd),
+            Plan::Sub(p, slot) => self.sub(p, slot, cmd),
+        }
+    }
+
+    /// One entry, `cmd` sent to each of `nodes`.
+    fn send_each(&mut self, nodes: &[usize], cmd: &Command, merge: Merge, what: impl Fn() -> What) {
+        let seq = self.entry(nodes.len(), merge);
+        for (part, &n) in nodes.iter().enumerate() {
+            let exp = Expected {
+                seq,
+                part,
+                cmd: None,
+                slot: None,
+                what: what(),
+                hops: 0,
+            };
+            self.send(n, cmd.raw(), exp);
+        }
+    }
+
+    /// Every primary's node, in the map's order.
+    fn primaries(&mut self) -> Vec<usize> {
+        let firsts = self.map.first_slots();
+        firsts.into_iter().map(|(s, _)| self.node_for(s)).collect()
+    }
+
+    /// `SCAN cursor ...`: the cursor's low bits name the node (by its first
+    /// slot), the rest is that node's own cursor.
+    fn scan(&mut self, cmd: Command) {
+        let cursor = cmd
+            .arg(1)
+            .and_then(|c| std::str::from_utf8(c).ok()?.parse::<u64>().ok());
+        let Some(cursor) = cursor else {
+            // The node says what is wrong with it.
+            return self.send_one(self.home, cmd, None, What::Reply);
+        };
+        let firsts = self.map.first_slots();
+        let key = (cursor & ((1 << SCAN_NODE_BITS) - 1)) as u16;
+        let own = cursor >> SCAN_NODE_BITS;
+        let (slot, own) = match firsts.iter().position(|&(s, _)| s == key) {
+            Some(_) => (key, own),
+            // A first slot no more (the map changed): that node's next
+            // position is lost, start it again.
+            None => (key, 0),
+        };
+        let slot = if cursor == 0 {
+            firsts.first().map_or(0, |f| f.0)
+        } else {
+            slot
+        };
+        let next = firsts.iter().map(|f| f.0).find(|&s| s > slot);
+        let mut args: Vec<&[u8]> = cmd.args().collect();
+        let own = own.to_string();
+        args[1] = own.as_bytes();
+        let part = Command::from_args(&args);
+        let n = self.node_for(slot);
+        let seq = self.entry(1, Merge::One);
+        self.entries.back_mut().expect("just pushed").scan = Some((slot, next));
+        let raw = part.raw().clone();
+        let exp = Expected {
+            seq,
+            part: 0,
+            cmd: Some(part),
+            slot: Some(slot),
+            what: What::Reply,
+            hops: 0,
+        };
+        self.send(n, &raw, exp);
+    }
+}
+
+mod events;
+mod pubsub;
+mod tx;
+
+/// Reads one node connection's replies and hands them to the router.
+async fn read_loop(
+    idx: usize,
+    mut rd: ReadHalf,
+    events: mpsc::UnboundedSender<Event>,
+    depth: usize,
+    dialer: Arc<crate::upstream::Dialer>,
+    addr: String,
+) {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut scanner = ReplyScanner::new(depth);
+    loop {
+        let err = match rd.read_buf(&mut buf).await {
+            Ok(0) => UpstreamError::Closed {
+                side: dialer.side,
+                addr,
+            },
+            Err(e) => dialer.io_error(&addr, e),
+            Ok(_) => {
+                let mut batch = Vec::new();
+                let failed = loop {
+                    match scanner.next(&mut buf) {
+                        Ok(Some(r)) => batch.push(r),
+                        Ok(None) => break None,
+                        Err(source) => break Some(source),
+                    }
+                };
+                if !batch.is_empty() && events.send(Event::Replies(idx, batch)).is_err() {
+                    return;
+                }
+                match failed {
+                    None => continue,
+                    Some(source) => UpstreamError::Protocol {
+                        side: dialer.side,
+                        addr,
+                        source,
+                    },
+                }
+            }
+        };
+        let _ = events.send(Event::Failed(idx, err));
+        return;
+    }
+}
+
+/// Whether `reply` is the error a moved slot or a migrating key answers:
+/// `(ask, slot, "host:port")`.
+fn redirection(reply: &[u8]) -> Option<(bool, u16, &str)> {
+    let (ask, rest) = if let Some(r) = reply.strip_prefix(b"-MOVED ") {
+        (false, r)
+    } else {
+        (true, reply.strip_prefix(b"-ASK ")?)
+    };
+    let text = std::str::from_utf8(rest).ok()?.trim_end();
+    let (slot, addr) = text.split_once(' ')?;
+    Some((ask, slot.parse().ok()?, addr))
+}
+
+/// Whether a frame answers no command: a pub/sub message or a push.
+fn out_of_band(reply: &Reply, head: Option<&What>, subscribed: bool) -> bool {
+    let kind = frame_kind(&reply.bytes);
+    match head {
+        None => true,
+        Some(What::Frames(..)) => {
+            kind == FrameKind::Message
+                || (reply.kind == ReplyKind::Push && kind != FrameKind::Confirmation)
+        }
+        Some(_) => reply.kind == ReplyKind::Push || (subscribed && kind == FrameKind::Message),
+    }
+}
