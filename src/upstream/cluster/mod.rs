@@ -48,6 +48,11 @@ pub struct Cluster {
     refreshing: AtomicBool,
     ticking: AtomicBool,
     pub counters: Counters,
+    /// Each router's node connections by the id it answers `CLIENT ID`
+    /// with: `CLIENT UNBLOCK` of that id, from any connection, reaches
+    /// the node connection where its command blocks.
+    ids: std::sync::Mutex<std::collections::HashMap<u64, Vec<(String, i64)>>>,
+    next_id: AtomicU64,
 }
 
 /// What the routers of one clustered upstream did, for metrics and status.
@@ -81,6 +86,8 @@ impl Cluster {
             refreshing: AtomicBool::new(false),
             ticking: AtomicBool::new(false),
             counters: Counters::default(),
+            ids: std::sync::Mutex::default(),
+            next_id: AtomicU64::new(1),
         }
     }
 
@@ -119,6 +126,28 @@ impl Cluster {
                 })
             }
         }
+    }
+
+    /// A new router's `CLIENT ID`.
+    fn new_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Node connection `(addr, id)` of the router with `CLIENT ID` `vid`.
+    fn record_id(&self, vid: u64, addr: &str, id: i64) {
+        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        ids.entry(vid).or_default().push((addr.to_string(), id));
+    }
+
+    fn forget_id(&self, vid: u64) {
+        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        ids.remove(&vid);
+    }
+
+    /// The node connections of the router with `CLIENT ID` `vid`.
+    fn node_ids(&self, vid: u64) -> Option<Vec<(String, i64)>> {
+        let ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        ids.get(&vid).cloned()
     }
 
     /// Reads the map again in the background, unless a read is running.

@@ -34,6 +34,12 @@ pub(super) enum Plan {
     /// `(P|S)(UN)SUBSCRIBE`: `shard` names the slot of a sharded one's
     /// channels.
     Sub(PubSubCmd, Option<u16>),
+    /// `CLIENT ID`: the router's own id, which names all its node
+    /// connections.
+    ClientId,
+    /// `CLIENT UNBLOCK id ...`: to the node connections of the router with
+    /// that id, if it is one.
+    Unblock(u64),
 }
 
 /// Decides where `cmd` goes.
@@ -65,6 +71,15 @@ pub(super) fn plan(cmd: &Command) -> Plan {
         "flushall" | "flushdb" => return Plan::All(Merge::AllOk),
         "scan" => return Plan::Scan,
         "info" => return Plan::All(Merge::Info),
+        "client|id" => return Plan::ClientId,
+        "client|unblock" => {
+            let id = cmd
+                .arg(2)
+                .and_then(|a| std::str::from_utf8(a).ok()?.parse().ok());
+            if let Some(id) = id {
+                return Plan::Unblock(id);
+            }
+        }
         _ => {}
     }
     if entry.traits.loads_code || entry.traits.kills_script {

@@ -55,10 +55,15 @@ struct Expected {
 #[derive(Debug)]
 enum What {
     Reply,
+    /// A command queued in a transaction: a redirection means its keys
+    /// are not on the transaction's node, refused as `-CROSSSLOT`.
+    Queued,
     /// The proxy's own (`ASKING`, a transaction's `MULTI`): dropped.
     Swallow,
     /// Subscription confirmations still to come, gathered so far.
     Frames(usize, BytesMut),
+    /// The node connection's `CLIENT ID`, recorded under the router's.
+    NodeId,
     /// A connection-state command (its id among those recorded): dropped
     /// from the replayed setup if the node refuses it.
     State(u64),
@@ -123,6 +128,8 @@ pub(super) struct Router {
     watch: Option<usize>,
     subs: Subs,
     out: BytesMut,
+    /// What this connection answers `CLIENT ID` with.
+    vid: u64,
 }
 
 impl Router {
@@ -134,6 +141,7 @@ impl Router {
         home: (String, String, Conn),
     ) -> Router {
         let epoch = cluster.epoch();
+        let vid = cluster.new_id();
         let mut r = Router {
             cluster,
             depth,
@@ -154,6 +162,7 @@ impl Router {
             watch: None,
             subs: Subs::default(),
             out: BytesMut::new(),
+            vid,
         };
         let (addr, host, conn) = home;
         r.primary_node[0] = Some(0);
@@ -190,6 +199,7 @@ impl Router {
                 self.out.clear();
             }
         };
+        self.cluster.forget_id(self.vid);
         if let Some(e) = failure {
             warn!(error = %e, "cluster node failed; dropping the connection routed through it and reading the slot map again");
             self.cluster.refresh(self.depth);
@@ -318,12 +328,23 @@ impl Router {
         };
         debug!(node = %addr, "cluster node connection opened");
         self.by_addr.insert(addr.clone(), idx);
+        // Its id first, so a blocked command on it can be unblocked.
+        let id = Command::from_args(&[&b"CLIENT"[..], b"ID"]);
+        let mut inflight = VecDeque::new();
+        inflight.push_back(Expected {
+            seq: u64::MAX,
+            part: 0,
+            cmd: None,
+            slot: None,
+            what: What::NodeId,
+            hops: 0,
+        });
         self.nodes.push(Node {
             addr,
             host,
             wr,
-            wbuf: BytesMut::new(),
-            inflight: VecDeque::new(),
+            wbuf: BytesMut::from(&id.raw()[..]),
+            inflight,
             reader: Some(reader),
             dead: false,
         });
@@ -412,6 +433,33 @@ impl Router {
                 self.send_each(&nodes, &cmd, Merge::FirstError, || What::State(id));
             }
             Plan::Tx(t, slot) => self.tx_cmd(t, slot, cmd),
+            Plan::ClientId => self.local(Bytes::from(format!(":{}\r\n", self.vid))),
+            Plan::Unblock(vid) => match self.cluster.node_ids(vid) {
+                Some(conns) if conns.is_empty() => self.local(Bytes::from_static(b":0\r\n")),
+                Some(conns) => {
+                    let mut parts = Vec::with_capacity(conns.len());
+                    for (addr, id) in conns {
+                        let host = addr.rsplit_once(':').map_or("", |(h, _)| h).to_string();
+                        let n = self.node_at(addr, host);
+                        let mut args: Vec<Vec<u8>> = cmd.args().map(<[u8]>::to_vec).collect();
+                        args[2] = id.to_string().into_bytes();
+                        parts.push((n, Command::from_args(&args)));
+                    }
+                    let seq = self.entry(parts.len(), Merge::Sum);
+                    for (part, (n, c)) in parts.into_iter().enumerate() {
+                        let exp = Expected {
+                            seq,
+                            part,
+                            cmd: None,
+                            slot: None,
+                            what: What::Reply,
+                            hops: 0,
+                        };
+                        self.send(n, c.raw(), exp);
+                    }
+                }
+                None => self.send_one(self.home, cmd, None, What::Reply),
+            },
             Plan::Sub(p, slot) => self.sub(p, slot, cmd),
         }
     }

@@ -72,14 +72,18 @@ impl Router {
                 return self.redirect(n, exp, ask, slot, addr);
             }
         }
-        let bytes =
-            if exp.slot.is_none() && self.tx.is_some() && redirection(&reply.bytes).is_some() {
-                Bytes::from_static(TX_CROSSSLOT)
-            } else {
-                reply.bytes
-            };
+        let bytes = match exp.what {
+            What::Queued if redirection(&reply.bytes).is_some() => Bytes::from_static(TX_CROSSSLOT),
+            _ => reply.bytes,
+        };
         match &mut exp.what {
             What::Swallow => {}
+            What::NodeId => {
+                let id = std::str::from_utf8(&bytes[1..]).ok();
+                if let Some(id) = id.and_then(|t| t.trim_end().parse().ok()) {
+                    self.cluster.record_id(self.vid, &self.nodes[n].addr, id);
+                }
+            }
             What::Frames(left, acc) => {
                 acc.extend_from_slice(&bytes);
                 *left = left.saturating_sub(1);
@@ -98,7 +102,7 @@ impl Router {
                 }
                 self.complete(exp.seq, exp.part, bytes);
             }
-            What::Reply => self.complete(exp.seq, exp.part, bytes),
+            What::Reply | What::Queued => self.complete(exp.seq, exp.part, bytes),
         }
     }
 

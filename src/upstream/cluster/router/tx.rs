@@ -89,6 +89,6 @@ impl Router {
                 n
             }
         };
-        self.send_one(node, cmd, None, What::Reply);
+        self.send_one(node, cmd, None, What::Queued);
     }
 }
