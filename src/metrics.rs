@@ -286,6 +286,7 @@ fn counter_help(name: &str) -> &'static str {
         "journal_overflow" => {
             "Keys not recorded because the journal was full (the route needs a verify pass)"
         }
+        "cross_slot" => "Commands whose keys span hash slots as a Redis Cluster refuses (counted while a cache is clustered)",
         _ => "cutover route counter",
     }
 }

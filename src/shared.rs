@@ -60,6 +60,11 @@ impl Shared {
         &self.upstreams[side]
     }
 
+    /// Either cache is a Redis Cluster.
+    pub fn any_cluster(&self) -> bool {
+        self.upstreams.iter().any(|u| u.cluster().is_some())
+    }
+
     /// Kills the script running on `side` (a mirrored one whose
     /// authoritative run was killed), over a connection of its own: the
     /// session's is the one busy running it. Redis takes the kill once the

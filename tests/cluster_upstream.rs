@@ -234,6 +234,36 @@ async fn a_cross_slot_rename_the_cluster_refuses_is_copied_to_it() {
     })
     .await;
     assert_same_keys(&support::keyspace(&mut old.sync()), &cluster.keyspace(), 0);
+    // The readiness counter: what the application sent that the cluster
+    // cannot serve as one command (split commands are served).
+    let _: () = redis::cmd("MSET")
+        .arg("{a}1")
+        .arg(1)
+        .arg("{b}2")
+        .arg(2)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("SUNIONSTORE")
+        .arg("{c}u")
+        .arg("{a}s")
+        .arg("{b}s")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(proxy.stat("default", "cross_slot"), 2);
+    let (code, status) = proxy.admin("GET", "/status", None).await;
+    assert_eq!(code, 200);
+    let status: cutover::admin::StatusView = serde_json::from_str(&status).unwrap();
+    let seen = &status.routes[0].cross_slot;
+    assert_eq!(seen.commands.get("rename"), Some(&1), "{seen:?}");
+    assert_eq!(seen.commands.get("sunionstore"), Some(&1), "{seen:?}");
+    assert_eq!(seen.samples[0], "RENAME {a}x {b}y");
+    let text = cutover::admin::render_status(&status);
+    assert!(
+        text.contains("cross-slot commands a clustered cache refuses: rename x1, sunionstore x1"),
+        "{text}"
+    );
 }
 
 /// A live slot migration on the clustered new cache during a dual-write

@@ -108,6 +108,10 @@ pub struct RouteView {
     /// The in-proxy backfill running, or the last one.
     #[serde(default)]
     pub backfill: Option<crate::backfill::JobView>,
+    /// Commands whose keys span hash slots as a Redis Cluster refuses,
+    /// by name, with the latest samples (while a cache is clustered).
+    #[serde(default)]
+    pub cross_slot: crate::routing::CrossSlotSeen,
 }
 
 /// [`RouteStatus`] as JSON (also what the CLI reads back).
@@ -183,7 +187,11 @@ fn view(status: RouteStatus, stats: Option<&RouteStats>) -> RouteView {
         |s| s.shadow.agreement(),
     );
     let auto_cutover = stats.and_then(|s| s.auto_status.lock().ok()?.clone());
+    let cross_slot = stats
+        .and_then(|s| s.cross_slot_seen.lock().ok().map(|c| c.clone()))
+        .unwrap_or_default();
     RouteView {
+        cross_slot,
         backfill: None,
         auto_cutover,
         shadow,
@@ -295,6 +303,22 @@ pub fn render_status(s: &StatusView) -> String {
                 .map_or_else(|| "-".to_string(), |x| format!("{:.1}%", x * 100.0)),
             patterns
         ));
+    }
+    for r in &s.routes {
+        let c = &r.cross_slot;
+        if !c.commands.is_empty() {
+            let by_name: Vec<String> = c
+                .commands
+                .iter()
+                .map(|(n, k)| format!("{n} x{k}"))
+                .collect();
+            out.push_str(&format!(
+                "route {} cross-slot commands a clustered cache refuses: {} (latest: {})\n",
+                r.status.name,
+                by_name.join(", "),
+                c.samples.iter().cloned().collect::<Vec<_>>().join(" | ")
+            ));
+        }
     }
     for r in &s.routes {
         if let Some(a) = &r.auto_cutover {

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 pub use glob::{string_match, Pattern};
 pub use settle::{BlockedHold, MAX_SETTLE};
 pub use side::{PerSide, Phase, Side};
-pub use stats::{Latency, RouteStats};
+pub use stats::{CrossSlotSeen, Latency, RouteStats};
 
 pub use config::{AutoCutover, CommandsConfig, RouteConfig, UnknownPolicy};
 

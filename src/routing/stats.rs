@@ -68,9 +68,41 @@ pub struct RouteStats {
     /// The journal overflowed for this route: the mirror may differ in keys
     /// nobody recorded. Cleared by the operator after a verify pass.
     pub needs_verify: AtomicBool,
+    /// Commands whose keys span hash slots in a way a Redis Cluster
+    /// refuses (`-CROSSSLOT`), counted while either cache is clustered:
+    /// what the application relies on that a clustered cache cannot serve.
+    pub cross_slot: AtomicU64,
+    /// Those commands by name, and the last few seen.
+    pub cross_slot_seen: Mutex<CrossSlotSeen>,
     /// Reply latency by the phase the command was routed in and the
     /// upstream that answered.
     latency: [PerSide<Latency>; 4],
+}
+
+/// Cross-slot commands of a route: counts by command name (at most
+/// [`CrossSlotSeen::MAX_NAMES`]) and the latest samples (name and keys,
+/// never values).
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct CrossSlotSeen {
+    pub commands: std::collections::BTreeMap<String, u64>,
+    pub samples: std::collections::VecDeque<String>,
+}
+
+impl CrossSlotSeen {
+    const MAX_NAMES: usize = 32;
+    const MAX_SAMPLES: usize = 8;
+
+    pub fn record(&mut self, name: &str, sample: String) {
+        if let Some(n) = self.commands.get_mut(name) {
+            *n += 1;
+        } else if self.commands.len() < Self::MAX_NAMES {
+            self.commands.insert(name.to_string(), 1);
+        }
+        if self.samples.len() == Self::MAX_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(sample);
+    }
 }
 
 impl RouteStats {
@@ -89,7 +121,7 @@ impl RouteStats {
         }
     }
 
-    pub fn snapshot(&self) -> [(&'static str, u64); 24] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 25] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("reads", g(&self.reads)),
@@ -116,6 +148,7 @@ impl RouteStats {
             ("shadow_differ", g(&self.shadow.differ)),
             ("journalled", g(&self.journalled)),
             ("journal_overflow", g(&self.journal_overflow)),
+            ("cross_slot", g(&self.cross_slot)),
         ]
     }
 }

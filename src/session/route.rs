@@ -68,6 +68,9 @@ where
     }
 
     fn execute(&mut self, cmd: Command, r: Routed) {
+        if r.positions.len() > 1 && self.shared.any_cluster() {
+            note_cross_slot(&cmd, &r);
+        }
         if let Some(body) = r.traits.script_body_at.and_then(|i| cmd.arg(i)) {
             self.shared.scripts.remember(body);
         }
@@ -304,4 +307,34 @@ where
         }
         self.local(refusal.reply())
     }
+}
+
+/// Counts `cmd` for its route when its keys span hash slots and no
+/// cluster connection splits it: a clustered cache refuses it
+/// (`-CROSSSLOT`), so as the mirror it is copied instead, and answering it
+/// fails.
+fn note_cross_slot(cmd: &Command, r: &Routed) {
+    let slot = |i: &usize| cmd.arg(*i).map(crate::routing::slot::key_slot);
+    let first = r.positions.first().and_then(slot);
+    if r.positions.iter().all(|i| slot(i) == first) {
+        return;
+    }
+    let name = r.spec.map_or("?", |s| s.name);
+    if crate::upstream::cluster::splits(name) {
+        return;
+    }
+    RouteStats::bump(&r.stats.cross_slot);
+    let mut sample = plan::display_name(cmd).to_uppercase();
+    for i in r.positions.iter().take(4) {
+        let key = cmd.arg(*i).unwrap_or_default();
+        let key = String::from_utf8_lossy(&key[..key.len().min(64)]).into_owned();
+        sample.push(' ');
+        sample.push_str(&key);
+    }
+    let mut seen = r
+        .stats
+        .cross_slot_seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    seen.record(name, sample);
 }

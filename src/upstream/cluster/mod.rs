@@ -22,6 +22,8 @@ mod merge;
 mod plan;
 mod router;
 
+pub use plan::splits;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;

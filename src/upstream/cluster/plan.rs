@@ -42,6 +42,15 @@ pub(super) enum Plan {
     Unblock(u64),
 }
 
+/// Whether a cluster connection splits command `name` by slot when its
+/// keys span slots (so a standalone application's use of it is served).
+pub fn splits(name: &str) -> bool {
+    matches!(
+        name,
+        "mget" | "mset" | "del" | "unlink" | "exists" | "touch"
+    )
+}
+
 /// Decides where `cmd` goes.
 pub(super) fn plan(cmd: &Command) -> Plan {
     let Some(entry) = commands::entry(cmd) else {
