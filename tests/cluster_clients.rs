@@ -127,3 +127,57 @@ async fn the_redis_crate_cluster_client_works_through_cutover() {
         assert_eq!(v, Some(199), "{}", s.addr());
     }
 }
+
+/// A cluster client through cutover to two clustered caches: it sees one
+/// node owning every slot, cutover routes each command to the cache
+/// node owning it; `CLUSTER COUNTKEYSINSLOT`/`GETKEYSINSLOT` are answered
+/// by the read side's node owning the slot.
+#[tokio::test]
+async fn a_cluster_client_works_through_cutover_to_clustered_caches() {
+    use cutover::routing::Side;
+    use redis::AsyncCommands;
+    let (old, new) = (RedisCluster::start(3), RedisCluster::start(3));
+    let text = support::Config::new(&old.nodes[0].addr(), &new.nodes[0].addr())
+        .upstream(Side::Old, "cluster", true)
+        .upstream(Side::New, "cluster", true)
+        .route("default", None, Phase::DualWrite)
+        .with("[listen]\ncluster = true\n")
+        .text();
+    let proxy = TestProxy::start_text(&text).await;
+    let client = redis::cluster::ClusterClient::new(vec![proxy.url()]).unwrap();
+    let mut c = client.get_async_connection().await.unwrap();
+    for i in 0..200 {
+        let _: () = c.set(format!("k{i}"), i).await.unwrap();
+        let _: () = c.hset(format!("h{i}"), "f", i).await.unwrap();
+    }
+    let keys: Vec<String> = (0..30).map(|i| format!("k{i}")).collect();
+    let got: Vec<i64> = c.mget(&keys).await.unwrap();
+    assert_eq!(got, (0..30).collect::<Vec<i64>>());
+    let n: i64 = c.incr("counter", 5).await.unwrap();
+    assert_eq!(n, 5);
+    proxy.wait_mirrors_settled().await;
+    support::assert_same_keys(&old.keyspace(), &new.keyspace(), 0);
+    assert_eq!(old.keyspace().len(), 401);
+    // Read side (old, in dual-write): the node owning the slot answers.
+    let slot = cutover::routing::slot::key_slot(b"k1").to_string();
+    let direct: i64 = redis::cmd("CLUSTER")
+        .arg("COUNTKEYSINSLOT")
+        .arg(&slot)
+        .query(&mut old.node_of("k1").sync())
+        .unwrap();
+    assert!(direct >= 1);
+    let via = ask(
+        &proxy.addr.to_string(),
+        "2",
+        &["CLUSTER", "COUNTKEYSINSLOT", &slot],
+    )
+    .await;
+    assert_eq!(via, format!(":{direct}\r\n"));
+    let via = ask(
+        &proxy.addr.to_string(),
+        "2",
+        &["CLUSTER", "GETKEYSINSLOT", &slot, "100"],
+    )
+    .await;
+    assert!(via.contains("\r\nk1\r\n"), "{via}");
+}

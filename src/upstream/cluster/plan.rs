@@ -81,6 +81,14 @@ pub(super) fn plan(cmd: &Command) -> Plan {
         "scan" => return Plan::Scan,
         "info" => return Plan::All(Merge::Info),
         "client|id" => return Plan::ClientId,
+        "cluster|countkeysinslot" | "cluster|getkeysinslot" => {
+            let slot = cmd
+                .arg(2)
+                .and_then(|a| std::str::from_utf8(a).ok()?.parse::<u16>().ok());
+            if let Some(slot) = slot.filter(|&s| usize::from(s) < crate::routing::slot::SLOTS) {
+                return Plan::Slot(slot);
+            }
+        }
         "client|unblock" => {
             let id = cmd
                 .arg(2)
