@@ -141,7 +141,7 @@ fn save(path: &Path, saved: &Saved) -> Result<(), ToolError> {
 }
 
 /// Copies `keys` from old to new: one atomic `MULTI; DUMP k PTTL k ...;
-/// EXEC` on old, pipelined `RESTORE` (with `REPLACE` when `live`) on new,
+/// EXEC` on old (one per key on a clustered old), pipelined `RESTORE` (with `REPLACE` when `live`) on new,
 /// and the type-aware copy for keys whose `RESTORE` (or `DUMP`) was
 /// refused. With `live` (in a serving proxy), a key the proxy reports
 /// written after `start` is not written from a read that may predate the
@@ -158,17 +158,7 @@ pub(crate) async fn copy_keys(
     let written = |key: &[u8]| written_since(live, key);
     let mut redo = Vec::new();
     let mut first_error = None;
-    let mut read = Vec::with_capacity(keys.len() * 2 + 2);
-    read.push(Command::from_args(&[&b"MULTI"[..]]));
-    for k in keys {
-        read.push(Command::from_args(&[&b"DUMP"[..], k]));
-        read.push(Command::from_args(&[&b"PTTL"[..], k]));
-    }
-    read.push(Command::from_args(&[&b"EXEC"[..]]));
-    let replies = caches.call(Side::Old, &read).await?;
-    let Some(Value::Array(results)) = replies.last() else {
-        return Err(ToolError::Refused("EXEC", format!("{:?}", replies.last())));
-    };
+    let results = read_dumps(caches, keys).await?;
     let mut writes = Vec::with_capacity(keys.len());
     let mut restoring = Vec::with_capacity(keys.len());
     // Gone on old, deleted on new (live only): not counted as copied.
@@ -237,6 +227,45 @@ pub(crate) async fn copy_keys(
         }
     }
     Ok((redo, first_error))
+}
+
+/// Each key's `DUMP` and `PTTL` on old, read together: one `MULTI` for the
+/// batch, or one per key on a clustered old (a transaction runs in one
+/// slot there).
+async fn read_dumps(caches: &mut Caches, keys: &[Bytes]) -> Result<Vec<Value>, ToolError> {
+    let per_key = caches.upstreams[Side::Old].cluster().is_some();
+    let mut read = Vec::with_capacity(keys.len() * 4 + 2);
+    let multi = || Command::from_args(&[&b"MULTI"[..]]);
+    let exec = || Command::from_args(&[&b"EXEC"[..]]);
+    if !per_key {
+        read.push(multi());
+    }
+    for k in keys {
+        if per_key {
+            read.push(multi());
+        }
+        read.push(Command::from_args(&[&b"DUMP"[..], k]));
+        read.push(Command::from_args(&[&b"PTTL"[..], k]));
+        if per_key {
+            read.push(exec());
+        }
+    }
+    if !per_key {
+        read.push(exec());
+    }
+    let replies = caches.call(Side::Old, &read).await?;
+    let execs: Vec<Value> = match per_key {
+        true => replies.into_iter().skip(3).step_by(4).collect(),
+        false => replies.into_iter().last().into_iter().collect(),
+    };
+    let mut results = Vec::with_capacity(keys.len() * 2);
+    for e in execs {
+        match e {
+            Value::Array(pair) => results.extend(pair),
+            other => return Err(ToolError::Refused("EXEC", format!("{other:?}"))),
+        }
+    }
+    Ok(results)
 }
 
 /// Whether the proxy reported a write to `key` after the live copy's start.

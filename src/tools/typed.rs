@@ -158,10 +158,33 @@ pub fn parse(exec: &Value) -> Option<Read> {
     Some(Read::Value(Typed { pttl, build, bytes }))
 }
 
-/// The temporary key a value is built under.
+/// The temporary key a value is built under: in `key`'s hash slot, so a
+/// Redis Cluster takes the transaction that renames it onto `key`.
 fn temp_key(key: &[u8]) -> Vec<u8> {
+    use crate::routing::slot::key_slot;
     let mut t = b"__cutover_copy__:".to_vec();
+    let slot = key_slot(key);
+    if !key.is_empty() && !key.contains(&b'}') {
+        // Untagged (or an unclosed tag): the whole key becomes the tag.
+        t.push(b'{');
+        t.extend_from_slice(key);
+        t.push(b'}');
+        return t;
+    }
     t.extend_from_slice(key);
+    if key_slot(&t) == slot {
+        // The key's own tag hashes it.
+        return t;
+    }
+    // A `}` with no tag before it: a suffix that lands in the slot.
+    let base = t.len();
+    for n in 0u32.. {
+        t.truncate(base);
+        t.extend_from_slice(format!(":{n}").as_bytes());
+        if key_slot(&t) == slot {
+            break;
+        }
+    }
     t
 }
 
@@ -215,6 +238,22 @@ pub fn written(exec: &Value) -> Result<bool, String> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_temporary_key_shares_the_keys_slot() {
+        use crate::routing::slot::key_slot;
+        for key in [
+            &b"plain"[..],
+            b"{tag}x",
+            b"a}b",
+            b"{}x}",
+            b"x{y",
+            b"",
+            b"}{a}",
+        ] {
+            assert_eq!(key_slot(&temp_key(key)), key_slot(key), "{key:?}");
+        }
+    }
+
     fn s(b: &str) -> Value {
         Value::Str(Bytes::copy_from_slice(b.as_bytes()))
     }
@@ -256,7 +295,7 @@ mod tests {
                 b"EXEC"
             ]
         );
-        assert_eq!(cmds[2].arg(1), Some(&b"__cutover_copy__:k"[..]));
+        assert_eq!(cmds[2].arg(1), Some(&b"__cutover_copy__:{k}"[..]));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -181,6 +181,16 @@ impl Router {
                     Some(ev) => self.on_event(ev),
                     None => Ok(()),
                 },
+                // Replies go out as the caller takes them, never blocking
+                // the reading of its commands: a caller writing a long
+                // pipeline before it reads must not wait on us.
+                r = cwr.write(&self.out), if !self.out.is_empty() => match r {
+                    Ok(n) if n > 0 => {
+                        self.out.advance(n);
+                        Ok(())
+                    }
+                    _ => break None,
+                },
                 r = crd.read_buf(&mut inbuf) => match r {
                     Ok(0) | Err(_) => break None,
                     Ok(_) => self.on_input(&mut parser, &mut inbuf),
@@ -191,12 +201,6 @@ impl Router {
             }
             if let Err(e) = self.flush_nodes().await {
                 break Some(e);
-            }
-            if !self.out.is_empty() {
-                if cwr.write_all(&self.out).await.is_err() {
-                    break None;
-                }
-                self.out.clear();
             }
         };
         self.cluster.forget_id(self.vid);
