@@ -13,9 +13,31 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start(primaries: usize) -> RedisCluster {
+        RedisCluster::start_from(primaries, |args| RedisServer::start_with(args))
+    }
+
+    /// Nodes that also serve TLS with `leaf` on a port of their own (the
+    /// cluster bus and the test's checks stay on the plain ports), and
+    /// `extra` arguments.
+    pub fn start_tls(
+        primaries: usize,
+        pki: &super::pki::Pki,
+        leaf: &super::pki::Leaf,
+        extra: &[&str],
+    ) -> RedisCluster {
+        RedisCluster::start_from(primaries, |args| {
+            let mut all = args.to_vec();
+            // The node announces its TLS port (`tls-port` in CLUSTER SHARDS).
+            all.extend_from_slice(&["--tls-cluster", "yes"]);
+            all.extend_from_slice(extra);
+            RedisServer::start_tls(pki, leaf, &all)
+        })
+    }
+
+    fn start_from(primaries: usize, start: impl Fn(&[&str]) -> RedisServer) -> RedisCluster {
         let nodes: Vec<RedisServer> = (0..primaries)
             .map(|_| {
-                RedisServer::start_with(&[
+                start(&[
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
@@ -35,7 +57,8 @@ impl RedisCluster {
             node.run(&["CLUSTER", "ADDSLOTSRANGE", &start, &end]);
         }
         for node in &nodes[1..] {
-            nodes[0].run(&["CLUSTER", "MEET", "127.0.0.1", &node.port.to_string()]);
+            let port = node.tls_port.unwrap_or(node.port).to_string();
+            nodes[0].run(&["CLUSTER", "MEET", "127.0.0.1", &port]);
         }
         let cluster = RedisCluster { nodes };
         cluster.wait_ok();
