@@ -9,11 +9,71 @@ use super::RedisServer;
 pub struct RedisCluster {
     /// The primaries, in slot order: node `i` owns the `i`-th share.
     pub nodes: Vec<RedisServer>,
+    /// Replicas added with [`RedisCluster::add_replica`].
+    pub replicas: Vec<RedisServer>,
+    extra: Vec<String>,
 }
 
 impl RedisCluster {
     pub fn start(primaries: usize) -> RedisCluster {
         RedisCluster::start_from(primaries, |args| RedisServer::start_with(args))
+    }
+
+    /// With `extra` arguments on every node (and replica added later).
+    pub fn start_with(primaries: usize, extra: &[&str]) -> RedisCluster {
+        let mut c = RedisCluster::start_from(primaries, |args| {
+            let mut all = args.to_vec();
+            all.extend_from_slice(extra);
+            RedisServer::start_with(&all)
+        });
+        c.extra = extra.iter().map(|s| s.to_string()).collect();
+        c
+    }
+
+    /// A replica of primary `of`, met and in sync before this returns.
+    pub fn add_replica(&mut self, of: usize) -> &RedisServer {
+        let mut args = vec![
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+        ];
+        args.extend(self.extra.iter().map(String::as_str));
+        let replica = RedisServer::start_with(&args);
+        let port = replica.port.to_string();
+        self.nodes[0].run(&["CLUSTER", "MEET", "127.0.0.1", &port]);
+        let primary_id: String = redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query(&mut self.nodes[of].sync())
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r: redis::RedisResult<()> = redis::cmd("CLUSTER")
+                .arg("REPLICATE")
+                .arg(&primary_id)
+                .query(&mut replica.sync());
+            if r.is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replica never met its primary"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut replica.sync())
+                .unwrap();
+            if info.contains("master_link_status:up") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the replica never synced");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.replicas.push(replica);
+        self.replicas.last().expect("just pushed")
     }
 
     /// Nodes that also serve TLS with `leaf` on a port of their own (the
@@ -60,7 +120,11 @@ impl RedisCluster {
             let port = node.tls_port.unwrap_or(node.port).to_string();
             nodes[0].run(&["CLUSTER", "MEET", "127.0.0.1", &port]);
         }
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster {
+            nodes,
+            replicas: Vec::new(),
+            extra: Vec::new(),
+        };
         cluster.wait_ok();
         cluster
     }

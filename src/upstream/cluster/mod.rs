@@ -37,6 +37,10 @@ use crate::error::UpstreamError;
 
 /// How often the slot map is read again with nothing prompting it.
 const REFRESH_EVERY: Duration = Duration::from_secs(10);
+/// How long a node that refused a connection is held down: commands for
+/// its slots are answered with its error meanwhile, instead of every
+/// connection trying it again.
+const DOWN_HOLD: Duration = Duration::from_millis(500);
 /// Bytes the pipe between a caller and its router holds each way.
 const PIPE_BYTES: usize = 256 * 1024;
 
@@ -55,6 +59,8 @@ pub struct Cluster {
     /// the node connection where its command blocks.
     ids: std::sync::Mutex<std::collections::HashMap<u64, Vec<(String, i64)>>>,
     next_id: AtomicU64,
+    /// Nodes that failed, until when, and the error commands get meanwhile.
+    down: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, bytes::Bytes)>>,
 }
 
 /// What the routers of one clustered upstream did, for metrics and status.
@@ -90,6 +96,7 @@ impl Cluster {
             counters: Counters::default(),
             ids: std::sync::Mutex::default(),
             next_id: AtomicU64::new(1),
+            down: std::sync::Mutex::default(),
         }
     }
 
@@ -127,6 +134,37 @@ impl Cluster {
                     reason: e.to_string(),
                 })
             }
+        }
+    }
+
+    /// Node `addr` failed with `err`: held down for [`DOWN_HOLD`] (logged
+    /// once per outage), and the slot map read again.
+    fn mark_down(self: &Arc<Self>, addr: &str, err: &UpstreamError, depth: usize) {
+        let until = std::time::Instant::now() + DOWN_HOLD;
+        let newly = {
+            let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+            down.insert(addr.to_string(), (until, err.reply()))
+                .is_none()
+        };
+        if newly {
+            warn!(node = addr, error = %err, "cluster node failed; reading the slot map again");
+        } else {
+            debug!(node = addr, error = %err, "cluster node still failing");
+        }
+        self.refresh(depth);
+    }
+
+    /// The error for commands to node `addr` while it is held down.
+    fn down_reply(&self, addr: &str) -> Option<bytes::Bytes> {
+        let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+        match down.get(addr) {
+            Some((until, reply)) if *until > std::time::Instant::now() => Some(reply.clone()),
+            Some(_) => {
+                // Held long enough: tried again (and logged again if it fails).
+                down.remove(addr);
+                None
+            }
+            None => None,
         }
     }
 

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::merge::{self, Merge};
 use super::plan::{self, Plan};
@@ -87,6 +87,8 @@ struct Node {
     inflight: VecDeque<Expected>,
     reader: Option<tokio::task::JoinHandle<()>>,
     dead: bool,
+    /// A node held down: what every command for it is answered with.
+    error: Option<Bytes>,
 }
 
 enum Event {
@@ -205,8 +207,7 @@ impl Router {
         };
         self.cluster.forget_id(self.vid);
         if let Some(e) = failure {
-            warn!(error = %e, "cluster node failed; dropping the connection routed through it and reading the slot map again");
-            self.cluster.refresh(self.depth);
+            debug!(error = %e, "cluster connection dropped");
         }
         for n in &self.nodes {
             if let Some(r) = &n.reader {
@@ -266,7 +267,7 @@ impl Router {
 
     /// The node to send `slot`'s commands to, connecting to it if needed.
     fn node_for(&mut self, slot: u16) -> usize {
-        if let Some(&n) = self.moved.get(&slot) {
+        if let Some(&n) = self.moved.get(&slot).filter(|&&n| !self.nodes[n].dead) {
             return n;
         }
         let Some(p) = self.map.owner_index(slot) else {
@@ -285,9 +286,30 @@ impl Router {
 
     /// The node at `addr`, connecting to it if there is none.
     fn node_at(&mut self, addr: String, host: String) -> usize {
-        match self.by_addr.get(&addr) {
-            Some(&n) if !self.nodes[n].dead => n,
-            _ => self.add_node(addr, host, None),
+        let known = self.by_addr.get(&addr).copied();
+        if let Some(n) = known.filter(|&n| !self.nodes[n].dead) {
+            return n;
+        }
+        match self.cluster.down_reply(&addr) {
+            // Held down: a stand-in that answers with its error.
+            Some(_) if known.is_some_and(|n| self.nodes[n].error.is_some()) => {
+                known.expect("checked")
+            }
+            Some(error) => {
+                self.by_addr.insert(addr.clone(), self.nodes.len());
+                self.nodes.push(Node {
+                    addr,
+                    host,
+                    wr: None,
+                    wbuf: BytesMut::new(),
+                    inflight: VecDeque::new(),
+                    reader: None,
+                    dead: true,
+                    error: Some(error),
+                });
+                self.nodes.len() - 1
+            }
+            None => self.add_node(addr, host, None),
         }
     }
 
@@ -351,6 +373,7 @@ impl Router {
             inflight,
             reader: Some(reader),
             dead: false,
+            error: None,
         });
         idx
     }
@@ -373,6 +396,12 @@ impl Router {
     }
 
     fn send(&mut self, node: usize, raw: &Bytes, exp: Expected) {
+        if let Some(error) = self.nodes[node].error.clone() {
+            if !matches!(exp.what, What::Swallow | What::NodeId) {
+                self.complete(exp.seq, exp.part, error);
+            }
+            return;
+        }
         let n = &mut self.nodes[node];
         n.wbuf.extend_from_slice(raw);
         n.inflight.push_back(exp);

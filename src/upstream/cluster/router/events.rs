@@ -38,6 +38,12 @@ impl Router {
     /// A node connection failed: harmless when it held nothing (an idle
     /// connection the node closed), fatal for this connection otherwise.
     fn node_failed(&mut self, n: usize, e: UpstreamError) -> Result<(), UpstreamError> {
+        if self.nodes[n].wr.is_none() && !self.nodes[n].dead && n != self.home {
+            let addr = self.nodes[n].addr.clone();
+            self.cluster.mark_down(&addr, &e, self.depth);
+            self.never_connected(n, &e);
+            return Ok(());
+        }
         let holds_subs = self.subs.shard.values().any(|&s| s == n)
             || (n == self.home
                 && !(self.subs.channels.is_empty() && self.subs.patterns.is_empty()));
@@ -45,12 +51,33 @@ impl Router {
         let busy = !node.inflight.is_empty() || !node.wbuf.is_empty();
         if busy || holds_subs || n == self.home || self.watch == Some(n) || self.tx == Some(Some(n))
         {
+            // What it was sending has an unknown outcome: the caller's
+            // connection drops, as it would with a standalone cache.
+            self.cluster.refresh(self.depth);
             return Err(e);
         }
         debug!(node = %node.addr, error = %e, "idle cluster node connection closed");
         node.dead = true;
         node.wr = None;
         Ok(())
+    }
+
+    /// Node `n` could not be connected to: nothing reached it, so every
+    /// command queued for it is answered with the error (it did not run),
+    /// and the node stands in for its address while it is held down.
+    fn never_connected(&mut self, n: usize, e: &UpstreamError) {
+        let error = e.reply();
+        let node = &mut self.nodes[n];
+        node.dead = true;
+        node.wbuf.clear();
+        node.error = Some(error.clone());
+        let queued = std::mem::take(&mut node.inflight);
+        self.subs.shard.retain(|_, &mut s| s != n);
+        for exp in queued {
+            if !matches!(exp.what, What::Swallow | What::NodeId) {
+                self.complete(exp.seq, exp.part, error.clone());
+            }
+        }
     }
 
     fn subscribed(&self, n: usize) -> bool {
