@@ -16,7 +16,7 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start(primaries: usize) -> RedisCluster {
-        RedisCluster::start_from(primaries, |args| RedisServer::start_with(args))
+        RedisCluster::start_from(primaries, RedisServer::start_with)
     }
 
     /// With `extra` arguments on every node (and replica added later).
