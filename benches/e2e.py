@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """End-to-end throughput: redis-benchmark against Redis directly, through
 twemproxy (nutcracker), and through cutover in old-only and dual-write, in one
-run, interleaved, medians of several rounds.
+run, interleaved, medians of several rounds. "cutover dual-write cluster" is
+dual-write with new a three-primary Redis Cluster (`cluster = true`), against
+the standalone -> standalone "cutover dual-write" of the same rounds.
 
 Usage: benches/e2e.py [--rounds 5] [--requests 200000] [--clients 50]
                       [--before PATH-TO-OTHER-CUTOVER-BINARY]
@@ -60,6 +62,47 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def free_cluster_port():
+    """A free port whose cluster bus port (+10000) is free and valid too."""
+    import random
+    while True:
+        port = random.randint(20000, 50000)
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
+
+
+def start_cluster(start, tmp, primaries):
+    """A Redis Cluster of `primaries` nodes on free ports: slots split
+    evenly, nodes met, cluster_state:ok. Returns the ports."""
+    ports = [free_cluster_port() for _ in range(primaries)]
+    for i, port in enumerate(ports):
+        d = os.path.join(tmp, "cluster-%d" % i)
+        os.makedirs(d)
+        start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+               "--dir", d, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"],
+              port, "cluster-%d" % i)
+    per = 16384 // primaries
+    cli = lambda port, *args: subprocess.run(["redis-cli", "-p", str(port)] + [str(a) for a in args],
+                                             capture_output=True, text=True, check=True).stdout
+    for i, port in enumerate(ports):
+        end = 16383 if i == primaries - 1 else (i + 1) * per - 1
+        cli(port, "CLUSTER", "ADDSLOTSRANGE", i * per, end)
+    for port in ports[1:]:
+        cli(ports[0], "CLUSTER", "MEET", "127.0.0.1", port)
+    deadline = time.time() + 30
+    while not all("cluster_state:ok" in cli(p, "CLUSTER", "INFO")
+                  and "cluster_known_nodes:%d" % primaries in cli(p, "CLUSTER", "INFO") for p in ports):
+        if time.time() > deadline:
+            sys.exit("the benchmark cluster never formed")
+        time.sleep(0.1)
+    return ports
+
+
 def bench(port, pipeline, requests, clients):
     out = subprocess.run(
         ["redis-benchmark", "-p", str(port), "-t", "set,get", "-n", str(requests), "-c", str(clients),
@@ -94,10 +137,11 @@ def main():
             wait_port(port, what)
             return p
 
-        old, new, twem, c_old, c_dual, b_old, b_dual = (free_port() for _ in range(7))
+        old, new, twem, c_old, c_dual, b_old, b_dual, c_clu = (free_port() for _ in range(8))
         for port, name in ((old, "old"), (new, "new")):
             start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                    "--dir", tmp], port, "redis-" + name)
+        cluster = start_cluster(start, tmp, 3)
 
         with open(os.path.join(tmp, "nutcracker.yml"), "w") as f:
             f.write("bench:\n  listen: 127.0.0.1:%d\n  hash: fnv1a_64\n  distribution: ketama\n"
@@ -105,20 +149,22 @@ def main():
         twem_p = start(["nutcracker", "-c", os.path.join(tmp, "nutcracker.yml"), "-o",
                         os.path.join(tmp, "nutcracker.out")], twem, "twemproxy")
 
-        def cutover(port, phase, name, binary=binary):
+        def cutover(port, phase, name, binary=binary, new=new, new_cluster=False):
             path = os.path.join(tmp, name + ".toml")
             with open(path, "w") as f:
                 f.write('[listen]\naddress = "127.0.0.1:%d"\n[upstreams.old]\naddress = "127.0.0.1:%d"\n'
-                        '[upstreams.new]\naddress = "127.0.0.1:%d"\n[[routes]]\nname = "default"\nphase = "%s"\n'
+                        '[upstreams.new]\naddress = "127.0.0.1:%d"\ncluster = %s\n'
+                        '[[routes]]\nname = "default"\nphase = "%s"\n'
                         '[admin]\nenabled = false\n'
-                        % (port, old, new, phase))
+                        % (port, old, new, "true" if new_cluster else "false", phase))
             return start([binary, "serve", "--config", path, "--log", "warn"], port, name)
 
         old_only = cutover(c_old, "old-only", "cutover-old-only")
         dual = cutover(c_dual, "dual-write", "cutover-dual-write")
 
+        clu = cutover(c_clu, "dual-write", "cutover-dual-write-cluster", new=cluster[0], new_cluster=True)
         targets = [("redis", old, None), ("twemproxy", twem, twem_p), ("cutover old-only", c_old, old_only),
-                   ("cutover dual-write", c_dual, dual)]
+                   ("cutover dual-write", c_dual, dual), ("cutover dual-write cluster", c_clu, clu)]
         if args.before:
             targets += [("before old-only", b_old, cutover(b_old, "old-only", "before-old-only", args.before)),
                         ("before dual-write", b_dual, cutover(b_dual, "dual-write", "before-dual-write", args.before))]

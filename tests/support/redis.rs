@@ -9,12 +9,21 @@ use std::time::{Duration, Instant};
 
 use super::{connect, pki};
 
+/// A free port a cluster node can use too: its bus port (10,000 higher)
+/// must be a valid port, or the node refuses to start.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let mut port = 0;
+    for _ in 0..1000 {
+        port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if port <= 55_535 {
+            break;
+        }
+    }
+    port
 }
 
 /// Two throwaway servers: `(old, new)`.

@@ -220,6 +220,45 @@ impl Cluster {
         });
     }
 
+    /// The connection a router starts with: to the first primary that
+    /// takes it (one held down is tried last), with `setup` checked. A
+    /// refused setup (credentials) fails at once: every node would refuse.
+    async fn open_home(
+        self: &Arc<Self>,
+        map: &Topology,
+        setup: &[SetupStep],
+        depth: usize,
+    ) -> Result<(usize, String, String, Conn), UpstreamError> {
+        let tls = self.dialer.tls.is_some();
+        let mut order: Vec<usize> = (0..map.primaries.len()).collect();
+        order.sort_by_key(|&i| {
+            let addr = map.primaries[i].addr(tls).unwrap_or_default();
+            self.down_reply(&addr).is_some()
+        });
+        let mut last = UpstreamError::Cluster {
+            side: self.dialer.side,
+            addr: self.dialer.config.address.clone(),
+            reason: "no primary owns a slot".into(),
+        };
+        for i in order {
+            let node = &map.primaries[i];
+            let addr = node.addr(tls).unwrap_or_default();
+            match self
+                .dialer
+                .open(&addr, Some(&node.host), setup, depth)
+                .await
+            {
+                Ok(conn) => return Ok((i, addr, node.host.clone(), conn)),
+                Err(e @ UpstreamError::Handshake { .. }) => return Err(e),
+                Err(e) => {
+                    self.mark_down(&addr, &e, depth);
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
     /// A connection to the cluster as if it were one cache: the near end
     /// of a pipe to a router of its own, set up with `setup` on every node
     /// it reaches. The first node is connected (and `setup` checked) before
@@ -235,24 +274,11 @@ impl Cluster {
             None => self.read_map(depth).await?,
         };
         self.tick(depth);
-        let home = map
-            .primaries
-            .first()
-            .cloned()
-            .ok_or(UpstreamError::Cluster {
-                side: self.dialer.side,
-                addr: self.dialer.config.address.clone(),
-                reason: "no primary owns a slot".into(),
-            })?;
-        let tls = self.dialer.tls.is_some();
-        let addr = home.addr(tls).unwrap_or_default();
-        let first = self
-            .dialer
-            .open(&addr, Some(&home.host), &setup, depth)
-            .await?;
+        let (home, addr, host, first) = self.open_home(&map, &setup, depth).await?;
         let (near, far) = tokio::io::duplex(PIPE_BYTES);
         let (rd, wr) = tokio::io::split(near);
-        let router = router::Router::new(self.clone(), map, setup, depth, (addr, home.host, first));
+        let router =
+            router::Router::new(self.clone(), map, setup, depth, (home, addr, host, first));
         tokio::spawn(router.run(far));
         Ok(Conn {
             rd: crate::net::ReadHalf::Mem(rd),

@@ -140,7 +140,7 @@ impl Router {
         map: Arc<Topology>,
         setup: Vec<SetupStep>,
         depth: usize,
-        home: (String, String, Conn),
+        home: (usize, String, String, Conn),
     ) -> Router {
         let epoch = cluster.epoch();
         let vid = cluster.new_id();
@@ -166,9 +166,9 @@ impl Router {
             out: BytesMut::new(),
             vid,
         };
-        let (addr, host, conn) = home;
-        r.primary_node[0] = Some(0);
-        r.add_node(addr, host, Some(conn));
+        let (primary, addr, host, conn) = home;
+        r.primary_node[primary] = Some(0);
+        r.home = r.add_node(addr, host, Some(conn));
         r
     }
 
