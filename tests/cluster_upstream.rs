@@ -251,17 +251,28 @@ async fn a_cross_slot_rename_the_cluster_refuses_is_copied_to_it() {
         .query_async(&mut c)
         .await
         .unwrap();
-    assert_eq!(proxy.stat("default", "cross_slot"), 2);
+    // A transaction whose keys span slots counts once, at the crossing.
+    let mut tx = redis::pipe();
+    tx.atomic()
+        .set("{a}t", 1)
+        .set("{a}u", 1)
+        .set("{b}t", 1)
+        .set("{c}t", 1);
+    let _: () = tx.query_async(&mut c).await.unwrap();
+    assert_eq!(proxy.stat("default", "cross_slot"), 3);
     let (code, status) = proxy.admin("GET", "/status", None).await;
     assert_eq!(code, 200);
     let status: cutover::admin::StatusView = serde_json::from_str(&status).unwrap();
     let seen = &status.routes[0].cross_slot;
     assert_eq!(seen.commands.get("rename"), Some(&1), "{seen:?}");
     assert_eq!(seen.commands.get("sunionstore"), Some(&1), "{seen:?}");
+    assert_eq!(seen.commands.get("multi"), Some(&1), "{seen:?}");
     assert_eq!(seen.samples[0], "RENAME {a}x {b}y");
     let text = cutover::admin::render_status(&status);
     assert!(
-        text.contains("cross-slot commands a clustered cache refuses: rename x1, sunionstore x1"),
+        text.contains(
+            "cross-slot commands a clustered cache refuses: multi x1, rename x1, sunionstore x1"
+        ),
         "{text}"
     );
 }

@@ -68,8 +68,13 @@ where
     }
 
     fn execute(&mut self, cmd: Command, r: Routed) {
-        if r.positions.len() > 1 && self.shared.any_cluster() {
-            note_cross_slot(&cmd, &r);
+        if self.shared.any_cluster() {
+            if r.positions.len() > 1 {
+                note_cross_slot(&cmd, &r);
+            }
+            if let Some(tx) = self.tx.open.as_mut() {
+                note_tx_slot(tx, &cmd, &r);
+            }
         }
         if let Some(body) = r.traits.script_body_at.and_then(|i| cmd.arg(i)) {
             self.shared.scripts.remember(body);
@@ -306,6 +311,34 @@ where
             }
         }
         self.local(refusal.reply())
+    }
+}
+
+/// Counts an open transaction once for its route when a command queued in
+/// it has a key in another hash slot than the transaction's first key: a
+/// Redis Cluster refuses it (`-CROSSSLOT`, then `EXECABORT`).
+fn note_tx_slot(tx: &mut super::tx::Tx, cmd: &Command, r: &Routed) {
+    for key in r.positions.iter().filter_map(|&i| cmd.arg(i)) {
+        let slot = crate::routing::slot::key_slot(key);
+        match tx.slot {
+            None => tx.slot = Some((slot, false)),
+            Some((first, false)) if first != slot => {
+                tx.slot = Some((first, true));
+                RouteStats::bump(&r.stats.cross_slot);
+                let key = String::from_utf8_lossy(&key[..key.len().min(64)]).into_owned();
+                let name = plan::display_name(cmd).to_uppercase();
+                let sample = format!("MULTI ... {name} {key} (slots {first} and {slot})");
+                let mut seen = r
+                    .stats
+                    .cross_slot_seen
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                seen.record("multi", sample);
+                return;
+            }
+            Some((_, true)) => return,
+            Some(_) => {}
+        }
     }
 }
 

@@ -62,6 +62,9 @@ pub(super) struct Tx {
     pub(super) queued: usize,
     /// Writes to mirror as one MULTI block once EXEC returns an array.
     pub(super) mirror: Vec<TxItem>,
+    /// With a clustered cache: the hash slot of the first key queued, and
+    /// whether the transaction was counted as spanning slots.
+    pub(super) slot: Option<(u16, bool)>,
 }
 
 /// The connection's transaction state: the open MULTI, the side WATCH
