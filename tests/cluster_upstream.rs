@@ -365,3 +365,41 @@ async fn a_live_reshard_of_new_is_invisible_to_clients() {
     assert_eq!(cluster.node_of(tag).port, cluster.nodes[to].port);
     assert_same_keys(&support::keyspace(&mut old.sync()), &cluster.keyspace(), 0);
 }
+
+/// Shadow reads with the clustered cache on the other side: each read is
+/// also asked of the node owning its key and compared; with both caches
+/// equal, they all agree.
+#[tokio::test]
+async fn shadow_reads_compare_with_the_node_owning_the_key() {
+    let old = RedisServer::start();
+    let cluster = RedisCluster::start(3);
+    let text = Config::new(&old.addr(), &cluster.nodes[0].addr())
+        .upstream(Side::New, "cluster", true)
+        .route_toml("default", None, Phase::DualWrite, "shadow_reads = 1.0")
+        .text();
+    let proxy = TestProxy::start_text(&text).await;
+    let mut c = proxy.conn().await;
+    for i in 0..100 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(i)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    proxy.wait_mirrors_settled().await;
+    for i in 0..100 {
+        let v: i64 = redis::cmd("GET")
+            .arg(format!("k{i}"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(v, i);
+    }
+    wait_for("every read shadowed", async || {
+        proxy.stat("default", "shadow_agree") == 100
+    })
+    .await;
+    assert_eq!(proxy.stat("default", "shadow_differ"), 0);
+    assert_eq!(proxy.stat("default", "shadow_missing"), 0);
+}
