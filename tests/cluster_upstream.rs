@@ -23,6 +23,21 @@ fn clustered(old: &str, new: &str, cluster_side: &[Side], phase: Phase) -> Strin
     c.text()
 }
 
+/// A standalone old, a three-primary cluster as new (seeded at node
+/// `seed`), and cutover over them with the default route in `phase`.
+async fn old_and_cluster(seed: usize, phase: Phase) -> (RedisServer, RedisCluster, TestProxy) {
+    let old = RedisServer::start();
+    let cluster = RedisCluster::start(3);
+    let text = clustered(
+        &old.addr(),
+        &cluster.nodes[seed].addr(),
+        &[Side::New],
+        phase,
+    );
+    let proxy = TestProxy::start_text(&text).await;
+    (old, cluster, proxy)
+}
+
 /// Sends `script` to both and asserts the replies are the same bytes.
 async fn same_bytes(proxy: &TestProxy, reference: &RedisServer, script: &[Vec<u8>]) {
     let input: Vec<u8> = script.concat();
@@ -159,15 +174,7 @@ async fn scan_keys_and_flush_cover_every_node() {
 
 #[tokio::test]
 async fn dual_write_to_a_cluster_leaves_it_equal_to_old() {
-    let old = RedisServer::start();
-    let cluster = RedisCluster::start(3);
-    let proxy = TestProxy::start_text(&clustered(
-        &old.addr(),
-        &cluster.nodes[2].addr(),
-        &[Side::New],
-        Phase::DualWrite,
-    ))
-    .await;
+    let (old, cluster, proxy) = old_and_cluster(2, Phase::DualWrite).await;
     let mut c = proxy.conn().await;
     for i in 0..200 {
         let k = format!("k{i}");
@@ -200,15 +207,7 @@ async fn dual_write_to_a_cluster_leaves_it_equal_to_old() {
 
 #[tokio::test]
 async fn a_cross_slot_rename_the_cluster_refuses_is_copied_to_it() {
-    let old = RedisServer::start();
-    let cluster = RedisCluster::start(3);
-    let proxy = TestProxy::start_text(&clustered(
-        &old.addr(),
-        &cluster.nodes[0].addr(),
-        &[Side::New],
-        Phase::DualWrite,
-    ))
-    .await;
+    let (old, cluster, proxy) = old_and_cluster(0, Phase::DualWrite).await;
     let mut c = proxy.conn().await;
     let _: () = redis::cmd("SET")
         .arg("{a}x")
@@ -282,15 +281,7 @@ async fn a_cross_slot_rename_the_cluster_refuses_is_copied_to_it() {
 /// the metrics), the client sees no error, and old and new end equal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_reshard_of_new_is_invisible_to_clients() {
-    let old = RedisServer::start();
-    let cluster = RedisCluster::start(3);
-    let proxy = TestProxy::start_text(&clustered(
-        &old.addr(),
-        &cluster.nodes[0].addr(),
-        &[Side::New],
-        Phase::DualWrite,
-    ))
-    .await;
+    let (old, cluster, proxy) = old_and_cluster(0, Phase::DualWrite).await;
     // Keys of one slot (a hash tag), plus keys elsewhere.
     let tag = "{mig}";
     let slot = cutover::routing::slot::key_slot(tag.as_bytes());

@@ -304,24 +304,8 @@ impl Dialer {
             conn.wr.write_all(cmd.raw()).await.map_err(io_err)?;
             let mut scanner = ReplyScanner::new(max_depth);
             let mut buf = BytesMut::with_capacity(4096);
-            loop {
-                let next = scanner
-                    .next(&mut buf)
-                    .map_err(|source| UpstreamError::Protocol {
-                        side,
-                        addr: addr.into(),
-                        source,
-                    })?;
-                if let Some(r) = next {
-                    return Ok(r.bytes);
-                }
-                if conn.rd.read_buf(&mut buf).await.map_err(io_err)? == 0 {
-                    return Err(UpstreamError::Closed {
-                        side,
-                        addr: addr.into(),
-                    });
-                }
-            }
+            let reply = self.read_reply(conn, addr, &mut scanner, &mut buf).await?;
+            Ok(reply.bytes)
         };
         let after = self.config.command_timeout().unwrap_or(Duration::MAX);
         tokio::time::timeout(after, exchange)
@@ -331,6 +315,36 @@ impl Dialer {
                 addr: addr.into(),
                 after,
             }))
+    }
+
+    /// The next reply on `conn` (to `addr`), reading more as needed.
+    async fn read_reply(
+        &self,
+        conn: &mut Conn,
+        addr: &str,
+        scanner: &mut ReplyScanner,
+        buf: &mut BytesMut,
+    ) -> Result<crate::protocol::Reply, UpstreamError> {
+        let side = self.side;
+        loop {
+            let next = scanner
+                .next(buf)
+                .map_err(|source| UpstreamError::Protocol {
+                    side,
+                    addr: addr.into(),
+                    source,
+                })?;
+            if let Some(r) = next {
+                return Ok(r);
+            }
+            let n = conn.rd.read_buf(buf).await;
+            if n.map_err(|source| self.io_error(addr, source))? == 0 {
+                return Err(UpstreamError::Closed {
+                    side,
+                    addr: addr.into(),
+                });
+            }
+        }
     }
 
     /// Sends `setup` in one write; every reply must be a success.
@@ -351,24 +365,7 @@ impl Dialer {
         let mut scanner = ReplyScanner::new(max_depth);
         let mut buf = BytesMut::with_capacity(1024);
         for (step, _) in setup {
-            let reply = loop {
-                let next = scanner
-                    .next(&mut buf)
-                    .map_err(|source| UpstreamError::Protocol {
-                        side,
-                        addr: addr.into(),
-                        source,
-                    })?;
-                if let Some(r) = next {
-                    break r;
-                }
-                if conn.rd.read_buf(&mut buf).await.map_err(io_err)? == 0 {
-                    return Err(UpstreamError::Closed {
-                        side,
-                        addr: addr.into(),
-                    });
-                }
-            };
+            let reply = self.read_reply(conn, addr, &mut scanner, &mut buf).await?;
             if reply.is_error() {
                 let text = String::from_utf8_lossy(&reply.bytes[1..])
                     .trim_end()

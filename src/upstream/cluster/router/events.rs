@@ -153,14 +153,7 @@ impl Router {
         if ask {
             counters.ask.fetch_add(1, Ordering::Relaxed);
             let asking = Command::from_args(&[b"ASKING"]);
-            let swallow = Expected {
-                seq: u64::MAX,
-                part: 0,
-                cmd: None,
-                slot: None,
-                what: What::Swallow,
-                hops: 0,
-            };
+            let swallow = Expected::own(What::Swallow);
             self.send(to, asking.raw(), swallow);
             self.resend(to, exp);
             return;

@@ -76,14 +76,7 @@ impl Router {
                 };
                 let multi = Command::from_args(&[b"MULTI"]);
                 let raw = multi.raw().clone();
-                let exp = Expected {
-                    seq: u64::MAX,
-                    part: 0,
-                    cmd: None,
-                    slot: None,
-                    what: What::Swallow,
-                    hops: 0,
-                };
+                let exp = Expected::own(What::Swallow);
                 self.send(n, &raw, exp);
                 self.tx = Some(Some(n));
                 n
