@@ -238,3 +238,41 @@ async fn consumers_blocked_on_a_cluster_node_move_at_a_flip() {
         assert_eq!((left, left_new), (0, 0));
     }
 }
+
+/// Connection state reaches every node connection, also those opened
+/// after it was set; `SELECT` of another database is refused as a cluster
+/// refuses it.
+#[tokio::test]
+async fn connection_state_is_on_every_node_and_select_is_refused_clearly() {
+    let old = RedisServer::start();
+    let cluster = RedisCluster::start(3);
+    let proxy = proxy_to(
+        &old.addr(),
+        &cluster.nodes[0].addr(),
+        &[("default", None, Phase::NewOnly)],
+    )
+    .await;
+    let mut raw = proxy.raw().await;
+    raw.send(&resp(&["CLIENT", "SETNAME", "checkout-7"])).await;
+    assert_eq!(raw.read_replies(1).await, b"+OK\r\n");
+    // Keys on every node, after the name was set.
+    for key in ["a", "b", "c", "foo", "bar"] {
+        raw.send(&resp(&["SET", key, "1"])).await;
+        assert_eq!(raw.read_replies(1).await, b"+OK\r\n");
+    }
+    for n in &cluster.nodes {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query(&mut n.sync())
+            .unwrap();
+        assert!(list.contains("name=checkout-7"), "{}: {list}", n.addr());
+    }
+    raw.send(&resp(&["SELECT", "1"])).await;
+    let reply = String::from_utf8(raw.read_replies(1).await).unwrap();
+    assert!(
+        reply.contains("SELECT is not allowed in cluster mode"),
+        "{reply}"
+    );
+    raw.send(&resp(&["GET", "foo"])).await;
+    assert_eq!(raw.read_replies(1).await, b"$1\r\n1\r\n");
+}

@@ -149,6 +149,40 @@ async fn client(url: String, seed: u64, me: usize, ops: u64, sha: String) {
     }
 }
 
+/// `old-only` and `new-only` with the shape's caches: everything lands on
+/// the one cache the phase uses, nothing on the other.
+async fn single_sided(old_cluster: bool, new_cluster: bool) {
+    for phase in [Phase::OldOnly, Phase::NewOnly] {
+        let (old, new) = (Cache::start(old_cluster), Cache::start(new_cluster));
+        let mut config = Config::new(&old.addr(), &new.addr()).route("default", None, phase);
+        for (side, on) in [(Side::Old, old_cluster), (Side::New, new_cluster)] {
+            if on {
+                config = config.upstream(side, "cluster", true);
+            }
+        }
+        let proxy = TestProxy::start_text(&config.text()).await;
+        let sha: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(SCRIPT)
+            .query_async(&mut proxy.conn().await)
+            .await
+            .unwrap();
+        client(proxy.url(), 31, 0, 60, sha).await;
+        let (used, unused) = match phase {
+            Phase::OldOnly => (&old, &new),
+            _ => (&new, &old),
+        };
+        assert!(
+            used.keyspace().len() > 10,
+            "{phase}: the phase's cache has the keys"
+        );
+        assert!(
+            unused.keyspace().is_empty(),
+            "{phase}: the other cache got nothing"
+        );
+    }
+}
+
 async fn run(old_cluster: bool, new_cluster: bool, phase: Phase, seed: u64) {
     let (old, new) = (Cache::start(old_cluster), Cache::start(new_cluster));
     let mut config = Config::new(&old.addr(), &new.addr()).route("default", None, phase);
@@ -202,6 +236,7 @@ async fn run(old_cluster: bool, new_cluster: bool, phase: Phase, seed: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_to_cluster() {
+    single_sided(false, true).await;
     for phase in [Phase::DualWrite, Phase::ReadNew] {
         run(false, true, phase, 7919).await;
     }
@@ -209,6 +244,7 @@ async fn standalone_to_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_to_cluster() {
+    single_sided(true, true).await;
     for phase in [Phase::DualWrite, Phase::ReadNew] {
         run(true, true, phase, 15838).await;
     }
@@ -216,6 +252,7 @@ async fn cluster_to_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_to_standalone() {
+    single_sided(true, false).await;
     for phase in [Phase::DualWrite, Phase::ReadNew] {
         run(true, false, phase, 23757).await;
     }
