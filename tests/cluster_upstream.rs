@@ -394,3 +394,66 @@ async fn shadow_reads_compare_with_the_node_owning_the_key() {
     assert_eq!(proxy.stat("default", "shadow_differ"), 0);
     assert_eq!(proxy.stat("default", "shadow_missing"), 0);
 }
+
+/// A slot moved during a `SCAN` from a node the walk has not reached to
+/// one it has already walked: its keys are still returned (the walk goes
+/// by slot runs, and the moved slot is walked where it is now).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_returns_every_key_across_a_slot_move() {
+    let (_old, cluster, proxy) = old_and_cluster(0, Phase::NewOnly).await;
+    let mut c = proxy.conn().await;
+    // A tag on the last node's slots (node 2: 10922-16383).
+    let tag = (0..)
+        .map(|i| format!("t{i}"))
+        .find(|t| cutover::routing::slot::key_slot(t.as_bytes()) > 11_000)
+        .unwrap();
+    let slot = cutover::routing::slot::key_slot(tag.as_bytes());
+    let mut expected = Vec::new();
+    for i in 0..300 {
+        expected.push(format!("k{i}"));
+    }
+    for i in 0..60 {
+        expected.push(format!("{{{tag}}}:{i}"));
+    }
+    for k in &expected {
+        let _: () = redis::cmd("SET")
+            .arg(k)
+            .arg(1)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    expected.sort();
+    let mut cursor: u64 = 0;
+    let mut seen = Vec::new();
+    let mut moved = false;
+    loop {
+        let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(10)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        seen.extend(page);
+        if next == 0 {
+            break;
+        }
+        // Once the walk is past node 0's slots, move the slot there.
+        if !moved && next & 0x3fff >= 5461 {
+            tokio::task::block_in_place(|| cluster.move_slot(slot, 2, 0, || {}));
+            moved = true;
+            // Traffic to the slot meets MOVED: the map learns the move.
+            let _: Option<String> = redis::cmd("GET")
+                .arg(format!("{{{tag}}}:0"))
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        }
+        cursor = next;
+    }
+    assert!(moved, "the slot moved during the walk");
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, expected);
+}

@@ -37,8 +37,6 @@ use crate::upstream::{Conn, SetupStep};
 const MAX_HOPS: u8 = 5;
 /// Longest command the pipe carries (the caller bounds them already).
 const MAX_BULK: usize = 1 << 32;
-/// The cursor bits naming the node of a cluster `SCAN` (its first slot).
-const SCAN_NODE_BITS: u32 = 14;
 
 /// What a node connection's reply is for.
 #[derive(Debug)]
@@ -53,6 +51,13 @@ struct Expected {
 }
 
 impl Expected {
+    /// Part `part` of entry `seq` instead.
+    fn of(mut self, seq: u64, part: usize) -> Expected {
+        self.seq = seq;
+        self.part = part;
+        self
+    }
+
     /// The reply to a command of the router's own (`ASKING`, `MULTI`,
     /// `CLIENT ID`), part of no entry.
     fn own(what: What) -> Expected {
@@ -90,8 +95,8 @@ struct Entry {
     parts: Vec<Option<Bytes>>,
     left: usize,
     merge: Merge,
-    /// `SCAN`: the node's first slot and the next node's.
-    scan: Option<(u16, Option<u16>)>,
+    /// `SCAN`: the run of slots the page walks.
+    scan: Option<scan_cursor::Walk>,
 }
 
 struct Node {
@@ -425,6 +430,7 @@ impl Router {
 mod events;
 mod nodes;
 mod pubsub;
+mod scan_cursor;
 mod tx;
 
 /// Whether `reply` is the error a moved slot or a migrating key answers:

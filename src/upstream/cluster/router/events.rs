@@ -5,13 +5,13 @@
 
 use std::sync::atomic::Ordering;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
-use super::{out_of_band, redirection, Event, Expected, Router, What, MAX_HOPS, SCAN_NODE_BITS};
+use super::{out_of_band, redirection, Event, Expected, Router, What, MAX_HOPS};
 use crate::error::UpstreamError;
-use crate::protocol::{value, Command, Reply, Value};
+use crate::protocol::{Command, Reply};
 
 /// What a `MOVED` or `ASK` inside a transaction becomes: the transaction
 /// runs on one node, and Redis Cluster refuses keys of other slots in it.
@@ -206,7 +206,7 @@ impl Router {
             self.base += 1;
             let parts: Vec<Bytes> = e.parts.into_iter().map(Option::unwrap_or_default).collect();
             let reply = match e.scan {
-                Some((slot, next)) => scan_reply(&parts[0], slot, next, self.depth),
+                Some(walk) => super::scan_cursor::reply(&parts[0], walk, self.depth),
                 None => super::merge::merge(&e.merge, parts),
             };
             self.out.extend_from_slice(&reply);
@@ -225,40 +225,4 @@ impl Router {
         }
         Ok(())
     }
-}
-
-/// A node's `SCAN` reply with the cursor the client continues from: the
-/// node's own cursor over the node's first slot, or the next node's start
-/// once this node is done (`0` after the last).
-fn scan_reply(reply: &Bytes, slot: u16, next: Option<u16>, depth: usize) -> Bytes {
-    let Some(Value::Array(items)) = value::decode(reply, depth) else {
-        return reply.clone();
-    };
-    let Some(own) = items
-        .first()
-        .and_then(Value::as_bytes)
-        .and_then(|c| std::str::from_utf8(c).ok()?.parse::<u64>().ok())
-    else {
-        return reply.clone();
-    };
-    let cursor = if own != 0 {
-        // The top bit stays free for the session's old/new SCAN walk.
-        if own >> (63 - SCAN_NODE_BITS) != 0 {
-            return Bytes::from_static(
-                b"-ERR cutover: a node's SCAN cursor is too large to route\r\n",
-            );
-        }
-        (own << SCAN_NODE_BITS) | u64::from(slot)
-    } else {
-        next.map_or(0, u64::from)
-    };
-    // The keys array is the reply after the cursor element, unchanged.
-    let Some(keys) = super::merge::elements(reply).and_then(|e| e.into_iter().nth(1)) else {
-        return reply.clone();
-    };
-    let c = cursor.to_string();
-    let mut out = BytesMut::with_capacity(reply.len() + 16);
-    out.extend_from_slice(format!("*2\r\n${}\r\n{c}\r\n", c.len()).as_bytes());
-    out.extend_from_slice(&keys);
-    out.freeze()
 }

@@ -6,12 +6,12 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::{Event, Expected, Merge, Node, Router, What, SCAN_NODE_BITS};
+use super::{scan_cursor, Event, Expected, Merge, Node, Router, What};
 use crate::error::UpstreamError;
 use crate::net::ReadHalf;
 use crate::protocol::{Command, ReplyScanner};
@@ -124,8 +124,15 @@ impl Router {
         idx
     }
 
-    /// `SCAN cursor ...`: the cursor's low bits name the node (by its first
-    /// slot), the rest is that node's own cursor.
+    /// `SCAN cursor ...`, walking the slots in order, one run of slots
+    /// owned by one node at a time: that node is scanned whole and the keys
+    /// of the run's slots kept. The cursor holds the run's first slot, a
+    /// tag of the node scanning it and that node's own cursor; when the map
+    /// says another node owns the run now, the run starts again there. So a
+    /// key present for the whole iteration is returned although slots move
+    /// meanwhile: those behind the walk were walked when they were there,
+    /// those ahead of it are walked where they are (duplicates possible, as
+    /// with any SCAN). A node owning several runs is scanned once per run.
     pub(super) fn scan(&mut self, cmd: Command) {
         let cursor = cmd
             .arg(1)
@@ -134,38 +141,36 @@ impl Router {
             // The node says what is wrong with it.
             return self.send_one(self.home, cmd, None, What::Reply);
         };
-        let firsts = self.map.first_slots();
-        let key = (cursor & ((1 << SCAN_NODE_BITS) - 1)) as u16;
-        let own = cursor >> SCAN_NODE_BITS;
-        let (slot, own) = match firsts.iter().position(|&(s, _)| s == key) {
-            Some(_) => (key, own),
-            // A first slot no more (the map changed): that node's next
-            // position is lost, start it again.
-            None => (key, 0),
+        let (from, tag, own) = scan_cursor::decode(cursor);
+        let Some(lo) = (from..=scan_cursor::LAST).find(|&s| self.map.owner_index(s).is_some())
+        else {
+            return self.local(Bytes::from_static(b"*2\r\n$1\r\n0\r\n*0\r\n"));
         };
-        let slot = if cursor == 0 {
-            firsts.first().map_or(0, |f| f.0)
-        } else {
-            slot
-        };
-        let next = firsts.iter().map(|f| f.0).find(|&s| s > slot);
+        // The run: the slots from `lo` the same node serves (by the map
+        // and the MOVEDs seen since).
+        let n = self.node_for(lo);
+        let hi = (lo..=scan_cursor::LAST)
+            .take_while(|&s| self.map.owner_index(s).is_some() && self.node_for(s) == n)
+            .last()
+            .unwrap_or(lo);
+        let next = (hi + 1..=scan_cursor::LAST).find(|&s| self.map.owner_index(s).is_some());
+        let node_tag = scan_cursor::tag(&self.nodes[n].addr);
+        let resumed = lo == from && (own, tag) != (0, 0) && tag == node_tag;
+        let own = if resumed { own } else { 0 };
         let mut args: Vec<&[u8]> = cmd.args().collect();
         let own = own.to_string();
         args[1] = own.as_bytes();
         let part = Command::from_args(&args);
-        let n = self.node_for(slot);
         let seq = self.entry(1, Merge::One);
-        self.entries.back_mut().expect("just pushed").scan = Some((slot, next));
-        let raw = part.raw().clone();
-        let exp = Expected {
-            seq,
-            part: 0,
-            cmd: Some(part),
-            slot: Some(slot),
-            what: What::Reply,
-            hops: 0,
+        let walk = scan_cursor::Walk {
+            lo,
+            hi,
+            tag: node_tag,
+            next,
         };
-        self.send(n, &raw, exp);
+        self.entries.back_mut().expect("just pushed").scan = Some(walk);
+        let raw = part.raw().clone();
+        self.send(n, &raw, Expected::own(What::Reply).of(seq, 0));
     }
 }
 
