@@ -128,6 +128,7 @@ impl Proxy {
                 let l = &settings.listen;
                 crate::cluster_face::ClusterFace::new(l.announce.as_deref(), &l.address)
             }),
+            checked: Default::default(),
         });
         let journalled = shared.repairer.journal.load(&shared.router)?;
         if journalled > 0 {
@@ -185,6 +186,9 @@ impl Proxy {
             ));
         }
         check_upstreams(&shared).await;
+        shared
+            .checked
+            .store(true, std::sync::atomic::Ordering::Release);
         info!(
             %addr,
             tls = listen_is_tls,

@@ -53,11 +53,27 @@ pub struct Shared {
     pub backlog: Arc<Backlog>,
     /// `[listen] cluster = true`: the cluster clients see.
     pub cluster_face: Option<crate::cluster_face::ClusterFace>,
+    /// The upstream checks at start are done (`GET /ready`).
+    pub checked: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
     pub fn upstream(&self, side: Side) -> &Upstream {
         &self.upstreams[side]
+    }
+
+    /// The caches some route reads from or answers writes with (a mirror
+    /// is not one: clients do not wait for it).
+    pub fn serving_sides(&self) -> Vec<Side> {
+        let table = self.router.current();
+        Side::BOTH
+            .into_iter()
+            .filter(|&side| {
+                table.routes.iter().any(|r| {
+                    r.phase.authoritative() == side || r.keyless_phase().authoritative() == side
+                })
+            })
+            .collect()
     }
 
     /// Either cache is a Redis Cluster.

@@ -37,6 +37,12 @@ pub async fn serve(
     token: Option<Secret>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Probes answer without the token: load balancers and kubelets ask,
+    // and they tell nothing but up or not.
+    let probes = axum::Router::new()
+        .route("/live", get(live))
+        .route("/ready", get(ready))
+        .with_state(shared.clone());
     let app = axum::Router::new()
         .route("/status", get(status))
         .route("/routes/{name}/phase", put(flip))
@@ -48,7 +54,8 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .layer(axum::Extension(shutdown.clone()))
         .layer(middleware::from_fn_with_state(token.map(Arc::new), auth))
-        .with_state(shared);
+        .with_state(shared)
+        .merge(probes);
     let stop = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };
@@ -503,6 +510,37 @@ async fn stop_backfill(State(shared): State<Arc<Shared>>, Path(name): Path<Strin
             format!("no backfill of route {name:?} is running"),
         ),
     }
+}
+
+/// `GET /live`: the process serves its admin listener.
+async fn live() -> Response {
+    Json(serde_json::json!({ "live": true })).into_response()
+}
+
+/// `GET /ready`: 200 once the start checks are done and every cache some
+/// route is answered by connects (a fresh connection and `PING` to each,
+/// so a proxy the load balancer stopped sending to still notices a cache
+/// coming back); 503 with the reason otherwise.
+async fn ready(State(shared): State<Arc<Shared>>) -> Response {
+    let not_ready = |why: String| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "ready": false, "reason": why })),
+        )
+            .into_response()
+    };
+    if !shared.checked.load(Ordering::Acquire) {
+        return not_ready("upstream checks at start still running".into());
+    }
+    for side in shared.serving_sides() {
+        let up = shared.upstream(side);
+        let mut setup = up.base_setup();
+        setup.push(("PING", crate::protocol::Command::from_args(&[b"PING"])));
+        if let Err(e) = up.connect(setup, shared.limits.max_reply_depth).await {
+            return not_ready(format!("upstream {side} unreachable: {e}"));
+        }
+    }
+    Json(serde_json::json!({ "ready": true })).into_response()
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
