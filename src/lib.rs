@@ -62,6 +62,7 @@ pub mod compare;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod fleet;
 pub mod metrics;
 pub mod mirror;
 pub mod net;

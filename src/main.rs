@@ -80,9 +80,13 @@ enum Cmd {
     Status {
         #[command(flatten)]
         admin: AdminArgs,
-        /// Print the raw JSON of GET /status.
+        /// Print the raw JSON of GET /status (or GET /fleet).
         #[arg(long)]
         json: bool,
+        /// The fleet instead: its members, the epoch each serves, and each
+        /// route's counters summed over them (GET /fleet).
+        #[arg(long)]
+        fleet: bool,
     },
     /// Move ROUTE to PHASE (old-only, dual-write, read-new, new-only),
     /// persisted by the proxy. One step at a time unless --force.
@@ -285,10 +289,15 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Status { admin, json } => {
-            let text = admin_call(admin, "GET", "/status", None)?;
+        Cmd::Status { admin, json, fleet } => {
+            let path = if fleet { "/fleet" } else { "/status" };
+            let text = admin_call(admin, "GET", path, None)?;
             if json {
                 println!("{text}");
+            } else if fleet {
+                let view: cutover::admin::fleet::FleetView =
+                    serde_json::from_str(&text).context("unexpected /fleet answer")?;
+                print!("{}", cutover::admin::fleet::render(&view));
             } else {
                 let status: cutover::admin::StatusView =
                     serde_json::from_str(&text).context("unexpected /status answer")?;
@@ -317,6 +326,28 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 "route {} is {}{ramp} (since {})",
                 view.status.name, view.status.phase, view.status.since
             );
+            let fleet: Option<serde_json::Value> = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("fleet").cloned());
+            if let Some(f) = fleet {
+                let members = f["members"].as_array().map_or(0, Vec::len);
+                let behind: Vec<String> = f["behind"]
+                    .as_array()
+                    .map(|b| {
+                        b.iter()
+                            .filter_map(|m| m.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                println!("fleet epoch {} ({members} members known)", f["epoch"]);
+                if !behind.is_empty() {
+                    eprintln!(
+                        "committed, but not applied within flip_timeout_ms by: {}",
+                        behind.join(", ")
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Serve { config } => {

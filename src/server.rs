@@ -129,12 +129,23 @@ impl Proxy {
                 crate::cluster_face::ClusterFace::new(l.announce.as_deref(), &l.address)
             }),
             checked: Default::default(),
+            fleet: settings.fleet.clone().map(|f| {
+                let store = crate::fleet::Store::new(&f.name, &upstreams, depth);
+                Arc::new(crate::fleet::Fleet::new(f, store))
+            }),
         });
         let journalled = shared.repairer.journal.load(&shared.router)?;
         if journalled > 0 {
             info!(keys = journalled, "resuming the mirror-failure journal");
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
+        if let Some(fleet) = &shared.fleet {
+            // The fleet's phases before the first client.
+            *fleet.listen.lock().unwrap_or_else(|e| e.into_inner()) = addr.to_string();
+            let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+            *fleet.admin.lock().unwrap_or_else(|e| e.into_inner()) = admin.map(|a| a.to_string());
+            crate::fleet::run::tick(&shared, fleet).await;
+        }
         let mut tasks = vec![tokio::spawn(accept_loop(
             Listeners {
                 main: listener,
@@ -159,6 +170,13 @@ impl Proxy {
             copier,
             shutdown_rx.clone(),
         )));
+        if let Some(fleet) = &shared.fleet {
+            tasks.push(tokio::spawn(crate::fleet::run::run(
+                shared.clone(),
+                fleet.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(crate::control::auto::run(
             shared.control.clone(),
             shared.router.clone(),

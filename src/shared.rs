@@ -55,6 +55,8 @@ pub struct Shared {
     pub cluster_face: Option<crate::cluster_face::ClusterFace>,
     /// The upstream checks at start are done (`GET /ready`).
     pub checked: std::sync::atomic::AtomicBool,
+    /// `[fleet]`: this instance as a member of its fleet.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 impl Shared {

@@ -8,6 +8,7 @@
 //! not made).
 
 pub mod client;
+pub mod fleet;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -52,6 +53,7 @@ pub async fn serve(
             post(start_backfill).delete(stop_backfill),
         )
         .route("/metrics", get(metrics))
+        .route("/fleet", get(fleet::get_fleet))
         .layer(axum::Extension(shutdown.clone()))
         .layer(middleware::from_fn_with_state(token.map(Arc::new), auth))
         .with_state(shared)
@@ -410,6 +412,9 @@ async fn flip(
     if req.ramp_percent.is_some_and(|p| p > 100) {
         return error(StatusCode::BAD_REQUEST, "ramp_percent must be 0 to 100");
     }
+    if let Some(fleet) = &shared.fleet {
+        return fleet::flip(&shared, fleet, &name, phase, req.ramp_percent, req.force).await;
+    }
     match shared.control.flip(
         &shared.router,
         &name,
@@ -538,6 +543,16 @@ async fn ready(State(shared): State<Arc<Shared>>) -> Response {
         setup.push(("PING", crate::protocol::Command::from_args(&[b"PING"])));
         if let Err(e) = up.connect(setup, shared.limits.max_reply_depth).await {
             return not_ready(format!("upstream {side} unreachable: {e}"));
+        }
+    }
+    if let Some(fleet) = &shared.fleet {
+        let seen = fleet.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let epoch = seen.record.as_ref().map_or(0, |r| r.epoch);
+        if seen.at.is_none() {
+            return not_ready("the fleet record could not be read from either cache".into());
+        }
+        if fleet.applied() < epoch {
+            return not_ready(format!("fleet epoch {epoch} not applied yet"));
         }
     }
     Json(serde_json::json!({ "ready": true })).into_response()

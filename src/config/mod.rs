@@ -32,6 +32,30 @@ pub struct Settings {
     /// Clients must authenticate to the proxy (AUTH / HELLO AUTH) when set.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
+    /// Several instances sharing one control record (`[fleet]`).
+    #[serde(default)]
+    pub fleet: Option<FleetConfig>,
+}
+
+/// `[fleet]`: instances with the same name and upstreams form one fleet.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    pub name: String,
+    /// How often each member writes its heartbeat and reads the record.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// How long a flip waits for every live member.
+    #[serde(default = "default_flip_timeout_ms")]
+    pub flip_timeout_ms: u64,
+}
+
+fn default_heartbeat_ms() -> u64 {
+    1000
+}
+
+fn default_flip_timeout_ms() -> u64 {
+    5000
 }
 
 /// Users clients authenticate to the proxy as. Their AUTH is answered by

@@ -35,6 +35,8 @@ pub enum Source {
     Config,
     Admin,
     Auto,
+    /// The fleet's control record (a flip made through any member).
+    Fleet,
 }
 
 impl Source {
@@ -43,6 +45,7 @@ impl Source {
             Source::Config => "config",
             Source::Admin => "admin",
             Source::Auto => "auto",
+            Source::Fleet => "fleet",
         }
     }
 }
@@ -134,7 +137,7 @@ pub struct Reloads {
     pub rejected: u64,
 }
 
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     u64::try_from(
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -269,6 +272,83 @@ impl Control {
         }
         let status = status_of(&inner, route).expect("route exists");
         Ok(status)
+    }
+
+    /// Every route's phase and ramp now.
+    pub fn decisions(&self) -> BTreeMap<String, crate::fleet::Decision> {
+        let inner = self.lock();
+        inner
+            .routes
+            .iter()
+            .map(|(name, st)| {
+                let d = crate::fleet::Decision {
+                    phase: st.phase,
+                    ramp_percent: st.ramp_percent,
+                };
+                (name.clone(), d)
+            })
+            .collect()
+    }
+
+    /// Checks a flip of `route` to `phase` as [`Control::flip`] would,
+    /// without making it.
+    pub fn check_flip(&self, route: &str, phase: Phase, force: bool) -> Result<(), FlipError> {
+        let inner = self.lock();
+        let current = inner
+            .routes
+            .get(route)
+            .ok_or_else(|| FlipError::NoSuchRoute(route.to_string()))?;
+        if current.phase.distance(phase) > 1 && !force {
+            let between = Phase::ALL[current.phase.index().min(phase.index()) + 1];
+            return Err(FlipError::Skips {
+                from: current.phase,
+                to: phase,
+                skipped: between,
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes the fleet record's phases (routes it does not name, or this
+    /// instance does not have, stay as they are), persisted first, in one
+    /// table swap.
+    pub fn adopt(
+        &self,
+        router: &Router,
+        decisions: &BTreeMap<String, crate::fleet::Decision>,
+    ) -> Result<(), FlipError> {
+        let mut inner = self.lock();
+        let mut routes = inner.routes.clone();
+        let mut changed = false;
+        for (name, d) in decisions {
+            let Some(current) = routes.get_mut(name) else {
+                continue;
+            };
+            let ramp = d.ramp_percent.filter(|_| d.phase == Phase::ReadNew);
+            if current.phase == d.phase && current.ramp_percent == ramp {
+                continue;
+            }
+            if current.phase != d.phase {
+                current.since_ms = now_ms();
+            }
+            current.phase = d.phase;
+            current.ramp_percent = ramp;
+            current.source = Source::Fleet;
+            changed = true;
+        }
+        if !changed {
+            return Ok(());
+        }
+        if let Some(path) = &self.state_path {
+            write_atomically(path, &routes).map_err(|source| FlipError::Persist {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        inner.routes = routes;
+        let version = router.replace(&effective(&inner.config, &inner.routes), &inner.commands);
+        info!(version, "fleet phases applied");
+        Ok(())
     }
 
     /// Every route, in table order.

@@ -139,6 +139,14 @@ pub(super) fn resolve(
     cmd: &Command,
     positions: &[usize],
 ) -> Result<(usize, Phase), Refusal> {
+    if let Some(key) = positions
+        .iter()
+        .filter_map(|&i| cmd.arg(i))
+        .find(|k| k.starts_with(crate::fleet::RESERVED_PREFIX))
+    {
+        let key = String::from_utf8_lossy(&key[..key.len().min(128)]).into_owned();
+        return Err(Refusal::Reserved { key });
+    }
     let mut keys = positions.iter().filter_map(|&i| cmd.arg(i));
     let Some(first) = keys.next() else {
         let route = table.default_route();

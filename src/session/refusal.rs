@@ -24,6 +24,9 @@ pub(super) enum Refusal {
     Unsupported { name: String, reason: &'static str },
     /// Keys served in different phases (`detail` says which).
     CrossRoute { detail: String },
+    /// A key under `cutover:fleet:`, reserved for the fleet's control
+    /// record.
+    Reserved { key: String },
     /// A blocking write in a dual phase whose effect has no translation.
     BlockingWrite {
         name: String,
@@ -96,6 +99,7 @@ impl Refusal {
                 | Refusal::Unknown { .. }
                 | Refusal::Unsupported { .. }
                 | Refusal::CrossRoute { .. }
+                | Refusal::Reserved { .. }
                 | Refusal::StateInMulti { .. }
                 | Refusal::PubSubInMulti { .. }
                 | Refusal::TxLost { .. }
@@ -129,6 +133,10 @@ impl fmt::Display for Refusal {
             Refusal::Unsupported { name, reason } => {
                 write!(f, "-ERR cutover does not support '{name}': {reason}")
             }
+            Refusal::Reserved { key } => write!(
+                f,
+                "-ERR cutover: key '{key}' is reserved for cutover's fleet record (keys under cutover:fleet: cannot be read or written through cutover)"
+            ),
             Refusal::CrossRoute { detail } => write!(
                 f,
                 "-CROSSROUTE keys in request don't hash to routes in the same phase ({detail})"

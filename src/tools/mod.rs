@@ -156,6 +156,8 @@ impl KeyScan {
             .ok_or(ToolError::Unexpected("SCAN"))?
             .iter()
             .filter_map(|k| k.as_bytes().cloned())
+            // The fleet's control record is no data to copy or compare.
+            .filter(|k| !k.starts_with(crate::fleet::RESERVED_PREFIX))
             .filter(|k| table.route_of(k) == self.route)
             .collect();
         self.cursor = cursor;

@@ -1,0 +1,196 @@
+//! A fleet: several cutover instances (`[fleet] name`, same upstreams)
+//! serving one phase table, kept in a control record in the caches
+//! themselves ([`store`]).
+//!
+//! Each member, every `heartbeat_ms`: writes its heartbeat (id, addresses,
+//! version, the epoch it serves, its routes' counters) to both caches,
+//! reads the record from both, and adopts a record of a higher epoch (the
+//! higher of the two caches' wins). A flip on any member commits the next
+//! epoch to both caches, adopts it at once, and waits for every live
+//! member to report it (`flip_timeout_ms`). A member silent for five
+//! heartbeats is absent: it no longer holds flips back.
+//!
+//! This is the first part of issue 18: members, the record, adoption at
+//! start and on every heartbeat, flips committed fleet-wide. Not yet: the
+//! prepare step (a flip that aborts when a member does not acknowledge),
+//! protection of the window between the first and the last member
+//! applying, the auto-cutover lease.
+
+pub mod store;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+pub use store::{Decision, Member, Record, Store, RESERVED_PREFIX};
+
+use crate::config::FleetConfig;
+use crate::routing::{PerSide, Side};
+
+/// Heartbeats a member may miss before it is absent.
+const ABSENT_AFTER: u64 = 5;
+
+/// This instance as a member of its fleet.
+#[derive(Debug)]
+pub struct Fleet {
+    pub config: FleetConfig,
+    pub id: String,
+    pub store: Store,
+    /// The epoch whose phases this member serves.
+    pub applied: AtomicU64,
+    pub started_ms: u64,
+    pub listen: Mutex<String>,
+    pub admin: Mutex<Option<String>>,
+    /// The last read: the record and the members, and per cache the error
+    /// that kept it from being read.
+    pub seen: Mutex<Seen>,
+}
+
+/// What the last read of the record found.
+#[derive(Clone, Debug, Default)]
+pub struct Seen {
+    pub record: Option<Record>,
+    pub members: Vec<Member>,
+    pub errors: PerSide<Option<String>>,
+    /// When the record was last read from at least one cache.
+    pub at: Option<Instant>,
+}
+
+/// A member as `GET /fleet` shows it.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct MemberView {
+    #[serde(flatten)]
+    pub member: Member,
+    /// Heard from within five heartbeats.
+    pub live: bool,
+    /// Serves an older epoch than the record's.
+    pub behind: bool,
+}
+
+pub fn now_ms() -> u64 {
+    crate::control::now_ms()
+}
+
+impl Fleet {
+    pub fn new(config: FleetConfig, store: Store) -> Fleet {
+        let started_ms = now_ms();
+        let id = format!(
+            "{}-{}-{:x}",
+            hostname(),
+            std::process::id(),
+            started_ms & 0xffff_ffff
+        );
+        Fleet {
+            config,
+            id,
+            store,
+            applied: AtomicU64::new(0),
+            started_ms,
+            listen: Mutex::default(),
+            admin: Mutex::default(),
+            seen: Mutex::default(),
+        }
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.config.heartbeat_ms.max(10))
+    }
+
+    /// Whether `m` was heard from recently enough to count.
+    pub fn is_live(&self, m: &Member) -> bool {
+        now_ms().saturating_sub(m.seen_ms) <= ABSENT_AFTER * self.config.heartbeat_ms
+    }
+
+    /// Reads the record and the members from both caches: the higher
+    /// epoch wins; a member's latest heartbeat of the two.
+    pub async fn read(&self) -> Seen {
+        let mut seen = Seen::default();
+        for side in Side::BOTH {
+            match self.store.read(side).await {
+                Ok(held) => {
+                    seen.at = Some(Instant::now());
+                    if held.record.as_ref().map(|r| r.epoch) > seen.record.as_ref().map(|r| r.epoch)
+                    {
+                        seen.record = held.record;
+                    }
+                    for m in held.members {
+                        match seen.members.iter_mut().find(|x| x.id == m.id) {
+                            Some(x) if x.seen_ms < m.seen_ms => *x = m,
+                            Some(_) => {}
+                            None => seen.members.push(m),
+                        }
+                    }
+                }
+                Err(e) => seen.errors[side] = Some(e.to_string()),
+            }
+        }
+        seen.members.sort_by(|a, b| a.id.cmp(&b.id));
+        seen
+    }
+
+    /// The members, live or not, with the epoch each serves.
+    pub fn members(&self) -> Vec<MemberView> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let epoch = seen.record.as_ref().map_or(0, |r| r.epoch);
+        seen.members
+            .iter()
+            .map(|m| MemberView {
+                live: self.is_live(m),
+                behind: m.applied < epoch,
+                member: m.clone(),
+            })
+            .collect()
+    }
+
+    /// Waits until every live member serves `epoch` (this one included),
+    /// reading the record every few milliseconds, at most
+    /// `flip_timeout_ms`. Returns the live members that did not.
+    pub async fn wait_applied(&self, epoch: u64) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_millis(self.config.flip_timeout_ms);
+        loop {
+            let seen = self.read().await;
+            let behind: Vec<String> = seen
+                .members
+                .iter()
+                .filter(|m| self.is_live(m) && m.applied < epoch && m.id != self.id)
+                .map(|m| m.id.clone())
+                .collect();
+            *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = seen;
+            if behind.is_empty() || Instant::now() >= deadline {
+                if !behind.is_empty() {
+                    warn!(
+                        epoch,
+                        ?behind,
+                        "fleet members did not apply the flip in time"
+                    );
+                }
+                return behind;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log_adopted(&self, record: &Record) {
+        info!(epoch = record.epoch, by = %record.by, why = %record.why, "fleet record adopted");
+    }
+
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "cutover".into())
+}
+
+pub mod run;
+
+/// The fleet a shared state belongs to.
+pub type Shared = Arc<Fleet>;

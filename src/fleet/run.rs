@@ -1,0 +1,215 @@
+//! The member's side of the fleet: the heartbeat loop (read the record,
+//! adopt a newer epoch, write the heartbeat), the read at start, and the
+//! fleet-wide flip.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tracing::warn;
+
+use super::{now_ms, Fleet, Member, MemberView, Record};
+use crate::control::{FlipError, RouteStatus, Source};
+use crate::routing::{Phase, Side};
+use crate::shared::Shared;
+
+/// Members silent this many heartbeats are removed from the record.
+const FORGET_AFTER: u64 = 30;
+
+/// One heartbeat: the record read from both caches (a newer epoch
+/// adopted), then this member's heartbeat written.
+pub async fn tick(shared: &Shared, fleet: &Fleet) {
+    let seen = fleet.read().await;
+    if let Some(record) = seen.record.as_ref().filter(|r| r.epoch > fleet.applied()) {
+        adopt(shared, fleet, record);
+    }
+    if seen.at.is_none() {
+        warn!(
+            old = ?seen.errors[Side::Old],
+            new = ?seen.errors[Side::New],
+            "fleet record unreachable on both caches; serving the last phases"
+        );
+    }
+    let forget = FORGET_AFTER * fleet.config.heartbeat_ms;
+    let stale: Vec<String> = seen
+        .members
+        .iter()
+        .filter(|m| now_ms().saturating_sub(m.seen_ms) > forget)
+        .map(|m| m.id.clone())
+        .collect();
+    *fleet.seen.lock().unwrap_or_else(|e| e.into_inner()) = seen;
+    fleet.store.heartbeat(&me(shared, fleet), &stale).await;
+}
+
+/// Applies `record`'s phases here; its epoch is then the one served.
+fn adopt(shared: &Shared, fleet: &Fleet, record: &Record) {
+    match shared.control.adopt(&shared.router, &record.routes) {
+        Ok(()) => {
+            fleet.applied.store(record.epoch, Ordering::Release);
+            fleet.log_adopted(record);
+        }
+        Err(e) => warn!(epoch = record.epoch, error = %e, "cannot apply the fleet record"),
+    }
+}
+
+/// This member's heartbeat now.
+fn me(shared: &Shared, fleet: &Fleet) -> Member {
+    let table = shared.router.current();
+    let mut counts = std::collections::BTreeMap::new();
+    let mut journal_keys = std::collections::BTreeMap::new();
+    for r in &table.routes {
+        let c = r
+            .stats
+            .snapshot()
+            .iter()
+            .map(|(n, v)| (n.to_string(), *v))
+            .collect();
+        counts.insert(r.name.to_string(), c);
+        let j = r.stats.journal_keys.load(Ordering::Relaxed);
+        journal_keys.insert(r.name.to_string(), j);
+    }
+    Member {
+        id: fleet.id.clone(),
+        listen: fleet
+            .listen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
+        admin: fleet
+            .admin
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        applied: fleet.applied(),
+        started_ms: fleet.started_ms,
+        seen_ms: now_ms(),
+        counts,
+        journal_keys,
+    }
+}
+
+/// How often the record's epoch is looked at between heartbeats, so a
+/// flip reaches every member well within a second.
+const POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Heartbeats until shutdown; between them, a newer epoch on either cache
+/// is adopted at once.
+pub async fn run(shared: Arc<Shared>, fleet: Arc<Fleet>, mut shutdown: watch::Receiver<bool>) {
+    let mut beat = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(POLL.min(fleet.heartbeat())) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let mut newer = false;
+        for side in Side::BOTH {
+            if let Ok(e) = fleet.store.epoch(side).await {
+                newer |= e > fleet.applied();
+            }
+        }
+        if newer || beat.elapsed() >= fleet.heartbeat() {
+            tick(&shared, &fleet).await;
+            beat = std::time::Instant::now();
+        }
+    }
+}
+
+/// What a fleet-wide flip answers.
+#[derive(Debug, Serialize)]
+pub struct FlipOutcome {
+    #[serde(flatten)]
+    pub route: RouteStatus,
+    pub epoch: u64,
+    pub members: Vec<MemberView>,
+    /// Live members that did not apply the epoch within `flip_timeout_ms`.
+    pub behind: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetFlipError {
+    #[error(transparent)]
+    Flip(#[from] FlipError),
+    #[error("the fleet record could be written on neither cache (old: {old}; new: {new})")]
+    Unreachable { old: String, new: String },
+    #[error("another flip committed epoch {epoch} first; read the status and retry")]
+    Lost { epoch: u64 },
+}
+
+/// Flips `route` for the whole fleet: the next epoch committed to both
+/// caches (where it is higher), applied here, then waited for on every
+/// live member.
+pub async fn flip(
+    shared: &Shared,
+    fleet: &Fleet,
+    route: &str,
+    phase: Phase,
+    ramp_percent: Option<u8>,
+    force: bool,
+    source: Source,
+) -> Result<FlipOutcome, FleetFlipError> {
+    shared.control.check_flip(route, phase, force)?;
+    let seen = fleet.read().await;
+    let base = seen
+        .record
+        .as_ref()
+        .map_or(0, |r| r.epoch)
+        .max(fleet.applied());
+    let mut routes = shared.control.decisions();
+    let ramp_percent = ramp_percent.filter(|_| phase == Phase::ReadNew);
+    routes.insert(
+        route.to_string(),
+        super::Decision {
+            phase,
+            ramp_percent,
+        },
+    );
+    let record = Record {
+        epoch: base + 1,
+        routes,
+        by: fleet.id.clone(),
+        at_ms: now_ms(),
+        why: format!("{} route={route} to={phase}", source.name()),
+    };
+    let stored = fleet.store.commit(&record).await;
+    let won = Side::BOTH
+        .iter()
+        .any(|&s| matches!(stored[s], Ok(e) if e == record.epoch));
+    if !won {
+        let higher = Side::BOTH
+            .iter()
+            .filter_map(|&s| stored[s].as_ref().ok().copied())
+            .max();
+        return Err(match higher {
+            Some(epoch) => FleetFlipError::Lost { epoch },
+            None => {
+                let err = |s: Side| match &stored[s] {
+                    Err(e) => e.to_string(),
+                    Ok(_) => String::new(),
+                };
+                FleetFlipError::Unreachable {
+                    old: err(Side::Old),
+                    new: err(Side::New),
+                }
+            }
+        });
+    }
+    shared.control.adopt(&shared.router, &record.routes)?;
+    fleet.applied.store(record.epoch, Ordering::Release);
+    fleet.log_adopted(&record);
+    fleet.store.heartbeat(&me(shared, fleet), &[]).await;
+    let behind = fleet.wait_applied(record.epoch).await;
+    let route = shared
+        .control
+        .status()
+        .into_iter()
+        .find(|r| r.name == route)
+        .expect("checked above");
+    Ok(FlipOutcome {
+        route,
+        epoch: record.epoch,
+        members: fleet.members(),
+        behind,
+    })
+}

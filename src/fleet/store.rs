@@ -1,0 +1,232 @@
+//! The fleet's control record, kept in the caches themselves: one hash
+//! under `cutover:fleet:{<name>}` on old and on new (on a clustered side,
+//! on the node owning its slot). Its fields:
+//!
+//! | field | what |
+//! | --- | --- |
+//! | `epoch` | the record's epoch, for the compare-and-set |
+//! | `record` | [`Record`] as JSON: every route's decided phase and ramp |
+//! | `member:<id>` | [`Member`] as JSON: one instance's heartbeat |
+//!
+//! A record is written to both caches with a compare-and-set script (only
+//! over a lower epoch); readers take the higher epoch of the two, so the
+//! record survives either cache being down.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{value, Command, Value};
+use crate::routing::{PerSide, Phase, Side};
+use crate::upstream::client::Client;
+use crate::upstream::Upstream;
+
+/// Keys under this prefix are the fleet's: refused to clients, skipped
+/// by backfill and verify.
+pub const RESERVED_PREFIX: &[u8] = b"cutover:fleet:";
+
+/// Writes `ARGV[2]` as the record with epoch `ARGV[1]` unless the stored
+/// epoch is as high; answers the stored epoch after.
+const COMMIT: &str = "local e = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0') \
+    if e < tonumber(ARGV[1]) then \
+      redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'record', ARGV[2]) \
+      return tonumber(ARGV[1]) end \
+    return e";
+
+/// One route's decision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub phase: Phase,
+    #[serde(default)]
+    pub ramp_percent: Option<u8>,
+}
+
+/// The fleet's phases under one epoch, and who set them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub epoch: u64,
+    pub routes: BTreeMap<String, Decision>,
+    /// The member that committed it.
+    pub by: String,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// What it was for (`phase route=... to=...`).
+    pub why: String,
+}
+
+/// One instance's heartbeat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: String,
+    pub listen: String,
+    pub admin: Option<String>,
+    pub version: String,
+    /// The epoch whose phases it serves (0: none yet).
+    pub applied: u64,
+    pub started_ms: u64,
+    pub seen_ms: u64,
+    /// Per route: its counters.
+    #[serde(default)]
+    pub counts: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Per route: its journal size.
+    #[serde(default)]
+    pub journal_keys: BTreeMap<String, u64>,
+}
+
+/// What one cache holds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Held {
+    pub record: Option<Record>,
+    pub members: Vec<Member>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Upstream(#[from] crate::error::UpstreamError),
+    #[error("unexpected reply from the {side} cache: {reply}")]
+    Unexpected { side: Side, reply: String },
+}
+
+/// The record's key for fleet `name`.
+pub fn key(name: &str) -> String {
+    format!("cutover:fleet:{{{name}}}")
+}
+
+/// Reads and writes the record on both caches, over connections of its
+/// own (with their own reconnect backoff).
+pub struct Store {
+    key: String,
+    upstreams: PerSide<Upstream>,
+    clients: tokio::sync::Mutex<PerSide<Client>>,
+    depth: usize,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("key", &self.key).finish()
+    }
+}
+
+impl Store {
+    pub fn new(name: &str, upstreams: &PerSide<Upstream>, depth: usize) -> Store {
+        Store {
+            key: key(name),
+            upstreams: PerSide::from_fn(|s| upstreams[s].fresh()),
+            clients: tokio::sync::Mutex::new(PerSide::from_fn(|_| Client::new())),
+            depth,
+        }
+    }
+
+    async fn call(&self, side: Side, cmds: &[Command]) -> Result<Vec<Bytes>, StoreError> {
+        let mut clients = self.clients.lock().await;
+        Ok(clients[side]
+            .call(&self.upstreams[side], self.depth, cmds)
+            .await?)
+    }
+
+    /// What `side` holds.
+    pub async fn read(&self, side: Side) -> Result<Held, StoreError> {
+        let cmd = Command::from_args(&[b"HGETALL", self.key.as_bytes()]);
+        let reply = self.call(side, &[cmd]).await?.remove(0);
+        let unexpected = || StoreError::Unexpected {
+            side,
+            reply: crate::protocol::text(&reply),
+        };
+        let items = match value::decode(&reply, self.depth) {
+            Some(Value::Array(items)) => items
+                .chunks(2)
+                .filter_map(|kv| Some((kv[0].as_bytes()?.clone(), kv.get(1)?.as_bytes()?.clone())))
+                .collect::<Vec<_>>(),
+            Some(Value::Map(pairs)) => pairs
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.as_bytes()?.clone(), v.as_bytes()?.clone())))
+                .collect(),
+            _ => return Err(unexpected()),
+        };
+        let mut held = Held::default();
+        for (field, json) in items {
+            if &field[..] == b"record" {
+                held.record = serde_json::from_slice(&json).ok();
+            } else if field.starts_with(b"member:") {
+                if let Ok(m) = serde_json::from_slice(&json) {
+                    held.members.push(m);
+                }
+            }
+        }
+        Ok(held)
+    }
+
+    /// The epoch stored on `side` (0 without a record).
+    pub async fn epoch(&self, side: Side) -> Result<u64, StoreError> {
+        let cmd = Command::from_args(&[b"HGET", self.key.as_bytes(), b"epoch"]);
+        let reply = self.call(side, &[cmd]).await?.remove(0);
+        match value::decode(&reply, 4) {
+            Some(Value::Nil) => Ok(0),
+            Some(Value::Str(e)) => Ok(std::str::from_utf8(&e)
+                .ok()
+                .and_then(|e| e.parse().ok())
+                .unwrap_or(0)),
+            _ => Err(StoreError::Unexpected {
+                side,
+                reply: crate::protocol::text(&reply),
+            }),
+        }
+    }
+
+    /// Writes `record` where its epoch is higher than the stored one.
+    /// Returns, per cache, the epoch stored after (or the error).
+    pub async fn commit(&self, record: &Record) -> PerSide<Result<u64, StoreError>> {
+        let json = serde_json::to_string(record).expect("a record serializes");
+        let epoch = record.epoch.to_string();
+        let cmd = Command::from_args(&[
+            b"EVAL",
+            COMMIT.as_bytes(),
+            b"1",
+            self.key.as_bytes(),
+            epoch.as_bytes(),
+            json.as_bytes(),
+        ]);
+        let mut out = PerSide::from_fn(|_| Ok(0));
+        for side in Side::BOTH {
+            out[side] = match self.call(side, std::slice::from_ref(&cmd)).await {
+                Ok(r) => match value::decode(&r[0], 4) {
+                    Some(Value::Int(e)) => Ok(u64::try_from(e).unwrap_or(0)),
+                    _ => Err(StoreError::Unexpected {
+                        side,
+                        reply: crate::protocol::text(&r[0]),
+                    }),
+                },
+                Err(e) => Err(e),
+            };
+        }
+        out
+    }
+
+    /// Writes `member`'s heartbeat to both caches and removes members
+    /// silent for longer than `forget_ms`. Per cache, whether it worked.
+    pub async fn heartbeat(&self, member: &Member, stale: &[String]) -> PerSide<bool> {
+        let json = serde_json::to_string(member).expect("a member serializes");
+        let field = format!("member:{}", member.id);
+        let mut cmds = vec![Command::from_args(&[
+            b"HSET",
+            self.key.as_bytes(),
+            field.as_bytes(),
+            json.as_bytes(),
+        ])];
+        for id in stale {
+            let f = format!("member:{id}");
+            cmds.push(Command::from_args(&[
+                b"HDEL",
+                self.key.as_bytes(),
+                f.as_bytes(),
+            ]));
+        }
+        let mut out = PerSide::from_fn(|_| false);
+        for side in Side::BOTH {
+            out[side] = self.call(side, &cmds).await.is_ok();
+        }
+        out
+    }
+}

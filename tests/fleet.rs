@@ -1,0 +1,155 @@
+//! A fleet of three `cutover serve` processes sharing one config (issue
+//! 18, first part): a flip through one member is applied by all three
+//! before it returns; a stopped member stops counting after five
+//! heartbeats; a restarted member serves the fleet's phases from its first
+//! client on; the record lives on whichever cache is up; `GET /fleet`
+//! sums the members' counters; the reserved key is refused to clients.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use cutover::admin::fleet::FleetView;
+use cutover::routing::Phase;
+use support::{resp, wait_for, Config, RawClient, Served};
+
+async fn call(s: &Served, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    cutover::admin::client::request(&s.admin, method, path, None, body.map(str::to_string))
+        .await
+        .unwrap()
+}
+
+async fn fleet(s: &Served) -> FleetView {
+    let (code, body) = call(s, "GET", "/fleet", None).await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+async fn phase(s: &Served) -> Phase {
+    s.status().await.routes[0].status.phase
+}
+
+async fn flip(s: &Served, to: &str) -> (u16, serde_json::Value) {
+    let body = format!(r#"{{"phase": "{to}"}}"#);
+    let (code, body) = call(s, "PUT", "/routes/default/phase", Some(&body)).await;
+    (code, serde_json::from_str(&body).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flip_through_one_member_is_applied_by_all() {
+    let (mut old, new) = support::start_pair();
+    let text = Config::new(&old.addr(), &new.addr())
+        .route("default", None, Phase::OldOnly)
+        .with("[fleet]\nname = \"checkout\"\nheartbeat_ms = 100\nflip_timeout_ms = 3000\n")
+        .text();
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        members.push(Served::start(&text, &[]).await);
+    }
+    wait_for("three live members", async || {
+        fleet(&members[0])
+            .await
+            .members
+            .iter()
+            .filter(|m| m.live)
+            .count()
+            == 3
+    })
+    .await;
+
+    // A flip through the first: every member serves it when it returns.
+    let started = Instant::now();
+    let (code, body) = flip(&members[0], "dual-write").await;
+    let took = started.elapsed();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["fleet"]["epoch"], 1);
+    assert_eq!(body["fleet"]["behind"], serde_json::json!([]));
+    for m in &members {
+        assert_eq!(phase(m).await, Phase::DualWrite);
+    }
+    assert!(took < Duration::from_secs(1), "the flip took {took:?}");
+    // Writes through any member are mirrored.
+    for (i, m) in members.iter().enumerate() {
+        let mut c = RawClient::connect(format!("127.0.0.1:{}", m.port)).await;
+        c.send(&resp(&["SET", &format!("k{i}"), "v"])).await;
+        assert_eq!(c.read_replies(1).await, b"+OK\r\n");
+    }
+    // The counters summed over the members.
+    wait_for("the fleet sums three writes", async || {
+        let v = fleet(&members[1]).await;
+        v.routes["default"].get("writes") == Some(&3) && v.routes["default"]["mirror_ok"] == 3
+    })
+    .await;
+    // The CLI shows the members and the sums.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["status", "--fleet", "--admin", &members[2].admin])
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(said.starts_with("fleet checkout at epoch 1"), "{said}");
+    assert_eq!(
+        said.lines().filter(|l| l.ends_with(" ok")).count(),
+        3,
+        "{said}"
+    );
+    assert!(
+        said.contains("route default: 3 writes, 3 mirrored, 0 mirror failures"),
+        "{said}"
+    );
+    // `cutover phase` through a member says the epoch.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args([
+            "phase",
+            "default",
+            "dual-write",
+            "--admin",
+            &members[2].admin,
+        ])
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("fleet epoch 2"),
+        "{said}"
+    );
+    // The reserved key is not the clients'.
+    let mut c = RawClient::connect(format!("127.0.0.1:{}", members[1].port)).await;
+    c.send(&resp(&["GET", "cutover:fleet:{checkout}"])).await;
+    let reply = String::from_utf8(c.read_replies(1).await).unwrap();
+    assert!(
+        reply.starts_with("-ERR cutover: key 'cutover:fleet:{checkout}' is reserved"),
+        "{reply}"
+    );
+
+    // A stopped member: absent after five heartbeats, it holds no flip back.
+    let mut stopped = members.pop().unwrap();
+    let id = fleet(&stopped).await.id;
+    stopped.child.kill().await.unwrap();
+    let (code, body) = flip(&members[1], "read-new").await;
+    assert_eq!(code, 200, "{body}");
+    let listed = body["fleet"]["members"].as_array().unwrap();
+    let gone = listed.iter().find(|m| m["id"] == id.as_str()).unwrap();
+    assert_eq!(gone["live"], false);
+    assert_eq!(phase(&members[0]).await, Phase::ReadNew);
+
+    // Restarted, it serves the fleet's phase before its first client.
+    let restarted = Served::start(&text, &[]).await;
+    assert_eq!(phase(&restarted).await, Phase::ReadNew);
+    let (code, _) = call(&restarted, "GET", "/ready", None).await;
+    assert_eq!(code, 200);
+
+    // Old down: the record lives on new, flips still apply everywhere.
+    old.kill();
+    let (code, body) = flip(&members[0], "new-only").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["fleet"]["epoch"], 4);
+    for m in members.iter().chain([&restarted]) {
+        assert_eq!(phase(m).await, Phase::NewOnly);
+    }
+    let v = fleet(&restarted).await;
+    assert!(v.errors["old"].is_some(), "{:?}", v.errors);
+    assert_eq!(v.epoch, 4);
+}
