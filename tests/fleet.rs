@@ -60,6 +60,7 @@ async fn a_flip_through_one_member_is_applied_by_all() {
     // A flip through the first: every member serves it when it returns.
     let started = Instant::now();
     let (code, body) = flip(&members[0], "dual-write").await;
+
     let took = started.elapsed();
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["fleet"]["epoch"], 1);
@@ -152,4 +153,67 @@ async fn a_flip_through_one_member_is_applied_by_all() {
     let v = fleet(&restarted).await;
     assert!(v.errors["old"].is_some(), "{:?}", v.errors);
     assert_eq!(v.epoch, 4);
+}
+
+/// A member that stopped but is not yet absent (five heartbeats) does not
+/// acknowledge a prepared flip: the flip aborts, 409 naming it, and no
+/// member changes phase; `force` proceeds without it (202, listed as
+/// behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_member_aborts_a_flip_unless_forced() {
+    let (old, new) = support::start_pair();
+    let text = Config::new(&old.addr(), &new.addr())
+        .route("default", None, Phase::OldOnly)
+        .with("[fleet]\nname = \"orders\"\nheartbeat_ms = 1000\nflip_timeout_ms = 800\n")
+        .text();
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        members.push(Served::start(&text, &[]).await);
+    }
+    wait_for("three live members", async || {
+        fleet(&members[0])
+            .await
+            .members
+            .iter()
+            .filter(|m| m.live)
+            .count()
+            == 3
+    })
+    .await;
+    let mut stopped = members.pop().unwrap();
+    let id = fleet(&stopped).await.id;
+    stopped.child.kill().await.unwrap();
+    let (code, body) = flip(&members[0], "dual-write").await;
+    assert_eq!(code, 409, "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains("aborted, nothing changed") && message.contains(&id),
+        "{message}"
+    );
+    for m in &members {
+        assert_eq!(phase(m).await, Phase::OldOnly, "nothing changed");
+    }
+    // The CLI says so and fails.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args([
+            "phase",
+            "default",
+            "dual-write",
+            "--admin",
+            &members[1].admin,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&id));
+    // Forced: committed without it, listed as behind.
+    let body = r#"{"phase": "dual-write", "force": true}"#;
+    let (code, body) = call(&members[1], "PUT", "/routes/default/phase", Some(body)).await;
+    assert_eq!(code, 202, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["fleet"]["behind"], serde_json::json!([id]));
+    for m in &members {
+        assert_eq!(phase(m).await, Phase::DualWrite);
+    }
 }

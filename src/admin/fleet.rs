@@ -113,6 +113,7 @@ pub(super) async fn flip(
         Err(FleetFlipError::Flip(e @ FlipError::NoSuchRoute(_))) => error(StatusCode::NOT_FOUND, e),
         Err(FleetFlipError::Flip(e @ FlipError::Skips { .. })) => error(StatusCode::CONFLICT, e),
         Err(e @ FleetFlipError::Lost { .. }) => error(StatusCode::CONFLICT, e),
+        Err(e @ FleetFlipError::Aborted { .. }) => error(StatusCode::CONFLICT, e),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }

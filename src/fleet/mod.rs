@@ -2,24 +2,24 @@
 //! serving one phase table, kept in a control record in the caches
 //! themselves ([`store`]).
 //!
-//! Each member, every `heartbeat_ms`: writes its heartbeat (id, addresses,
-//! version, the epoch it serves, its routes' counters) to both caches,
-//! reads the record from both, and adopts a record of a higher epoch (the
-//! higher of the two caches' wins). A flip on any member commits the next
-//! epoch to both caches, adopts it at once, and waits for every live
-//! member to report it (`flip_timeout_ms`). A member silent for five
-//! heartbeats is absent: it no longer holds flips back.
+//! Each member, every `heartbeat_ms`, writes its heartbeat (id, addresses,
+//! version, the epoch it serves, its routes' counters) to both caches and
+//! reads the record; every 50 ms it looks at the record's epochs: a flip
+//! being prepared is acknowledged, a committed epoch higher than the one
+//! it serves is adopted (the higher of the two caches' wins). A flip on
+//! any member prepares the next epoch and waits for every live member's
+//! acknowledgement (or aborts), then commits it and waits for every live
+//! member to serve it ([`run::flip`]). A member silent for five heartbeats
+//! is absent: it no longer holds flips back.
 //!
-//! This is the first part of issue 18: members, the record, adoption at
-//! start and on every heartbeat, flips committed fleet-wide. Not yet: the
-//! prepare step (a flip that aborts when a member does not acknowledge),
-//! protection of the window between the first and the last member
-//! applying, the auto-cutover lease.
+//! Not yet (issue 18 continues): protecting the window between the first
+//! and the last member applying a commit, the auto-cutover lease, and the
+//! deployment pieces.
 
 pub mod store;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -41,6 +41,8 @@ pub struct Fleet {
     pub store: Store,
     /// The epoch whose phases this member serves.
     pub applied: AtomicU64,
+    /// The highest prepared epoch this member acknowledged.
+    pub acked: AtomicU64,
     pub started_ms: u64,
     pub listen: Mutex<String>,
     pub admin: Mutex<Option<String>>,
@@ -54,6 +56,10 @@ pub struct Fleet {
 pub struct Seen {
     pub record: Option<Record>,
     pub members: Vec<Member>,
+    /// The flip being prepared (the higher epoch of the two caches').
+    pub prepare: Option<Record>,
+    /// Per member, the highest epoch it acknowledged.
+    pub acks: std::collections::BTreeMap<String, u64>,
     pub errors: PerSide<Option<String>>,
     /// When the record was last read from at least one cache.
     pub at: Option<Instant>,
@@ -88,6 +94,7 @@ impl Fleet {
             id,
             store,
             applied: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
             started_ms,
             listen: Mutex::default(),
             admin: Mutex::default(),
@@ -116,6 +123,14 @@ impl Fleet {
                     {
                         seen.record = held.record;
                     }
+                    let epoch = |r: &Option<Record>| r.as_ref().map(|r| r.epoch);
+                    if epoch(&held.prepare) > epoch(&seen.prepare) {
+                        seen.prepare = held.prepare;
+                    }
+                    for (id, e) in held.acks {
+                        let a = seen.acks.entry(id).or_default();
+                        *a = (*a).max(e);
+                    }
                     for m in held.members {
                         match seen.members.iter_mut().find(|x| x.id == m.id) {
                             Some(x) if x.seen_ms < m.seen_ms => *x = m,
@@ -143,6 +158,28 @@ impl Fleet {
                 member: m.clone(),
             })
             .collect()
+    }
+
+    /// Waits until every live member but this one acknowledged the
+    /// prepared `epoch`, at most `flip_timeout_ms`. Returns those that did
+    /// not.
+    pub async fn wait_acked(&self, epoch: u64) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_millis(self.config.flip_timeout_ms);
+        loop {
+            let seen = self.read().await;
+            let missing: Vec<String> = seen
+                .members
+                .iter()
+                .filter(|m| self.is_live(m) && m.id != self.id)
+                .filter(|m| seen.acks.get(&m.id).copied().unwrap_or(0) < epoch)
+                .map(|m| m.id.clone())
+                .collect();
+            *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = seen;
+            if missing.is_empty() || Instant::now() >= deadline {
+                return missing;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Waits until every live member serves `epoch` (this one included),
@@ -191,6 +228,3 @@ fn hostname() -> String {
 }
 
 pub mod run;
-
-/// The fleet a shared state belongs to.
-pub type Shared = Arc<Fleet>;

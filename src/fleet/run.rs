@@ -103,11 +103,17 @@ pub async fn run(shared: Arc<Shared>, fleet: Arc<Fleet>, mut shutdown: watch::Re
             _ = tokio::time::sleep(POLL.min(fleet.heartbeat())) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        let mut newer = false;
+        let (mut newer, mut prepared) = (false, 0);
         for side in Side::BOTH {
-            if let Ok(e) = fleet.store.epoch(side).await {
+            if let Ok((e, p)) = fleet.store.epochs(side).await {
                 newer |= e > fleet.applied();
+                prepared = prepared.max(p);
             }
+        }
+        // A flip being prepared: this member is ready for it.
+        if prepared > fleet.applied() && prepared > fleet.acked.load(Ordering::Acquire) {
+            fleet.store.ack(&fleet.id, prepared).await;
+            fleet.acked.store(prepared, Ordering::Release);
         }
         if newer || beat.elapsed() >= fleet.heartbeat() {
             tick(&shared, &fleet).await;
@@ -135,11 +141,34 @@ pub enum FleetFlipError {
     Unreachable { old: String, new: String },
     #[error("another flip committed epoch {epoch} first; read the status and retry")]
     Lost { epoch: u64 },
+    #[error("aborted, nothing changed: fleet members did not acknowledge within flip_timeout_ms: {}; retry, or force to proceed without them", members.join(", "))]
+    Aborted { members: Vec<String> },
 }
 
-/// Flips `route` for the whole fleet: the next epoch committed to both
-/// caches (where it is higher), applied here, then waited for on every
-/// live member.
+/// Why neither cache took the prepared flip: another flip got there
+/// first, or neither could be reached.
+fn refused(
+    prepared: &crate::routing::PerSide<Result<bool, super::store::StoreError>>,
+    epoch: u64,
+) -> FleetFlipError {
+    if Side::BOTH.iter().any(|&s| matches!(prepared[s], Ok(false))) {
+        return FleetFlipError::Lost { epoch };
+    }
+    unreachable_error(|s| prepared[s].as_ref().err().map(ToString::to_string))
+}
+
+fn unreachable_error(err: impl Fn(Side) -> Option<String>) -> FleetFlipError {
+    FleetFlipError::Unreachable {
+        old: err(Side::Old).unwrap_or_default(),
+        new: err(Side::New).unwrap_or_default(),
+    }
+}
+
+/// Flips `route` for the whole fleet in two steps: *prepare* the next
+/// epoch on both caches and wait for every live member to acknowledge it
+/// (without `force`, a member that does not within `flip_timeout_ms`
+/// aborts the flip: nothing changes anywhere); then *commit* it to both
+/// caches, apply it here, and wait for every live member to serve it.
 pub async fn flip(
     shared: &Shared,
     fleet: &Fleet,
@@ -151,11 +180,14 @@ pub async fn flip(
 ) -> Result<FlipOutcome, FleetFlipError> {
     shared.control.check_flip(route, phase, force)?;
     let seen = fleet.read().await;
-    let base = seen
-        .record
-        .as_ref()
-        .map_or(0, |r| r.epoch)
-        .max(fleet.applied());
+    let base = [
+        seen.record.as_ref().map_or(0, |r| r.epoch),
+        seen.prepare.as_ref().map_or(0, |r| r.epoch),
+        fleet.applied(),
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0);
     let mut routes = shared.control.decisions();
     let ramp_percent = ramp_percent.filter(|_| phase == Phase::ReadNew);
     routes.insert(
@@ -172,6 +204,19 @@ pub async fn flip(
         at_ms: now_ms(),
         why: format!("{} route={route} to={phase}", source.name()),
     };
+    // Prepare: every live member acknowledges before anything changes.
+    let prepared = fleet.store.prepare(&record).await;
+    if !Side::BOTH.iter().any(|&s| matches!(prepared[s], Ok(true))) {
+        return Err(refused(&prepared, base + 1));
+    }
+    fleet.store.ack(&fleet.id, record.epoch).await;
+    fleet.acked.store(record.epoch, Ordering::Release);
+    let missing = fleet.wait_acked(record.epoch).await;
+    if !missing.is_empty() && !force {
+        fleet.store.abort(record.epoch).await;
+        warn!(epoch = record.epoch, ?missing, "fleet flip aborted");
+        return Err(FleetFlipError::Aborted { members: missing });
+    }
     let stored = fleet.store.commit(&record).await;
     let won = Side::BOTH
         .iter()
@@ -183,16 +228,7 @@ pub async fn flip(
             .max();
         return Err(match higher {
             Some(epoch) => FleetFlipError::Lost { epoch },
-            None => {
-                let err = |s: Side| match &stored[s] {
-                    Err(e) => e.to_string(),
-                    Ok(_) => String::new(),
-                };
-                FleetFlipError::Unreachable {
-                    old: err(Side::Old),
-                    new: err(Side::New),
-                }
-            }
+            None => unreachable_error(|s| stored[s].as_ref().err().map(ToString::to_string)),
         });
     }
     shared.control.adopt(&shared.router, &record.routes)?;

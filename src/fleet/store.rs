@@ -7,6 +7,8 @@
 //! | `epoch` | the record's epoch, for the compare-and-set |
 //! | `record` | [`Record`] as JSON: every route's decided phase and ramp |
 //! | `member:<id>` | [`Member`] as JSON: one instance's heartbeat |
+//! | `prepare_epoch`, `prepare` | a flip being prepared: its epoch and [`Record`] |
+//! | `ack:<id>` | the highest epoch member `<id>` acknowledged as prepared |
 //!
 //! A record is written to both caches with a compare-and-set script (only
 //! over a lower epoch); readers take the higher epoch of the two, so the
@@ -33,6 +35,22 @@ const COMMIT: &str = "local e = tonumber(redis.call('HGET', KEYS[1], 'epoch') or
       redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'record', ARGV[2]) \
       return tonumber(ARGV[1]) end \
     return e";
+
+/// Records `ARGV[2]` as the flip to epoch `ARGV[1]` being prepared,
+/// unless a record or a prepared flip of that epoch or higher exists;
+/// answers 1 when it did.
+const PREPARE: &str = "local e = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0') \
+    local p = tonumber(redis.call('HGET', KEYS[1], 'prepare_epoch') or '0') \
+    local n = tonumber(ARGV[1]) \
+    if e < n and p < n then \
+      redis.call('HSET', KEYS[1], 'prepare_epoch', ARGV[1], 'prepare', ARGV[2]) \
+      return 1 end \
+    return 0";
+
+/// Drops the prepared flip of epoch `ARGV[1]` (an aborted flip).
+const ABORT: &str = "if redis.call('HGET', KEYS[1], 'prepare_epoch') == ARGV[1] then \
+      redis.call('HDEL', KEYS[1], 'prepare', 'prepare_epoch') return 1 end \
+    return 0";
 
 /// One route's decision.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +97,10 @@ pub struct Member {
 pub struct Held {
     pub record: Option<Record>,
     pub members: Vec<Member>,
+    /// The flip being prepared, if any.
+    pub prepare: Option<Record>,
+    /// Per member, the highest epoch it acknowledged.
+    pub acks: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +171,12 @@ impl Store {
         for (field, json) in items {
             if &field[..] == b"record" {
                 held.record = serde_json::from_slice(&json).ok();
+            } else if &field[..] == b"prepare" {
+                held.prepare = serde_json::from_slice(&json).ok();
+            } else if let Some(id) = field.strip_prefix(b"ack:") {
+                let epoch = std::str::from_utf8(&json).ok().and_then(|e| e.parse().ok());
+                let id = String::from_utf8_lossy(id).into_owned();
+                held.acks.insert(id, epoch.unwrap_or(0));
             } else if field.starts_with(b"member:") {
                 if let Ok(m) = serde_json::from_slice(&json) {
                     held.members.push(m);
@@ -158,20 +186,81 @@ impl Store {
         Ok(held)
     }
 
-    /// The epoch stored on `side` (0 without a record).
-    pub async fn epoch(&self, side: Side) -> Result<u64, StoreError> {
-        let cmd = Command::from_args(&[b"HGET", self.key.as_bytes(), b"epoch"]);
+    /// The epochs stored on `side`: the record's and the prepared flip's
+    /// (0 for none).
+    pub async fn epochs(&self, side: Side) -> Result<(u64, u64), StoreError> {
+        let key = self.key.as_bytes();
+        let cmd = Command::from_args(&[&b"HMGET"[..], key, b"epoch", b"prepare_epoch"]);
         let reply = self.call(side, &[cmd]).await?.remove(0);
-        match value::decode(&reply, 4) {
-            Some(Value::Nil) => Ok(0),
-            Some(Value::Str(e)) => Ok(std::str::from_utf8(&e)
+        let num = |v: &Value| match v {
+            Value::Str(e) => std::str::from_utf8(e)
                 .ok()
                 .and_then(|e| e.parse().ok())
-                .unwrap_or(0)),
+                .unwrap_or(0),
+            _ => 0,
+        };
+        match value::decode(&reply, 4) {
+            Some(Value::Array(v)) if v.len() == 2 => Ok((num(&v[0]), num(&v[1]))),
             _ => Err(StoreError::Unexpected {
                 side,
                 reply: crate::protocol::text(&reply),
             }),
+        }
+    }
+
+    /// Runs `script` on both caches; per cache, its integer answer.
+    async fn script(&self, script: &str, args: &[&[u8]]) -> PerSide<Result<i64, StoreError>> {
+        let mut argv: Vec<&[u8]> = vec![b"EVAL", script.as_bytes(), b"1", self.key.as_bytes()];
+        argv.extend_from_slice(args);
+        let cmd = Command::from_args(&argv);
+        let mut out = PerSide::from_fn(|_| Ok(0));
+        for side in Side::BOTH {
+            out[side] = match self.call(side, std::slice::from_ref(&cmd)).await {
+                Ok(r) => match value::decode(&r[0], 4) {
+                    Some(Value::Int(n)) => Ok(n),
+                    _ => Err(StoreError::Unexpected {
+                        side,
+                        reply: crate::protocol::text(&r[0]),
+                    }),
+                },
+                Err(e) => Err(e),
+            };
+        }
+        out
+    }
+
+    /// Records `record` as the flip being prepared; per cache, whether it
+    /// took it (no record or prepared flip of its epoch or higher there).
+    pub async fn prepare(&self, record: &Record) -> PerSide<Result<bool, StoreError>> {
+        let json = serde_json::to_string(record).expect("a record serializes");
+        let epoch = record.epoch.to_string();
+        let r = self
+            .script(PREPARE, &[epoch.as_bytes(), json.as_bytes()])
+            .await;
+        let [old, new] = [Side::Old, Side::New].map(|s| r[s].as_ref().map(|n| *n == 1));
+        let into = |x: Result<bool, &StoreError>, side| {
+            x.map_err(|e| StoreError::Unexpected {
+                side,
+                reply: e.to_string(),
+            })
+        };
+        PerSide::new(into(old, Side::Old), into(new, Side::New))
+    }
+
+    /// Drops the prepared flip of `epoch` (aborted), where it is.
+    pub async fn abort(&self, epoch: u64) {
+        let epoch = epoch.to_string();
+        let _ = self.script(ABORT, &[epoch.as_bytes()]).await;
+    }
+
+    /// Acknowledges the prepared flip of `epoch` as member `id`.
+    pub async fn ack(&self, id: &str, epoch: u64) {
+        let field = format!("ack:{id}");
+        let epoch = epoch.to_string();
+        let key = self.key.as_bytes();
+        let cmd = Command::from_args(&[b"HSET", key, field.as_bytes(), epoch.as_bytes()]);
+        for side in Side::BOTH {
+            let _ = self.call(side, std::slice::from_ref(&cmd)).await;
         }
     }
 
@@ -216,11 +305,13 @@ impl Store {
             json.as_bytes(),
         ])];
         for id in stale {
-            let f = format!("member:{id}");
+            let (m, a) = (format!("member:{id}"), format!("ack:{id}"));
+            let key = self.key.as_bytes();
             cmds.push(Command::from_args(&[
                 b"HDEL",
-                self.key.as_bytes(),
-                f.as_bytes(),
+                key,
+                m.as_bytes(),
+                a.as_bytes(),
             ]));
         }
         let mut out = PerSide::from_fn(|_| false);
