@@ -17,6 +17,7 @@
 //! deployment pieces.
 
 pub mod store;
+pub mod window;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -49,6 +50,8 @@ pub struct Fleet {
     /// The last read: the record and the members, and per cache the error
     /// that kept it from being read.
     pub seen: Mutex<Seen>,
+    /// A flip's window this member has open ([`window`]).
+    pub window: Mutex<Option<window::Window>>,
 }
 
 /// What the last read of the record found.
@@ -99,6 +102,7 @@ impl Fleet {
             listen: Mutex::default(),
             admin: Mutex::default(),
             seen: Mutex::default(),
+            window: Mutex::default(),
         }
     }
 

@@ -38,6 +38,7 @@ pub async fn tick(shared: &Shared, fleet: &Fleet) {
         .filter(|m| now_ms().saturating_sub(m.seen_ms) > forget)
         .map(|m| m.id.clone())
         .collect();
+    super::window::close_if_done(shared, fleet, &seen);
     *fleet.seen.lock().unwrap_or_else(|e| e.into_inner()) = seen;
     fleet.store.heartbeat(&me(shared, fleet), &stale).await;
 }
@@ -110,10 +111,25 @@ pub async fn run(shared: Arc<Shared>, fleet: Arc<Fleet>, mut shutdown: watch::Re
                 prepared = prepared.max(p);
             }
         }
-        // A flip being prepared: this member is ready for it.
+        // A flip being prepared: its window opens here, then this member
+        // acknowledges it.
         if prepared > fleet.applied() && prepared > fleet.acked.load(Ordering::Acquire) {
-            fleet.store.ack(&fleet.id, prepared).await;
-            fleet.acked.store(prepared, Ordering::Release);
+            let seen = fleet.read().await;
+            if let Some(p) = seen.prepare.as_ref().filter(|p| p.epoch == prepared) {
+                super::window::open(&shared, &fleet, p);
+                fleet.store.ack(&fleet.id, prepared).await;
+                fleet.acked.store(prepared, Ordering::Release);
+            }
+        }
+        if fleet
+            .window
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            // Closing needs every member's epoch: a read each poll meanwhile.
+            let seen = fleet.read().await;
+            super::window::close_if_done(&shared, &fleet, &seen);
         }
         if newer || beat.elapsed() >= fleet.heartbeat() {
             tick(&shared, &fleet).await;
@@ -209,11 +225,13 @@ pub async fn flip(
     if !Side::BOTH.iter().any(|&s| matches!(prepared[s], Ok(true))) {
         return Err(refused(&prepared, base + 1));
     }
+    super::window::open(shared, fleet, &record);
     fleet.store.ack(&fleet.id, record.epoch).await;
     fleet.acked.store(record.epoch, Ordering::Release);
     let missing = fleet.wait_acked(record.epoch).await;
     if !missing.is_empty() && !force {
         fleet.store.abort(record.epoch).await;
+        super::window::close_if_done(shared, fleet, &fleet.read().await);
         warn!(epoch = record.epoch, ?missing, "fleet flip aborted");
         return Err(FleetFlipError::Aborted { members: missing });
     }
@@ -236,6 +254,8 @@ pub async fn flip(
     fleet.log_adopted(&record);
     fleet.store.heartbeat(&me(shared, fleet), &[]).await;
     let behind = fleet.wait_applied(record.epoch).await;
+    let seen = fleet.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    super::window::close_if_done(shared, fleet, &seen);
     let route = shared
         .control
         .status()

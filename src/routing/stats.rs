@@ -74,6 +74,11 @@ pub struct RouteStats {
     pub cross_slot: AtomicU64,
     /// Those commands by name, and the last few seen.
     pub cross_slot_seen: Mutex<CrossSlotSeen>,
+    /// A fleet flip of this route is between prepare and the last member
+    /// applying it: the keys written meanwhile are kept, to be copied from
+    /// the side that answers after it (`fleet::window`).
+    pub window_open: AtomicBool,
+    pub window_keys: Mutex<std::collections::HashSet<(Option<u32>, bytes::Bytes)>>,
     /// Reply latency by the phase the command was routed in and the
     /// upstream that answered.
     latency: [PerSide<Latency>; 4],
@@ -106,6 +111,17 @@ impl CrossSlotSeen {
 }
 
 impl RouteStats {
+    /// Keeps `keys` (written in `db`) while a fleet flip's window is open.
+    pub fn note_window_write<'a>(&self, db: Option<u32>, keys: impl Iterator<Item = &'a [u8]>) {
+        if !self.window_open.load(Ordering::Acquire) {
+            return;
+        }
+        let mut set = self.window_keys.lock().unwrap_or_else(|e| e.into_inner());
+        for k in keys {
+            set.insert((db, bytes::Bytes::copy_from_slice(k)));
+        }
+    }
+
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }

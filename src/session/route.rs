@@ -68,6 +68,10 @@ where
     }
 
     fn execute(&mut self, cmd: Command, r: Routed) {
+        if r.write {
+            let keys = r.positions.iter().filter_map(|&i| cmd.arg(i));
+            r.stats.note_window_write(self.current_db(), keys);
+        }
         if self.shared.any_cluster() {
             if r.positions.len() > 1 {
                 note_cross_slot(&cmd, &r);
