@@ -180,6 +180,25 @@ fn unreachable_error(err: impl Fn(Side) -> Option<String>) -> FleetFlipError {
     }
 }
 
+/// Writes `record` to both caches; `Ok` when one took it.
+async fn commit(fleet: &Fleet, record: &Record) -> Result<(), FleetFlipError> {
+    let stored = fleet.store.commit(record).await;
+    let won = Side::BOTH
+        .iter()
+        .any(|&s| matches!(stored[s], Ok(e) if e == record.epoch));
+    if !won {
+        let higher = Side::BOTH
+            .iter()
+            .filter_map(|&s| stored[s].as_ref().ok().copied())
+            .max();
+        return Err(match higher {
+            Some(epoch) => FleetFlipError::Lost { epoch },
+            None => unreachable_error(|s| stored[s].as_ref().err().map(ToString::to_string)),
+        });
+    }
+    Ok(())
+}
+
 /// Flips `route` for the whole fleet in two steps: *prepare* the next
 /// epoch on both caches and wait for every live member to acknowledge it
 /// (without `force`, a member that does not within `flip_timeout_ms`
@@ -235,20 +254,7 @@ pub async fn flip(
         warn!(epoch = record.epoch, ?missing, "fleet flip aborted");
         return Err(FleetFlipError::Aborted { members: missing });
     }
-    let stored = fleet.store.commit(&record).await;
-    let won = Side::BOTH
-        .iter()
-        .any(|&s| matches!(stored[s], Ok(e) if e == record.epoch));
-    if !won {
-        let higher = Side::BOTH
-            .iter()
-            .filter_map(|&s| stored[s].as_ref().ok().copied())
-            .max();
-        return Err(match higher {
-            Some(epoch) => FleetFlipError::Lost { epoch },
-            None => unreachable_error(|s| stored[s].as_ref().err().map(ToString::to_string)),
-        });
-    }
+    commit(fleet, &record).await?;
     shared.control.adopt(&shared.router, &record.routes)?;
     fleet.applied.store(record.epoch, Ordering::Release);
     fleet.log_adopted(&record);

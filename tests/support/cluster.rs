@@ -192,8 +192,34 @@ impl RedisCluster {
             let _: () = m.query(&mut src.sync()).unwrap();
             between();
         }
-        for n in &self.nodes {
-            n.run(&["CLUSTER", "SETSLOT", &s, "NODE", &dst_id]);
+        // As redis-cli does: the importing node first (it owns the slot
+        // from then on), then the source (it answers MOVED from then on),
+        // then the others. The other way round, the source would send
+        // clients to a node still refusing the slot, and back.
+        let mut order = vec![to, from];
+        order.extend((0..self.nodes.len()).filter(|i| *i != to && *i != from));
+        for i in order {
+            self.nodes[i].run(&["CLUSTER", "SETSLOT", &s, "NODE", &dst_id]);
+        }
+        // Every node agrees before the caller goes on (gossip from the
+        // source can briefly disagree, bouncing MOVED between the two).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let agreed = |n: &RedisServer| {
+            let nodes: String = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query(&mut n.sync())
+                .unwrap();
+            nodes
+                .lines()
+                .find(|l| owns(l, slot))
+                .is_some_and(|l| l.starts_with(&dst_id))
+        };
+        while !self.nodes.iter().all(agreed) {
+            assert!(
+                Instant::now() < deadline,
+                "the nodes never agreed on slot {slot}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

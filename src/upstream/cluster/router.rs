@@ -34,7 +34,10 @@ use crate::upstream::topology::Topology;
 use crate::upstream::{Conn, SetupStep};
 
 /// Redirections followed for one command before its error is the answer.
-const MAX_HOPS: u8 = 5;
+const MAX_HOPS: u8 = 16;
+/// Redirections of one command after which its slot is held a moment
+/// before it is sent again (nodes still disagreeing about the owner).
+const BOUNCES: u8 = 2;
 /// Longest command the pipe carries (the caller bounds them already).
 const MAX_BULK: usize = 1 << 32;
 
@@ -115,6 +118,8 @@ enum Event {
     Connected(usize, WriteHalf),
     Replies(usize, Vec<Reply>),
     Failed(usize, UpstreamError),
+    /// A slot held after bouncing redirections goes on.
+    Resume(u16),
 }
 
 #[derive(Default)]
@@ -152,6 +157,9 @@ pub(super) struct Router {
     out: BytesMut,
     /// What this connection answers `CLIENT ID` with.
     vid: u64,
+    /// Slots whose commands wait, in order, after redirections bounced
+    /// between nodes (a slot map still settling after a migration).
+    held: HashMap<u16, Vec<Expected>>,
 }
 
 impl Router {
@@ -185,6 +193,7 @@ impl Router {
             subs: Subs::default(),
             out: BytesMut::new(),
             vid,
+            held: HashMap::new(),
         };
         let (primary, addr, host, conn) = home;
         r.primary_node[primary] = Some(0);
@@ -303,6 +312,11 @@ impl Router {
     }
 
     fn send(&mut self, node: usize, raw: &Bytes, exp: Expected) {
+        if let Some(held) = exp.slot.and_then(|s| self.held.get_mut(&s)) {
+            // Behind the slot's held commands, in order.
+            held.push(exp);
+            return;
+        }
         if let Some(error) = self.nodes[node].error.clone() {
             if !matches!(exp.what, What::Swallow | What::NodeId) {
                 self.complete(exp.seq, exp.part, error);

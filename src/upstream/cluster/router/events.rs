@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
-use super::{out_of_band, redirection, Event, Expected, Router, What, MAX_HOPS};
+use super::{out_of_band, redirection, Event, Expected, Router, What, BOUNCES, MAX_HOPS};
 use crate::error::UpstreamError;
 use crate::protocol::{Command, Reply};
 
@@ -32,6 +32,14 @@ impl Router {
                 Ok(())
             }
             Event::Failed(n, e) => self.node_failed(n, e),
+            Event::Resume(slot) => {
+                let held = self.held.remove(&slot).unwrap_or_default();
+                let to = self.node_for(slot);
+                for exp in held {
+                    self.resend(to, exp);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -161,6 +169,17 @@ impl Router {
         counters.moved.fetch_add(1, Ordering::Relaxed);
         self.moved.insert(slot, to);
         self.cluster.refresh(self.depth);
+        if exp.hops > BOUNCES && !self.held.contains_key(&slot) {
+            // Bouncing: the nodes do not agree yet. The slot's commands
+            // wait a moment (in order), then go where the map says.
+            let pause = std::time::Duration::from_millis(20 * u64::from(exp.hops));
+            let events = self.events.0.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(pause).await;
+                let _ = events.send(Event::Resume(slot));
+            });
+            self.held.insert(slot, Vec::new());
+        }
         self.resend(to, exp);
         let behind: Vec<Expected> = self.nodes[from]
             .inflight
