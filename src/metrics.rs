@@ -17,18 +17,7 @@ use prometheus_client::registry::Registry;
 use crate::control::RouteStatus;
 use crate::routing::{Phase, RouteStats, Side};
 
-/// A clustered upstream's routing counters, read at scrape time.
-#[derive(Debug, Default, Clone)]
-pub struct ClusterSnapshot {
-    pub side: Option<Side>,
-    pub primaries: u64,
-    pub moved: u64,
-    pub ask: u64,
-    pub split: u64,
-    pub fanout: u64,
-    pub refreshes: u64,
-    pub refresh_failures: u64,
-}
+pub use crate::upstream::cluster::ClusterSnapshot;
 
 /// Renders every metric as OpenMetrics text.
 pub fn render(

@@ -144,7 +144,7 @@ impl Proxy {
             *fleet.listen.lock().unwrap_or_else(|e| e.into_inner()) = addr.to_string();
             let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
             *fleet.admin.lock().unwrap_or_else(|e| e.into_inner()) = admin.map(|a| a.to_string());
-            crate::fleet::run::tick(&shared, fleet).await;
+            crate::fleet::run::tick(&shared.fleet_parts(), fleet).await;
         }
         let mut tasks = vec![tokio::spawn(accept_loop(
             Listeners {
@@ -172,7 +172,7 @@ impl Proxy {
         )));
         if let Some(fleet) = &shared.fleet {
             tasks.push(tokio::spawn(crate::fleet::run::run(
-                shared.clone(),
+                shared.fleet_parts(),
                 fleet.clone(),
                 shutdown_rx.clone(),
             )));

@@ -78,6 +78,15 @@ impl Shared {
             .collect()
     }
 
+    /// The parts the fleet works on.
+    pub fn fleet_parts(&self) -> crate::fleet::Parts {
+        crate::fleet::Parts {
+            control: self.control.clone(),
+            router: self.router.clone(),
+            repairer: self.repairer.clone(),
+        }
+    }
+
     /// Either cache is a Redis Cluster.
     pub fn any_cluster(&self) -> bool {
         self.upstreams.iter().any(|u| u.cluster().is_some())

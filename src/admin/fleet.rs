@@ -86,8 +86,16 @@ pub(super) async fn flip(
     ramp: Option<u8>,
     force: bool,
 ) -> Response {
-    let outcome =
-        crate::fleet::run::flip(shared, fleet, name, phase, ramp, force, Source::Admin).await;
+    let outcome = crate::fleet::run::flip(
+        &shared.fleet_parts(),
+        fleet,
+        name,
+        phase,
+        ramp,
+        force,
+        Source::Admin,
+    )
+    .await;
     match outcome {
         Ok(o) => {
             let stats = shared

@@ -50,6 +50,14 @@ impl Source {
     }
 }
 
+/// One route's decision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub phase: Phase,
+    #[serde(default)]
+    pub ramp_percent: Option<u8>,
+}
+
 /// What is persisted per route.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteState {
@@ -275,13 +283,13 @@ impl Control {
     }
 
     /// Every route's phase and ramp now.
-    pub fn decisions(&self) -> BTreeMap<String, crate::fleet::Decision> {
+    pub fn decisions(&self) -> BTreeMap<String, Decision> {
         let inner = self.lock();
         inner
             .routes
             .iter()
             .map(|(name, st)| {
-                let d = crate::fleet::Decision {
+                let d = Decision {
                     phase: st.phase,
                     ramp_percent: st.ramp_percent,
                 };
@@ -315,7 +323,7 @@ impl Control {
     pub fn adopt(
         &self,
         router: &Router,
-        decisions: &BTreeMap<String, crate::fleet::Decision>,
+        decisions: &BTreeMap<String, Decision>,
     ) -> Result<(), FlipError> {
         let mut inner = self.lock();
         let mut routes = inner.routes.clone();

@@ -31,6 +31,15 @@ pub use store::{Decision, Member, Record, Store, RESERVED_PREFIX};
 use crate::config::FleetConfig;
 use crate::routing::{PerSide, Side};
 
+/// What the fleet works on: the phase decisions, the routing table and the
+/// repairer (the parts of the proxy's shared state it needs).
+#[derive(Clone, Debug)]
+pub struct Parts {
+    pub control: std::sync::Arc<crate::control::Control>,
+    pub router: std::sync::Arc<crate::routing::Router>,
+    pub repairer: std::sync::Arc<crate::repair::Repairer>,
+}
+
 /// Heartbeats a member may miss before it is absent.
 const ABSENT_AFTER: u64 = 5;
 

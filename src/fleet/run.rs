@@ -9,10 +9,10 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tracing::warn;
 
+use super::Parts as Shared;
 use super::{now_ms, Fleet, Member, MemberView, Record};
 use crate::control::{FlipError, RouteStatus, Source};
 use crate::routing::{Phase, Side};
-use crate::shared::Shared;
 
 /// Members silent this many heartbeats are removed from the record.
 const FORGET_AFTER: u64 = 30;
@@ -97,7 +97,7 @@ const POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Heartbeats until shutdown; between them, a newer epoch on either cache
 /// is adopted at once.
-pub async fn run(shared: Arc<Shared>, fleet: Arc<Fleet>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(shared: Shared, fleet: Arc<Fleet>, mut shutdown: watch::Receiver<bool>) {
     let mut beat = std::time::Instant::now();
     loop {
         tokio::select! {

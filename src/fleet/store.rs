@@ -20,7 +20,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{value, Command, Value};
-use crate::routing::{PerSide, Phase, Side};
+use crate::routing::{PerSide, Side};
 use crate::upstream::client::Client;
 use crate::upstream::Upstream;
 
@@ -52,13 +52,7 @@ const ABORT: &str = "if redis.call('HGET', KEYS[1], 'prepare_epoch') == ARGV[1] 
       redis.call('HDEL', KEYS[1], 'prepare', 'prepare_epoch') return 1 end \
     return 0";
 
-/// One route's decision.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Decision {
-    pub phase: Phase,
-    #[serde(default)]
-    pub ramp_percent: Option<u8>,
-}
+pub use crate::control::Decision;
 
 /// The fleet's phases under one epoch, and who set them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

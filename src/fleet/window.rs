@@ -15,9 +15,9 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use tracing::info;
 
+use super::Parts as Shared;
 use super::{Fleet, Record, Seen};
 use crate::routing::Phase;
-use crate::shared::Shared;
 
 /// An open window: the prepared epoch and the routes whose phase it
 /// changes (with the phase after).

@@ -115,11 +115,11 @@ impl Upstream {
     }
 
     /// Its routing counters, when it is a cluster.
-    pub fn cluster_snapshot(&self) -> Option<crate::metrics::ClusterSnapshot> {
+    pub fn cluster_snapshot(&self) -> Option<cluster::ClusterSnapshot> {
         let c = self.cluster.as_ref()?;
         let n = &c.counters;
         let get = cluster::Counters::get;
-        Some(crate::metrics::ClusterSnapshot {
+        Some(cluster::ClusterSnapshot {
             side: Some(self.side),
             primaries: c.topology().map_or(0, |t| t.primaries.len() as u64),
             moved: get(&n.moved),

@@ -44,6 +44,19 @@ const DOWN_HOLD: Duration = Duration::from_millis(500);
 /// Bytes the pipe between a caller and its router holds each way.
 const PIPE_BYTES: usize = 256 * 1024;
 
+/// A clustered upstream's routing counters, read at scrape time.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterSnapshot {
+    pub side: Option<crate::routing::Side>,
+    pub primaries: u64,
+    pub moved: u64,
+    pub ask: u64,
+    pub split: u64,
+    pub fanout: u64,
+    pub refreshes: u64,
+    pub refresh_failures: u64,
+}
+
 /// One clustered upstream: its slot map and counters.
 #[derive(Debug)]
 pub struct Cluster {
