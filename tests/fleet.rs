@@ -25,6 +25,25 @@ async fn fleet(s: &Served) -> FleetView {
     serde_json::from_str(&body).unwrap()
 }
 
+/// Three members started from `text`, once each sees the others live.
+async fn three_members(text: &str) -> Vec<Served> {
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        members.push(Served::start(text, &[]).await);
+    }
+    wait_for("three live members", async || {
+        fleet(&members[0])
+            .await
+            .members
+            .iter()
+            .filter(|m| m.live)
+            .count()
+            == 3
+    })
+    .await;
+    members
+}
+
 async fn phase(s: &Served) -> Phase {
     s.status().await.routes[0].status.phase
 }
@@ -42,20 +61,7 @@ async fn a_flip_through_one_member_is_applied_by_all() {
         .route("default", None, Phase::OldOnly)
         .with("[fleet]\nname = \"checkout\"\nheartbeat_ms = 100\nflip_timeout_ms = 3000\n")
         .text();
-    let mut members = Vec::new();
-    for _ in 0..3 {
-        members.push(Served::start(&text, &[]).await);
-    }
-    wait_for("three live members", async || {
-        fleet(&members[0])
-            .await
-            .members
-            .iter()
-            .filter(|m| m.live)
-            .count()
-            == 3
-    })
-    .await;
+    let mut members = three_members(&text).await;
 
     // A flip through the first: every member serves it when it returns.
     let started = Instant::now();
@@ -166,20 +172,7 @@ async fn a_stopped_member_aborts_a_flip_unless_forced() {
         .route("default", None, Phase::OldOnly)
         .with("[fleet]\nname = \"orders\"\nheartbeat_ms = 1000\nflip_timeout_ms = 800\n")
         .text();
-    let mut members = Vec::new();
-    for _ in 0..3 {
-        members.push(Served::start(&text, &[]).await);
-    }
-    wait_for("three live members", async || {
-        fleet(&members[0])
-            .await
-            .members
-            .iter()
-            .filter(|m| m.live)
-            .count()
-            == 3
-    })
-    .await;
+    let mut members = three_members(&text).await;
     let mut stopped = members.pop().unwrap();
     let id = fleet(&stopped).await.id;
     stopped.child.kill().await.unwrap();
@@ -235,20 +228,7 @@ async fn writers_across_fleet_flips_leave_old_and_new_identical() {
         .route("default", None, Phase::DualWrite)
         .with("[fleet]\nname = \"carts\"\nheartbeat_ms = 100\nflip_timeout_ms = 3000\n")
         .text();
-    let mut members = Vec::new();
-    for _ in 0..3 {
-        members.push(Served::start(&text, &[]).await);
-    }
-    wait_for("three live members", async || {
-        fleet(&members[0])
-            .await
-            .members
-            .iter()
-            .filter(|m| m.live)
-            .count()
-            == 3
-    })
-    .await;
+    let members = three_members(&text).await;
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = members
         .iter()
