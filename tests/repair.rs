@@ -161,3 +161,58 @@ async fn in_place_writes_to_a_key_new_lacks_copy_it_although_replies_agree() {
     assert_eq!(proxy.stat("default", "repaired"), 3);
     assert_same_keyspace(&old, &new, 1000);
 }
+
+/// A write the proxy cannot see (another fleet member's, here written to
+/// both caches directly) that lands on new while a copy of its key is
+/// between reading old and writing new is not erased by the copy: the
+/// write is guarded by new's state before the read, finds it changed and
+/// reads again. (Before the guard, new kept the copy without the write:
+/// seen failing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_does_not_erase_a_write_it_could_not_see() {
+    let (old, new) = support::start_pair();
+    let relay = support::StallingRelay::start(old.addr()).await;
+    let text = support::Config::new(&relay.addr.to_string(), &new.addr())
+        .route("default", None, Phase::DualWrite)
+        .text();
+    let proxy = TestProxy::start_text(&text).await;
+    // A first repair: the copier's connections are open.
+    old.run(&["SET", "warm", "1"]);
+    let mut c = proxy.conn().await;
+    let _: i64 = redis::cmd("INCR")
+        .arg("warm")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    wait_for(&proxy, "default", "repaired", 1).await;
+    // On old only: the push through the proxy disagrees and is repaired.
+    old.run(&["RPUSH", "k", "a"]);
+    // Old's replies (the copy's read among them) come 600 ms late.
+    relay.delay(Duration::from_millis(600));
+    let n: i64 = redis::cmd("RPUSH")
+        .arg("k")
+        .arg("b")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    // The copy has read old by now (its reply is on its way): another
+    // member's push lands on both caches.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    old.run(&["RPUSH", "k", "c"]);
+    new.run(&["RPUSH", "k", "c"]);
+    relay.delay(Duration::ZERO);
+    wait_for(&proxy, "default", "repaired", 2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let list = |s: &support::RedisServer| -> Vec<String> {
+        redis::cmd("LRANGE")
+            .arg("k")
+            .arg(0)
+            .arg(-1)
+            .query(&mut s.sync())
+            .unwrap()
+    };
+    assert_eq!(list(&old), ["a", "b", "c"]);
+    assert_eq!(list(&new), ["a", "b", "c"], "the copy erased the write");
+    assert!(proxy.stat("default", "repair_skipped") >= 1);
+}

@@ -254,6 +254,10 @@ impl Journal {
             if e.queued || !reachable(e.from) || !reachable(e.from.other()) {
                 continue;
             }
+            // A fleet flip's window is open on its route: copied at its close.
+            if e.stats.window_open.load(Ordering::Acquire) {
+                continue;
+            }
             e.queued = true;
             out.push(RepairJob {
                 from: e.from,

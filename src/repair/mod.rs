@@ -18,17 +18,28 @@
 //!   reported after the copy started may miss the read yet reach the mirror
 //!   before the `RESTORE`: the copy then does not write, or redoes itself
 //!   from a fresh read (`repair_skipped` counts these; after
-//!   [`MAX_ATTEMPTS`] it gives up, counted as failed).
+//!   [`MAX_ATTEMPTS`] it gives up, counted as failed);
+//! - writes it cannot see (another instance of a fleet) are guarded
+//!   against by the target itself: the `RESTORE` applies only if the key
+//!   there is unchanged since before the read (`guarded.rs`).
+//!
+//! While a fleet flip's window is open on a route (members may disagree on
+//! which cache answers), its copies wait in the journal: two members
+//! copying one key in opposite directions could each erase the other's
+//! write. The window's close copies its keys in the direction agreed.
 
+mod copy;
 mod direction;
+mod guarded;
 mod inflight;
 pub mod journal;
 
+pub(crate) use copy::{restore, restore_command, snapshot_commands};
 pub use inflight::{Entered, InFlight, Keys};
 pub use journal::Journal;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,7 +49,7 @@ use tracing::{debug, warn};
 
 use crate::backoff::Backoff;
 use crate::error::UpstreamError;
-use crate::protocol::{text, value, Command, Value};
+use crate::protocol::{text, Command};
 use crate::routing::PerSide;
 use crate::routing::{RouteStats, Router, Side};
 use crate::upstream::client::Client;
@@ -101,6 +112,8 @@ pub struct Repairer {
     /// Per cache, after copies failed to reach it: until when copies
     /// involving it are journalled without trying.
     down: Mutex<PerSide<Backoff>>,
+    /// Per cache: it refused the guard script, copies to it are plain.
+    unguarded: PerSide<AtomicBool>,
 }
 
 impl Repairer {
@@ -116,6 +129,7 @@ impl Repairer {
             down: Mutex::new(PerSide::from_fn(|_| {
                 Backoff::new(SIDE_RETRY_MIN, SIDE_RETRY_MAX)
             })),
+            unguarded: PerSide::from_fn(|_| AtomicBool::new(false)),
         };
         (r, rx)
     }
@@ -369,6 +383,11 @@ pub async fn run(
         };
         let repairer = &copier.repairer;
         let stats = q.job.stats.clone();
+        if stats.window_open.load(Ordering::Acquire) {
+            // A fleet flip's window: the close copies it.
+            repairer.postpone(&q.job);
+            continue;
+        }
         match direction::source(&copier, &q.job) {
             Some(from) => q.job.from = from,
             None => continue,
@@ -387,7 +406,7 @@ pub async fn run(
         // the copy (read again later), never copied under it.
         let settled = settle(repairer, &q.job.key, Instant::now() + SETTLE_MAX).await;
         let copied = match settled {
-            true => copy(&copier, &mut links, &q, start).await,
+            true => copy::copy(&copier, &mut links, &q, start).await,
             false => Ok(false),
         };
         match copied {
@@ -481,93 +500,6 @@ pub(crate) async fn settle(repairer: &Repairer, key: &[u8], until: Instant) -> b
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-}
-
-/// Copies the key; `Ok(false)` when a write to it went through after
-/// `start` (before the read was answered): nothing was written, to be
-/// redone from a fresh read.
-async fn copy(
-    copier: &Copier,
-    links: &mut PerSide<Link>,
-    q: &Queued,
-    start: u64,
-) -> Result<bool, CopyError> {
-    let job = &q.job;
-    let (from, to) = (job.from, job.from.other());
-    let key = &job.key[..];
-    let read = snapshot_commands(key).to_vec();
-    let replies = call_in(&mut links[from], copier, from, job.db, read).await?;
-    let exec = value::decode(&replies[3], copier.depth).ok_or(CopyError::Unexpected("EXEC"))?;
-    if copier.repairer.written_since(job, start) {
-        return Ok(false);
-    }
-    let write = match restore_command(key, &exec, true) {
-        Ok(Some(write)) => write,
-        // (With `replace` a gone key is a DEL, never nothing.)
-        Ok(None) | Err(()) => {
-            return Err(CopyError::Refused(
-                "MULTI DUMP PTTL EXEC",
-                text(&replies[3]),
-            ))
-        }
-    };
-    let r = call_in(&mut links[to], copier, to, job.db, vec![write]).await?;
-    if r[0].first() == Some(&b'-') {
-        return Err(CopyError::Refused("RESTORE", text(&r[0])));
-    }
-    debug!(%from, %to, "key copied");
-    Ok(true)
-}
-
-/// Reads a key's value and remaining TTL atomically.
-pub(crate) fn snapshot_commands(key: &[u8]) -> [Command; 4] {
-    [
-        Command::from_args(&[&b"MULTI"[..]]),
-        Command::from_args(&[&b"DUMP"[..], key]),
-        Command::from_args(&[&b"PTTL"[..], key]),
-        Command::from_args(&[&b"EXEC"[..]]),
-    ]
-}
-
-/// What writes the snapshot `exec` (the EXEC reply to
-/// [`snapshot_commands`]) on the other cache: `RESTORE key ttl payload`
-/// (with `REPLACE` when `replace`), or, for a key that is gone, `DEL` when
-/// `replace` and nothing (`Ok(None)`) otherwise. `Err` when `exec` is not
-/// a snapshot.
-pub(crate) fn restore_command(
-    key: &[u8],
-    exec: &Value,
-    replace: bool,
-) -> Result<Option<Command>, ()> {
-    let Some([dump, Value::Int(pttl)]) = exec.as_array() else {
-        return Err(());
-    };
-    match dump {
-        Value::Str(payload) if *pttl != -2 => Ok(Some(restore(key, payload, *pttl, replace))),
-        Value::Nil | Value::Str(_) if replace => Ok(Some(Command::from_args(&[&b"DEL"[..], key]))),
-        Value::Nil | Value::Str(_) => Ok(None),
-        _ => Err(()),
-    }
-}
-
-/// `RESTORE key ttl payload [REPLACE]` for a key read with `DUMP` and
-/// `PTTL` (`pttl` in ms, -1 for none, 0 for a key about to expire): the
-/// remaining TTL, relative, so
-/// the two caches' clocks need not agree (the key lives on new longer by
-/// the time between the read and the write).
-pub(crate) fn restore(key: &[u8], payload: &[u8], pttl: i64, replace: bool) -> Command {
-    // `PTTL` answers 0 for a key in its last millisecond: RESTORE's 0
-    // would make it persistent, so it gets 1 ms.
-    let ttl = match pttl {
-        0 => "1".to_string(),
-        p if p > 0 => p.to_string(),
-        _ => "0".into(),
-    };
-    let mut args: Vec<&[u8]> = vec![b"RESTORE", key, ttl.as_bytes(), payload];
-    if replace {
-        args.push(b"REPLACE");
-    }
-    Command::from_args(&args)
 }
 
 #[cfg(test)]
