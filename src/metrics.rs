@@ -15,6 +15,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::control::RouteStatus;
+use crate::fleet::Figures;
 use crate::routing::{Phase, RouteStats, Side};
 
 pub use crate::upstream::cluster::ClusterSnapshot;
@@ -23,11 +24,15 @@ pub use crate::upstream::cluster::ClusterSnapshot;
 pub fn render(
     routes: Vec<(RouteStatus, Arc<RouteStats>)>,
     clusters: Vec<ClusterSnapshot>,
+    fleet: Option<Figures>,
 ) -> String {
     let mut registry = Registry::with_prefix("cutover");
     let routes = Arc::new(routes);
     registry.register_collector(Box::new(Routes(routes)));
     registry.register_collector(Box::new(Clusters(clusters)));
+    if let Some(f) = fleet {
+        registry.register_collector(Box::new(Fleet(f)));
+    }
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .expect("writing to a String cannot fail");
@@ -49,6 +54,11 @@ fn family(
 ) -> Result<(), std::fmt::Error> {
     let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
     for (labels, sample) in samples {
+        if labels.is_empty() {
+            // One series without labels: `name value`, not `name{} value`.
+            sample.encode(metric)?;
+            return Ok(());
+        }
         let m = metric.encode_family(&labels)?;
         sample.encode(m)?;
     }
@@ -237,6 +247,49 @@ impl prometheus_client::collector::Collector for Clusters {
     }
 }
 
+#[derive(Debug)]
+struct Fleet(Figures);
+
+impl prometheus_client::collector::Collector for Fleet {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let f = &self.0;
+        let gauges: [(&str, &str, f64); 4] = [
+            ("fleet_epoch", "The fleet record's epoch (last read)", f.epoch as f64),
+            ("fleet_applied_epoch", "The fleet epoch whose phases this member serves", f.applied as f64),
+            (
+                "fleet_out_of_date",
+                "1 when this member could not read the fleet record for five heartbeats or serves an older epoch (see /status)",
+                f64::from(u8::from(f.out_of_date)),
+            ),
+            (
+                "fleet_members_behind",
+                "Live members serving an older epoch than the record's",
+                f.behind as f64,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            family(
+                &mut encoder,
+                name,
+                help,
+                MetricType::Gauge,
+                [(vec![], Sample::Gauge(v))],
+            )?;
+        }
+        family(
+            &mut encoder,
+            "fleet_members",
+            "Members in the fleet record, live (heard from within five heartbeats) or absent",
+            MetricType::Gauge,
+            [("live", f.live), ("absent", f.absent)]
+                .map(|(state, n)| (vec![("state", state.to_string())], Sample::Gauge(n as f64))),
+        )
+    }
+}
+
 fn counter_help(name: &str) -> &'static str {
     match name {
         "reads" => "Reads routed to the route's read side",
@@ -256,7 +309,7 @@ fn counter_help(name: &str) -> &'static str {
         "repaired" => "Keys copied from the authoritative side to the mirror",
         "repair_failed" => "Key copies that failed",
         "repair_skipped" => {
-            "Key copies skipped because a newer write to the key went through the proxy"
+            "Key copy attempts redone or dropped: a newer write to the key went through the proxy or changed it on the mirror, or the route moved"
         }
         "repair_dropped" => "Mismatches not copied because the repair queue was full",
         "upstream_failed" => {

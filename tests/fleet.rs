@@ -361,3 +361,104 @@ async fn writers_to_shared_keys_across_fleet_flips_converge() {
         converge(&old, &new, &members).await;
     }
 }
+
+/// A member that cannot reach the record (both caches frozen behind
+/// relays, for it only) keeps serving its last phases and says it is out
+/// of date in `/status`, `/metrics`, `/ready` and its log; the others count
+/// it absent and flip without it; once it reaches the caches again it
+/// adopts the fleet's epoch and is up to date and ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cut_off_from_the_record_says_it_is_out_of_date() {
+    use support::StallingRelay;
+    let (old, new) = support::start_pair();
+    let text = Config::new(&old.addr(), &new.addr())
+        .route("default", None, Phase::OldOnly)
+        .command_timeout(cutover::routing::Side::Old, 300)
+        .command_timeout(cutover::routing::Side::New, 300)
+        .with("[fleet]\nname = \"cut\"\nheartbeat_ms = 100\nflip_timeout_ms = 2000\n")
+        .text();
+    let (relay_old, relay_new) = (
+        StallingRelay::start(old.addr()).await,
+        StallingRelay::start(new.addr()).await,
+    );
+    let (a, b) = (
+        Served::start(&text, &[]).await,
+        Served::start(&text, &[]).await,
+    );
+    let (ro, rn) = (relay_old.addr.to_string(), relay_new.addr.to_string());
+    let mut cut = Served::start(
+        &text,
+        &[
+            ("CUTOVER_UPSTREAMS__OLD__ADDRESS", &ro),
+            ("CUTOVER_UPSTREAMS__NEW__ADDRESS", &rn),
+        ],
+    )
+    .await;
+    wait_for("three live members", async || {
+        fleet(&a).await.members.iter().filter(|m| m.live).count() == 3
+    })
+    .await;
+    assert_eq!(cut.status().await.fleet.unwrap().out_of_date, None);
+    let metric = async |s: &Served| {
+        let (code, body) = call(s, "GET", "/metrics", None).await;
+        assert_eq!(code, 200);
+        body.lines()
+            .find_map(|l| l.strip_prefix("cutover_fleet_out_of_date "))
+            .unwrap_or_else(|| panic!("no cutover_fleet_out_of_date in {body}"))
+            .parse::<f64>()
+            .unwrap()
+    };
+    assert_eq!(metric(&cut).await, 0.0);
+
+    relay_old.freeze(true);
+    relay_new.freeze(true);
+    wait_for("the cut-off member says it is out of date", async || {
+        cut.status().await.fleet.unwrap().out_of_date.is_some()
+    })
+    .await;
+    let why = cut.status().await.fleet.unwrap().out_of_date.unwrap();
+    assert!(why.contains("could not be read from either cache"), "{why}");
+    assert_eq!(metric(&cut).await, 1.0);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["status", "--admin", &cut.admin])
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("serves epoch 0 of 0; OUT OF DATE: the fleet record could not be read"),
+        "{said}"
+    );
+    // (Its caches do not connect either: that is the reason it gives first.)
+    let (code, body) = call(&cut, "GET", "/ready", None).await;
+    assert_eq!(code, 503, "{body}");
+    // The others count it absent and flip without it.
+    wait_for("the others count it absent", async || {
+        fleet(&a).await.members.iter().filter(|m| m.live).count() == 2
+    })
+    .await;
+    let (code, body) = flip(&b, "dual-write").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        phase(&cut).await,
+        Phase::OldOnly,
+        "it keeps its last phases"
+    );
+
+    // Back: it adopts the fleet's epoch and is ready again.
+    relay_old.freeze(false);
+    relay_new.freeze(false);
+    wait_for("the member is back up to date", async || {
+        cut.status().await.fleet.unwrap().out_of_date.is_none()
+    })
+    .await;
+    assert_eq!(phase(&cut).await, Phase::DualWrite);
+    assert_eq!(metric(&cut).await, 0.0);
+    let (code, _) = call(&cut, "GET", "/ready", None).await;
+    assert_eq!(code, 200);
+    let logs = cut.stop_and_logs().await;
+    assert!(
+        logs.contains("fleet record unreachable on both caches"),
+        "{logs}"
+    );
+}

@@ -148,6 +148,34 @@ pub struct StatusView {
     pub routes: Vec<RouteView>,
     #[serde(default)]
     pub upstreams: Vec<UpstreamView>,
+    /// With `[fleet]`: the epoch served and whether it is the fleet's.
+    #[serde(default)]
+    pub fleet: Option<FleetStatus>,
+}
+
+/// This member in `GET /status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FleetStatus {
+    pub name: String,
+    pub id: String,
+    /// The record's epoch (last read), and the one this member serves.
+    pub epoch: u64,
+    pub applied: u64,
+    /// Why this member may not serve the fleet's phases (see
+    /// [`crate::fleet::Fleet::out_of_date`]); `None` when it does.
+    pub out_of_date: Option<String>,
+}
+
+fn fleet_status(shared: &Shared) -> Option<FleetStatus> {
+    let fleet = shared.fleet.as_ref()?;
+    let figures = fleet.figures();
+    Some(FleetStatus {
+        name: fleet.config.name.clone(),
+        id: fleet.id.clone(),
+        epoch: figures.epoch,
+        applied: figures.applied,
+        out_of_date: fleet.out_of_date(),
+    })
 }
 
 /// One cache in `GET /status`: how it is reached, and why connecting to it
@@ -260,6 +288,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<StatusView> {
             })
             .collect(),
         upstreams: upstream_views(&shared),
+        fleet: fleet_status(&shared),
     })
 }
 
@@ -311,6 +340,18 @@ pub fn render_status(s: &StatusView) -> String {
                 .ratio
                 .map_or_else(|| "-".to_string(), |x| format!("{:.1}%", x * 100.0)),
             patterns
+        ));
+    }
+    if let Some(f) = &s.fleet {
+        out.push_str(&format!(
+            "fleet {} member {}: serves epoch {} of {}{}\n",
+            f.name,
+            f.id,
+            f.applied,
+            f.epoch,
+            f.out_of_date
+                .as_ref()
+                .map_or_else(String::new, |why| format!("; OUT OF DATE: {why}"))
         ));
     }
     for r in &s.routes {
@@ -545,15 +586,8 @@ async fn ready(State(shared): State<Arc<Shared>>) -> Response {
             return not_ready(format!("upstream {side} unreachable: {e}"));
         }
     }
-    if let Some(fleet) = &shared.fleet {
-        let seen = fleet.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let epoch = seen.record.as_ref().map_or(0, |r| r.epoch);
-        if seen.at.is_none() {
-            return not_ready("the fleet record could not be read from either cache".into());
-        }
-        if fleet.applied() < epoch {
-            return not_ready(format!("fleet epoch {epoch} not applied yet"));
-        }
+    if let Some(why) = shared.fleet.as_ref().and_then(|f| f.out_of_date()) {
+        return not_ready(why);
     }
     Json(serde_json::json!({ "ready": true })).into_response()
 }
@@ -563,7 +597,8 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .into_iter()
         .filter_map(|side| shared.upstream(side).cluster_snapshot())
         .collect();
-    let body = crate::metrics::render(routes(&shared), clusters);
+    let fleet = shared.fleet.as_ref().map(|f| f.figures());
+    let body = crate::metrics::render(routes(&shared), clusters, fleet);
     (
         [(
             header::CONTENT_TYPE,

@@ -12,9 +12,13 @@
 //! member to serve it ([`run::flip`]). A member silent for five heartbeats
 //! is absent: it no longer holds flips back.
 //!
-//! Not yet (issue 18 continues): protecting the window between the first
-//! and the last member applying a commit, the auto-cutover lease, and the
-//! deployment pieces.
+//! Between the first and the last member applying a flip, the window
+//! ([`window`]) keeps the keys written and holds repair copies. A member
+//! that cannot read the record for five heartbeats, or serves an older
+//! epoch, is out of date ([`Fleet::out_of_date`]): `/status`, `/ready`,
+//! metrics and the log say so.
+//!
+//! Not yet (issue 18 continues): the auto-cutover lease.
 
 pub mod store;
 pub mod window;
@@ -75,6 +79,20 @@ pub struct Seen {
     pub errors: PerSide<Option<String>>,
     /// When the record was last read from at least one cache.
     pub at: Option<Instant>,
+}
+
+/// What `/metrics` says of the fleet.
+#[derive(Clone, Debug, Default)]
+pub struct Figures {
+    /// The record's epoch, and the one this member serves.
+    pub epoch: u64,
+    pub applied: u64,
+    pub out_of_date: bool,
+    /// Members heard from within five heartbeats, and the others listed.
+    pub live: usize,
+    pub absent: usize,
+    /// Live members serving an older epoch than the record's.
+    pub behind: usize,
 }
 
 /// A member as `GET /fleet` shows it.
@@ -187,7 +205,7 @@ impl Fleet {
                 .filter(|m| seen.acks.get(&m.id).copied().unwrap_or(0) < epoch)
                 .map(|m| m.id.clone())
                 .collect();
-            *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = seen;
+            self.keep(seen);
             if missing.is_empty() || Instant::now() >= deadline {
                 return missing;
             }
@@ -208,7 +226,7 @@ impl Fleet {
                 .filter(|m| self.is_live(m) && m.applied < epoch && m.id != self.id)
                 .map(|m| m.id.clone())
                 .collect();
-            *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = seen;
+            self.keep(seen);
             if behind.is_empty() || Instant::now() >= deadline {
                 if !behind.is_empty() {
                     warn!(
@@ -220,6 +238,56 @@ impl Fleet {
                 return behind;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Keeps a read as the last seen. A read that reached neither cache
+    /// keeps the record and members read before (so `at` stays the time
+    /// of the last successful read) and updates only the errors.
+    pub fn keep(&self, seen: Seen) {
+        let mut last = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        match seen.at {
+            Some(_) => *last = seen,
+            None => last.errors = seen.errors,
+        }
+    }
+
+    /// Why this member may not serve the fleet's current phases: it has
+    /// not read the record from either cache for five heartbeats (the
+    /// others count it absent and flip without it), or it serves an epoch
+    /// older than the record's. `None` when it is up to date.
+    pub fn out_of_date(&self) -> Option<String> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let limit = self.heartbeat() * ABSENT_AFTER as u32;
+        match seen.at {
+            None => return Some("the fleet record has not been read from either cache".into()),
+            Some(at) if at.elapsed() > limit => {
+                return Some(format!(
+                    "the fleet record could not be read from either cache for {}s (serving the last phases read)",
+                    at.elapsed().as_secs()
+                ))
+            }
+            Some(_) => {}
+        }
+        let epoch = seen.record.as_ref().map_or(0, |r| r.epoch);
+        let applied = self.applied();
+        (applied < epoch).then(|| format!("serves fleet epoch {applied}, the record is at {epoch}"))
+    }
+
+    /// The fleet's figures for `/metrics`.
+    pub fn figures(&self) -> Figures {
+        let members = self.members();
+        let epoch = {
+            let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.record.as_ref().map_or(0, |r| r.epoch)
+        };
+        Figures {
+            epoch,
+            applied: self.applied(),
+            out_of_date: self.out_of_date().is_some(),
+            live: members.iter().filter(|m| m.live).count(),
+            absent: members.iter().filter(|m| !m.live).count(),
+            behind: members.iter().filter(|m| m.live && m.behind).count(),
         }
     }
 

@@ -39,7 +39,7 @@ pub async fn tick(shared: &Shared, fleet: &Fleet) {
         .map(|m| m.id.clone())
         .collect();
     super::window::close_if_done(shared, fleet, &seen);
-    *fleet.seen.lock().unwrap_or_else(|e| e.into_inner()) = seen;
+    fleet.keep(seen);
     fleet.store.heartbeat(&me(shared, fleet), &stale).await;
 }
 

@@ -58,6 +58,10 @@ pub fn open(shared: &Shared, fleet: &Fleet, prepared: &Record) {
 /// Closes the open window once its flip was aborted, or committed and
 /// served by every live member.
 pub fn close_if_done(shared: &Shared, fleet: &Fleet, seen: &Seen) {
+    if seen.at.is_none() {
+        // Read from neither cache: nothing known of the flip.
+        return;
+    }
     let mut slot = fleet.window.lock().unwrap_or_else(|e| e.into_inner());
     let Some(w) = slot.as_ref() else { return };
     let committed = seen.record.as_ref().is_some_and(|r| r.epoch >= w.epoch);
