@@ -12,6 +12,10 @@
 //! status) and are logged with the numbers that triggered them. What the
 //! policy is waiting for is in the status (`auto_cutover`). After a flip
 //! back, the route waits `min_dual_write_secs` again before it can return.
+//!
+//! [`Judge`] decides from a route's [`Figures`]; [`run`] feeds it this
+//! instance's own figures and flips here. A fleet feeds it the figures
+//! summed over its members and flips fleet-wide (`crate::fleet::auto`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -21,11 +25,39 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::{Control, Source};
+use super::{Control, RouteStatus, Source};
 use crate::routing::{AutoCutover, Phase, RouteStats, Router};
+use crate::shadow::Agreement;
 
 /// How often routes are evaluated.
 pub const CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// What the policy judges a route by: its shadow-read window, and its
+/// client commands and those new failed (running totals).
+#[derive(Clone, Copy, Debug)]
+pub struct Figures {
+    pub shadow: Agreement,
+    pub failed: u64,
+    pub commands: u64,
+}
+
+impl Figures {
+    /// This instance's figures for a route.
+    pub fn of(stats: &RouteStats) -> Figures {
+        Figures {
+            shadow: stats.shadow.agreement(),
+            failed: stats.upstream_failed.load(Ordering::Relaxed),
+            commands: stats.reads.load(Ordering::Relaxed) + stats.writes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A flip the policy asks for, and why (with the numbers).
+#[derive(Clone, Debug)]
+pub struct Move {
+    pub to: Phase,
+    pub why: String,
+}
 
 /// Per route: (when, failed commands, commands) samples while in
 /// `read-new`, and the last automatic flip, for the status.
@@ -35,9 +67,103 @@ struct RouteAuto {
     last: Option<String>,
 }
 
-/// Evaluates every route with a policy, until shutdown.
+/// The policy's memory across evaluations.
+#[derive(Default)]
+pub struct Judge {
+    state: HashMap<String, RouteAuto>,
+}
+
+impl Judge {
+    /// Judges a route in `status` by `figures`: shows what it waits for
+    /// in the route's status, and returns the flip it asks for.
+    pub fn judge(
+        &mut self,
+        status: &RouteStatus,
+        policy: &AutoCutover,
+        stats: &RouteStats,
+        figures: Figures,
+    ) -> Option<Move> {
+        let st = self.state.entry(status.name.clone()).or_default();
+        if status.phase != Phase::ReadNew {
+            st.samples.clear();
+        }
+        match status.phase {
+            Phase::DualWrite => {
+                let age = SystemTime::now()
+                    .duration_since(status.since)
+                    .unwrap_or_default();
+                match waiting_for(policy, age, figures.shadow) {
+                    Some(reason) => {
+                        show(stats, format!("waiting: {reason}"), &st.last);
+                        None
+                    }
+                    None => Some(Move {
+                        to: Phase::ReadNew,
+                        why: format!(
+                            "agreement {:.4} over {} shadow reads after {}s in dual-write",
+                            figures.shadow.ratio.unwrap_or(0.0),
+                            figures.shadow.samples,
+                            age.as_secs()
+                        ),
+                    }),
+                }
+            }
+            Phase::ReadNew => judge_errors(policy, stats, figures, st),
+            other => {
+                show(stats, format!("inactive in {other}"), &st.last);
+                None
+            }
+        }
+    }
+
+    /// What became of a flip [`Judge::judge`] asked for.
+    pub fn moved(
+        &mut self,
+        route: &str,
+        stats: &RouteStats,
+        mv: &Move,
+        result: Result<(), String>,
+    ) {
+        let st = self.state.entry(route.to_string()).or_default();
+        match result {
+            Ok(()) => {
+                match mv.to {
+                    Phase::ReadNew => {
+                        info!(route, why = %mv.why, "auto-cutover: flipped to read-new")
+                    }
+                    _ => {
+                        warn!(route, why = %mv.why, "auto-cutover: new is failing; flipped back to dual-write")
+                    }
+                }
+                st.samples.clear();
+                st.last = Some(format!(
+                    "{} at {}: {}",
+                    flipped(mv.to),
+                    humantime::format_rfc3339_seconds(SystemTime::now()),
+                    mv.why
+                ));
+                show(stats, format!("in {}", mv.to), &st.last);
+            }
+            Err(e) => {
+                warn!(route, to = %mv.to, error = %e, "auto-cutover could not flip the route");
+                let flip = flipped(mv.to).replace("flipped", "flip");
+                show(stats, format!("{flip} failed: {e}"), &st.last);
+            }
+        }
+    }
+
+    /// Shows `now` as what the route's policy does, with its last flip.
+    pub fn show(&mut self, route: &str, stats: &RouteStats, now: String) {
+        let st = self.state.entry(route.to_string()).or_default();
+        st.samples.clear();
+        show(stats, now, &st.last);
+    }
+}
+
+/// Evaluates every route with a policy by this instance's figures, until
+/// shutdown.
 pub async fn run(control: Arc<Control>, router: Arc<Router>, mut shutdown: watch::Receiver<bool>) {
-    let mut state: HashMap<String, RouteAuto> = HashMap::new();
+    let mut judge = Judge::default();
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -45,7 +171,34 @@ pub async fn run(control: Arc<Control>, router: Arc<Router>, mut shutdown: watch
             _ = tick.tick() => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        evaluate(&control, &router, &mut state);
+        let table = router.current();
+        let statuses = control.status();
+        for route in &table.routes {
+            let Some(policy) = route.auto_cutover else {
+                continue;
+            };
+            let Some(status) = statuses.iter().find(|s| *s.name == *route.name) else {
+                continue;
+            };
+            let stats = &route.stats;
+            if let Some(mv) = judge.judge(status, &policy, stats, Figures::of(stats)) {
+                let r = control.flip(&router, &route.name, mv.to, None, false, Source::Auto);
+                judge.moved(
+                    &route.name,
+                    stats,
+                    &mv,
+                    r.map(|_| ()).map_err(|e| e.to_string()),
+                );
+            }
+        }
+    }
+}
+
+/// How the status names an automatic flip to `to`.
+fn flipped(to: Phase) -> &'static str {
+    match to {
+        Phase::ReadNew => "flipped to read-new",
+        _ => "flipped back to dual-write",
     }
 }
 
@@ -58,40 +211,8 @@ fn show(stats: &RouteStats, now: String, last: &Option<String>) {
     *stats.auto_status.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
 }
 
-fn evaluate(control: &Control, router: &Router, state: &mut HashMap<String, RouteAuto>) {
-    let table = router.current();
-    let statuses = control.status();
-    for route in &table.routes {
-        let Some(policy) = route.auto_cutover else {
-            continue;
-        };
-        let Some(status) = statuses.iter().find(|s| *s.name == *route.name) else {
-            continue;
-        };
-        let stats = &route.stats;
-        let name = &*route.name;
-        let st = state.entry(name.to_string()).or_default();
-        if status.phase != Phase::ReadNew {
-            st.samples.clear();
-        }
-        match status.phase {
-            Phase::DualWrite => {
-                let age = SystemTime::now()
-                    .duration_since(status.since)
-                    .unwrap_or_default();
-                match waiting_for(&policy, age, stats) {
-                    Some(reason) => show(stats, format!("waiting: {reason}"), &st.last),
-                    None => flip_to_read_new((control, router), name, &policy, age, stats, st),
-                }
-            }
-            Phase::ReadNew => judge_errors((control, router), name, &policy, stats, st),
-            other => show(stats, format!("inactive in {other}"), &st.last),
-        }
-    }
-}
-
 /// What keeps a `dual-write` route from flipping, or `None` when nothing.
-fn waiting_for(policy: &AutoCutover, age: Duration, stats: &RouteStats) -> Option<String> {
+fn waiting_for(policy: &AutoCutover, age: Duration, agreement: Agreement) -> Option<String> {
     let min_age = Duration::from_secs(policy.min_dual_write_secs);
     if age < min_age {
         return Some(format!(
@@ -100,7 +221,6 @@ fn waiting_for(policy: &AutoCutover, age: Duration, stats: &RouteStats) -> Optio
             min_age.as_secs()
         ));
     }
-    let agreement = stats.shadow.agreement();
     if (agreement.samples as u64) < policy.min_samples {
         return Some(format!(
             "{} shadow reads of the {} needed",
@@ -117,53 +237,23 @@ fn waiting_for(policy: &AutoCutover, age: Duration, stats: &RouteStats) -> Optio
     None
 }
 
-fn flip_to_read_new(
-    (control, router): (&Control, &Router),
-    name: &str,
-    policy: &AutoCutover,
-    age: Duration,
-    stats: &RouteStats,
-    st: &mut RouteAuto,
-) {
-    let agreement = stats.shadow.agreement();
-    let ratio = agreement.ratio.unwrap_or(0.0);
-    match control.flip(router, name, Phase::ReadNew, None, false, Source::Auto) {
-        Ok(_) => {
-            info!(
-                route = name,
-                agreement = ratio,
-                samples = agreement.samples,
-                dual_write_secs = age.as_secs(),
-                min_agreement = policy.min_agreement,
-                "auto-cutover: flipped to read-new"
-            );
-            st.last = Some(format!(
-                "flipped to read-new at {}: agreement {ratio:.4} over {} shadow reads after {}s in dual-write",
-                humantime::format_rfc3339_seconds(SystemTime::now()),
-                agreement.samples,
-                age.as_secs()
-            ));
-            show(stats, "in read-new".into(), &st.last);
-        }
-        Err(e) => {
-            warn!(route = name, error = %e, "auto-cutover could not flip the route");
-            show(stats, format!("flip to read-new failed: {e}"), &st.last);
-        }
-    }
-}
-
 fn judge_errors(
-    (control, router): (&Control, &Router),
-    name: &str,
     policy: &AutoCutover,
     stats: &RouteStats,
+    figures: Figures,
     st: &mut RouteAuto,
-) {
+) -> Option<Move> {
     let window = &mut st.samples;
     let now = Instant::now();
-    let failed = stats.upstream_failed.load(Ordering::Relaxed);
-    let commands = stats.reads.load(Ordering::Relaxed) + stats.writes.load(Ordering::Relaxed);
-    window.push_back((now, failed, commands));
+    // Totals summed over a fleet drop when a member restarts or leaves:
+    // the window starts again from them.
+    if window
+        .back()
+        .is_some_and(|&(_, f, c)| figures.failed < f || figures.commands < c)
+    {
+        window.clear();
+    }
+    window.push_back((now, figures.failed, figures.commands));
     let span = Duration::from_secs(policy.error_window_secs);
     while window
         .front()
@@ -172,14 +262,15 @@ fn judge_errors(
         window.pop_front();
     }
     let (_, failed0, commands0) = *window.front().expect("just pushed");
-    let (failed, commands) = (failed - failed0, commands - commands0);
+    let (failed, commands) = (figures.failed - failed0, figures.commands - commands0);
     if commands < policy.min_commands {
         let now = format!(
             "in read-new; {commands} commands in the last {}s (judged from {})",
             span.as_secs(),
             policy.min_commands
         );
-        return show(stats, now, &st.last);
+        show(stats, now, &st.last);
+        return None;
     }
     let rate = failed as f64 / commands as f64;
     if rate <= policy.max_new_error_rate {
@@ -187,33 +278,15 @@ fn judge_errors(
             "in read-new; new failed {rate:.4} of {commands} commands in the last {}s",
             span.as_secs()
         );
-        return show(stats, now, &st.last);
+        show(stats, now, &st.last);
+        return None;
     }
-    match control.flip(router, name, Phase::DualWrite, None, false, Source::Auto) {
-        Ok(_) => {
-            warn!(
-                route = name,
-                error_rate = rate,
-                failed,
-                commands,
-                max_new_error_rate = policy.max_new_error_rate,
-                "auto-cutover: new is failing; flipped back to dual-write"
-            );
-            st.samples.clear();
-            st.last = Some(format!(
-                "flipped back to dual-write at {}: new failed {failed} of {commands} commands ({rate:.4}) in {}s",
-                humantime::format_rfc3339_seconds(SystemTime::now()),
-                span.as_secs()
-            ));
-            show(stats, "in dual-write".into(), &st.last);
-        }
-        Err(e) => {
-            warn!(route = name, error = %e, "auto-cutover could not flip the route back");
-            show(
-                stats,
-                format!("flip back to dual-write failed: {e}"),
-                &st.last,
-            );
-        }
-    }
+    Some(Move {
+        to: Phase::DualWrite,
+        why: format!(
+            "new failed {failed} of {commands} commands ({rate:.4}) in {}s, over max_new_error_rate {}",
+            span.as_secs(),
+            policy.max_new_error_rate
+        ),
+    })
 }
