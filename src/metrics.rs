@@ -256,13 +256,18 @@ impl prometheus_client::collector::Collector for Fleet {
         mut encoder: prometheus_client::encoding::DescriptorEncoder,
     ) -> Result<(), std::fmt::Error> {
         let f = &self.0;
-        let gauges: [(&str, &str, f64); 4] = [
+        let gauges: [(&str, &str, f64); 5] = [
             ("fleet_epoch", "The fleet record's epoch (last read)", f.epoch as f64),
             ("fleet_applied_epoch", "The fleet epoch whose phases this member serves", f.applied as f64),
             (
                 "fleet_out_of_date",
                 "1 when this member could not read the fleet record for five heartbeats or serves an older epoch (see /status)",
                 f64::from(u8::from(f.out_of_date)),
+            ),
+            (
+                "fleet_lease",
+                "1 while this member holds the auto-cutover lease (it decides for the fleet)",
+                f64::from(u8::from(f.lease)),
             ),
             (
                 "fleet_members_behind",

@@ -177,11 +177,19 @@ impl Proxy {
                 shutdown_rx.clone(),
             )));
         }
-        tasks.push(tokio::spawn(crate::control::auto::run(
-            shared.control.clone(),
-            shared.router.clone(),
-            shutdown_rx.clone(),
-        )));
+        match &shared.fleet {
+            // One member decides for the fleet, on its figures.
+            Some(fleet) => tasks.push(tokio::spawn(crate::fleet::auto::run(
+                shared.fleet_parts(),
+                fleet.clone(),
+                shutdown_rx.clone(),
+            ))),
+            None => tasks.push(tokio::spawn(crate::control::auto::run(
+                shared.control.clone(),
+                shared.router.clone(),
+                shutdown_rx.clone(),
+            ))),
+        }
         let admin_addr = match admin_listener {
             Some(l) => {
                 let admin_addr = l.local_addr().ok();

@@ -32,6 +32,9 @@ pub struct FleetView {
     pub routes: BTreeMap<String, BTreeMap<String, u64>>,
     /// Per cache, why the record could not be read there (last read).
     pub errors: BTreeMap<String, Option<String>>,
+    /// The member holding the auto-cutover lease (last read).
+    #[serde(default)]
+    pub lease: Option<String>,
 }
 
 pub fn fleet_view(fleet: &Fleet) -> FleetView {
@@ -61,6 +64,7 @@ pub fn fleet_view(fleet: &Fleet) -> FleetView {
         members,
         routes,
         errors,
+        lease: seen.lease.map(|(id, _)| id),
     }
 }
 

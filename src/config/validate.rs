@@ -22,12 +22,6 @@ impl Settings {
             if f.heartbeat_ms < 10 {
                 return Err(("fleet.heartbeat_ms".into(), "must be at least 10".into()));
             }
-            if let Some(r) = self.routes.iter().find(|r| r.auto_cutover.is_some()) {
-                return Err((
-                    format!("routes.{}.auto_cutover", r.name),
-                    "auto-cutover with [fleet] is not supported yet (it would flip one member only); flip with cutover phase".into(),
-                ));
-            }
         }
         check_address("upstreams.old.address", &self.upstreams.old.address)?;
         check_address("upstreams.new.address", &self.upstreams.new.address)?;

@@ -155,7 +155,6 @@ impl Judge {
     /// Shows `now` as what the route's policy does, with its last flip.
     pub fn show(&mut self, route: &str, stats: &RouteStats, now: String) {
         let st = self.state.entry(route.to_string()).or_default();
-        st.samples.clear();
         show(stats, now, &st.last);
     }
 }

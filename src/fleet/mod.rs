@@ -16,10 +16,10 @@
 //! ([`window`]) keeps the keys written and holds repair copies. A member
 //! that cannot read the record for five heartbeats, or serves an older
 //! epoch, is out of date ([`Fleet::out_of_date`]): `/status`, `/ready`,
-//! metrics and the log say so.
-//!
-//! Not yet (issue 18 continues): the auto-cutover lease.
+//! metrics and the log say so. One member at a time, holding a lease in
+//! the record's hash, runs auto-cutover on the fleet's figures ([`auto`]).
 
+pub mod auto;
 pub mod store;
 pub mod window;
 
@@ -65,6 +65,8 @@ pub struct Fleet {
     pub seen: Mutex<Seen>,
     /// A flip's window this member has open ([`window`]).
     pub window: Mutex<Option<window::Window>>,
+    /// Until when this member holds the auto-cutover lease.
+    lease_until: Mutex<Option<Instant>>,
 }
 
 /// What the last read of the record found.
@@ -76,6 +78,8 @@ pub struct Seen {
     pub prepare: Option<Record>,
     /// Per member, the highest epoch it acknowledged.
     pub acks: std::collections::BTreeMap<String, u64>,
+    /// The auto-cutover lease's holder and until when (the cache's clock).
+    pub lease: Option<(String, u64)>,
     pub errors: PerSide<Option<String>>,
     /// When the record was last read from at least one cache.
     pub at: Option<Instant>,
@@ -93,6 +97,8 @@ pub struct Figures {
     pub absent: usize,
     /// Live members serving an older epoch than the record's.
     pub behind: usize,
+    /// This member holds the auto-cutover lease.
+    pub lease: bool,
 }
 
 /// A member as `GET /fleet` shows it.
@@ -130,6 +136,7 @@ impl Fleet {
             admin: Mutex::default(),
             seen: Mutex::default(),
             window: Mutex::default(),
+            lease_until: Mutex::default(),
         }
     }
 
@@ -157,6 +164,9 @@ impl Fleet {
                     let epoch = |r: &Option<Record>| r.as_ref().map(|r| r.epoch);
                     if epoch(&held.prepare) > epoch(&seen.prepare) {
                         seen.prepare = held.prepare;
+                    }
+                    if held.lease.as_ref().map(|l| l.1) > seen.lease.as_ref().map(|l| l.1) {
+                        seen.lease = held.lease;
                     }
                     for (id, e) in held.acks {
                         let a = seen.acks.entry(id).or_default();
@@ -288,7 +298,42 @@ impl Fleet {
             live: members.iter().filter(|m| m.live).count(),
             absent: members.iter().filter(|m| !m.live).count(),
             behind: members.iter().filter(|m| m.live && m.behind).count(),
+            lease: self.holds_lease(),
         }
+    }
+
+    /// How long a lease lasts unless renewed (renewed every heartbeat).
+    fn lease_ttl(&self) -> Duration {
+        self.heartbeat() * 3
+    }
+
+    /// Takes or renews the auto-cutover lease ([`Store::lease`]). Counted from
+    /// before the request, so this member stops deciding before any cache
+    /// lets another take over.
+    pub async fn renew_lease(&self) {
+        let asked = Instant::now();
+        let ttl = self.lease_ttl();
+        let held = self.store.lease(&self.id, ttl.as_millis() as u64).await;
+        let mut until = self.lease_until.lock().unwrap_or_else(|e| e.into_inner());
+        let had = until.is_some_and(|u| Instant::now() < u);
+        *until = held.then_some(asked + ttl);
+        if held && !had {
+            info!(member = %self.id, "auto-cutover lease taken: this member decides for the fleet");
+        } else if had && !held {
+            warn!(member = %self.id, "auto-cutover lease lost");
+        }
+    }
+
+    /// Whether this member holds the auto-cutover lease now.
+    pub fn holds_lease(&self) -> bool {
+        let until = self.lease_until.lock().unwrap_or_else(|e| e.into_inner());
+        until.is_some_and(|u| Instant::now() < u)
+    }
+
+    /// The member holding the auto-cutover lease, as last read.
+    pub fn lease_holder(&self) -> Option<String> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.lease.as_ref().map(|(id, _)| id.clone())
     }
 
     pub fn log_adopted(&self, record: &Record) {

@@ -41,6 +41,15 @@ pub async fn tick(shared: &Shared, fleet: &Fleet) {
     super::window::close_if_done(shared, fleet, &seen);
     fleet.keep(seen);
     fleet.store.heartbeat(&me(shared, fleet), &stale).await;
+    if shared
+        .router
+        .current()
+        .routes
+        .iter()
+        .any(|r| r.auto_cutover.is_some())
+    {
+        fleet.renew_lease().await;
+    }
 }
 
 /// Applies `record`'s phases here; its epoch is then the one served.
@@ -59,6 +68,7 @@ fn me(shared: &Shared, fleet: &Fleet) -> Member {
     let table = shared.router.current();
     let mut counts = std::collections::BTreeMap::new();
     let mut journal_keys = std::collections::BTreeMap::new();
+    let mut shadow = std::collections::BTreeMap::new();
     for r in &table.routes {
         let c = r
             .stats
@@ -69,6 +79,7 @@ fn me(shared: &Shared, fleet: &Fleet) -> Member {
         counts.insert(r.name.to_string(), c);
         let j = r.stats.journal_keys.load(Ordering::Relaxed);
         journal_keys.insert(r.name.to_string(), j);
+        shadow.insert(r.name.to_string(), r.stats.shadow.agreement());
     }
     Member {
         id: fleet.id.clone(),
@@ -88,6 +99,7 @@ fn me(shared: &Shared, fleet: &Fleet) -> Member {
         seen_ms: now_ms(),
         counts,
         journal_keys,
+        shadow,
     }
 }
 

@@ -9,6 +9,7 @@
 //! | `member:<id>` | [`Member`] as JSON: one instance's heartbeat |
 //! | `prepare_epoch`, `prepare` | a flip being prepared: its epoch and [`Record`] |
 //! | `ack:<id>` | the highest epoch member `<id>` acknowledged as prepared |
+//! | `lease` | `<id>\|<until>`: the member running auto-cutover, until (the cache's clock, ms) |
 //!
 //! A record is written to both caches with a compare-and-set script (only
 //! over a lower epoch); readers take the higher epoch of the two, so the
@@ -52,6 +53,19 @@ const ABORT: &str = "if redis.call('HGET', KEYS[1], 'prepare_epoch') == ARGV[1] 
       redis.call('HDEL', KEYS[1], 'prepare', 'prepare_epoch') return 1 end \
     return 0";
 
+/// Takes or renews the auto-cutover lease for member `ARGV[1]` for
+/// `ARGV[2]` ms (by the cache's clock) unless another member holds it
+/// unexpired; answers 1 when this member holds it now.
+const LEASE: &str = "local t = redis.call('TIME') \
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
+    local cur = redis.call('HGET', KEYS[1], 'lease') \
+    if cur then \
+      local id, untl = string.match(cur, '^(.*)|(%d+)$') \
+      if id and id ~= ARGV[1] and tonumber(untl) > now then return 0 end \
+    end \
+    redis.call('HSET', KEYS[1], 'lease', ARGV[1] .. '|' .. string.format('%d', now + tonumber(ARGV[2]))) \
+    return 1";
+
 pub use crate::control::Decision;
 
 /// The fleet's phases under one epoch, and who set them.
@@ -84,6 +98,9 @@ pub struct Member {
     /// Per route: its journal size.
     #[serde(default)]
     pub journal_keys: BTreeMap<String, u64>,
+    /// Per route: its shadow-read window (what auto-cutover sums).
+    #[serde(default)]
+    pub shadow: BTreeMap<String, crate::shadow::Agreement>,
 }
 
 /// What one cache holds.
@@ -95,6 +112,8 @@ pub struct Held {
     pub prepare: Option<Record>,
     /// Per member, the highest epoch it acknowledged.
     pub acks: BTreeMap<String, u64>,
+    /// The auto-cutover lease: holder and until when (the cache's clock).
+    pub lease: Option<(String, u64)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +190,11 @@ impl Store {
                 let epoch = std::str::from_utf8(&json).ok().and_then(|e| e.parse().ok());
                 let id = String::from_utf8_lossy(id).into_owned();
                 held.acks.insert(id, epoch.unwrap_or(0));
+            } else if &field[..] == b"lease" {
+                let text = String::from_utf8_lossy(&json);
+                held.lease = text
+                    .rsplit_once('|')
+                    .and_then(|(id, until)| Some((id.to_string(), until.parse().ok()?)));
             } else if field.starts_with(b"member:") {
                 if let Ok(m) = serde_json::from_slice(&json) {
                     held.members.push(m);
@@ -239,6 +263,33 @@ impl Store {
             })
         };
         PerSide::new(into(old, Side::Old), into(new, Side::New))
+    }
+
+    /// Takes or renews the auto-cutover lease for `id` for `ttl_ms`:
+    /// whether `id` holds it now. Asked of old, then new: a cache where
+    /// another member holds it ends the attempt (so two members racing for
+    /// it cannot each win one cache); one that cannot be reached is
+    /// skipped. Held when at least one cache granted it and none refused.
+    pub async fn lease(&self, id: &str, ttl_ms: u64) -> bool {
+        let ttl = ttl_ms.to_string();
+        let key = self.key.as_bytes();
+        let cmd = Command::from_args(&[
+            b"EVAL",
+            LEASE.as_bytes(),
+            b"1",
+            key,
+            id.as_bytes(),
+            ttl.as_bytes(),
+        ]);
+        let mut granted = false;
+        for side in Side::BOTH {
+            match self.call(side, std::slice::from_ref(&cmd)).await {
+                Ok(r) if r[0].as_ref() == b":1\r\n" => granted = true,
+                Ok(_) => return false,
+                Err(_) => {}
+            }
+        }
+        granted
     }
 
     /// Drops the prepared flip of `epoch` (aborted), where it is.
