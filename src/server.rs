@@ -95,7 +95,9 @@ impl Proxy {
             None
         };
         let state_path = config_path.as_deref().map(|p| settings.admin.state_path(p));
-        let (control, routes) = Control::start(&settings.routes, &settings.commands, state_path)?;
+        let fleet = settings.fleet.is_some();
+        let (control, routes) =
+            Control::start(&settings.routes, &settings.commands, state_path, fleet)?;
         let journal = crate::repair::Journal::new(
             config_path.as_deref().map(|p| settings.journal.path(p)),
             settings.journal.max_keys,

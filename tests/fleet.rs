@@ -462,3 +462,38 @@ async fn a_member_cut_off_from_the_record_says_it_is_out_of_date() {
         "{logs}"
     );
 }
+
+/// With `[fleet]` the record decides phases: a member's config file
+/// edited to another phase is reloaded (other changes apply) but does not
+/// move the route, which stays where the fleet flipped it; the log says
+/// why. (Before, the file won and the member left the fleet's phase.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_reload_does_not_move_a_member_off_the_fleets_phase() {
+    let (old, new) = support::start_pair();
+    let text = Config::new(&old.addr(), &new.addr())
+        .route("default", None, Phase::OldOnly)
+        .with("[fleet]\nname = \"reload\"\nheartbeat_ms = 100\nflip_timeout_ms = 3000\n")
+        .text();
+    let mut member = Served::start(&text, &[]).await;
+    let (code, body) = flip(&member, "dual-write").await;
+    assert_eq!(code, 200, "{body}");
+    let file = std::fs::read_to_string(&member.config).unwrap();
+    let edited = file.replace("phase = \"old-only\"", "phase = \"new-only\"");
+    assert_ne!(edited, file);
+    let tmp = member.config.with_extension("tmp");
+    std::fs::write(&tmp, edited).unwrap();
+    std::fs::rename(&tmp, &member.config).unwrap();
+    wait_for("the edited file is reloaded", async || {
+        member.status().await.config_reloads.applied >= 1
+    })
+    .await;
+    let r = &member.status().await.routes[0];
+    assert_eq!(r.status.phase, Phase::DualWrite, "the fleet's phase stays");
+    assert_eq!(r.status.config_phase, Phase::NewOnly);
+    assert_eq!(fleet(&member).await.epoch, 1);
+    let logs = member.stop_and_logs().await;
+    assert!(
+        logs.contains("with [fleet] the fleet record decides phases"),
+        "{logs}"
+    );
+}

@@ -18,7 +18,7 @@ pub mod auto;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -136,6 +136,9 @@ pub struct Control {
     /// Config reloads since start: installed, and rejected (an invalid
     /// file; the running table stayed). Shown in `/status`.
     reloads: [AtomicU64; 2],
+    /// `[fleet]`: the fleet record decides phases; loading the file does
+    /// not change those already decided.
+    fleet: AtomicBool,
 }
 
 /// Config reloads since start, as `GET /status` shows them.
@@ -158,16 +161,20 @@ pub fn now_ms() -> u64 {
 impl Control {
     /// Loads the persisted state (if any) and reconciles it with the config.
     /// Returns the control and the routes the table starts with.
+    /// Loads the state file over `config`. With `fleet`, the phases saved
+    /// (the fleet record last applied) stay whatever the file says, until
+    /// the record is read; reloads keep the phases too.
     pub fn start(
         config: &[RouteConfig],
         commands: &CommandsConfig,
         state_path: Option<PathBuf>,
+        fleet: bool,
     ) -> Result<(Control, Vec<RouteConfig>), StateError> {
         let saved = match &state_path {
             Some(path) => load(path)?,
             None => StateFile::default(),
         };
-        let routes = reconcile(config, &saved.routes);
+        let routes = reconcile(config, &saved.routes, fleet);
         let control = Control {
             state_path,
             inner: Mutex::new(Inner {
@@ -176,6 +183,7 @@ impl Control {
                 routes,
             }),
             reloads: Default::default(),
+            fleet: AtomicBool::new(fleet),
         };
         let inner = control.lock();
         if let Err(e) = control.persist(&inner.routes) {
@@ -202,7 +210,7 @@ impl Control {
         commands: &CommandsConfig,
     ) -> u64 {
         let mut inner = self.lock();
-        let routes = reconcile(config, &inner.routes);
+        let routes = reconcile(config, &inner.routes, self.fleet.load(Ordering::Relaxed));
         if let Err(e) = self.persist(&routes) {
             warn!(error = %e, "cannot write the state file");
         }
@@ -392,9 +400,12 @@ fn status_of(inner: &Inner, name: &str) -> Option<RouteStatus> {
 }
 
 /// The state of each configured route, given what was decided before.
+/// The routes' states after loading `config` over `before`. With `fleet`,
+/// a route that had a state keeps its phase (the fleet record decides).
 fn reconcile(
     config: &[RouteConfig],
     before: &BTreeMap<String, RouteState>,
+    fleet: bool,
 ) -> BTreeMap<String, RouteState> {
     let now = now_ms();
     config
@@ -409,6 +420,21 @@ fn reconcile(
                 config_ramp: r.ramp_percent,
             };
             let state = match before.get(&r.name) {
+                Some(prev) if fleet => {
+                    if prev.config_phase != r.phase || prev.config_ramp != r.ramp_percent {
+                        warn!(
+                            route = %r.name,
+                            phase = %prev.phase,
+                            file_now = %r.phase,
+                            "with [fleet] the fleet record decides phases: the config file's new phase for this route is not applied; flip with cutover phase"
+                        );
+                    }
+                    RouteState {
+                        config_phase: r.phase,
+                        config_ramp: r.ramp_percent,
+                        ..prev.clone()
+                    }
+                }
                 Some(prev)
                     if prev.source != Source::Config
                         && prev.config_phase == r.phase
@@ -508,13 +534,13 @@ mod tests {
             "r".to_string(),
             st(Phase::ReadNew, Source::Admin, Phase::DualWrite),
         )]);
-        let kept = reconcile(&[cfg("r", Phase::DualWrite)], &before);
+        let kept = reconcile(&[cfg("r", Phase::DualWrite)], &before, false);
         assert_eq!(kept["r"], before["r"]);
-        let edited = reconcile(&[cfg("r", Phase::NewOnly)], &before);
+        let edited = reconcile(&[cfg("r", Phase::NewOnly)], &before, false);
         assert_eq!(edited["r"].phase, Phase::NewOnly);
         assert_eq!(edited["r"].source, Source::Config);
         // Back to the file's phase the flip was made against: the file rules.
-        let gone = reconcile(&[cfg("other", Phase::OldOnly)], &before);
+        let gone = reconcile(&[cfg("other", Phase::OldOnly)], &before, false);
         assert!(!gone.contains_key("r"));
     }
 
@@ -525,10 +551,10 @@ mod tests {
             st(Phase::DualWrite, Source::Config, Phase::DualWrite),
         )]);
         assert_eq!(
-            reconcile(&[cfg("r", Phase::DualWrite)], &before)["r"].since_ms,
+            reconcile(&[cfg("r", Phase::DualWrite)], &before, false)["r"].since_ms,
             1
         );
-        assert!(reconcile(&[cfg("r", Phase::ReadNew)], &before)["r"].since_ms > 1);
+        assert!(reconcile(&[cfg("r", Phase::ReadNew)], &before, false)["r"].since_ms > 1);
     }
 
     #[test]
@@ -537,7 +563,8 @@ mod tests {
         let path = dir.path().join("s.json");
         let config = [cfg("r", Phase::OldOnly)];
         let commands = CommandsConfig::default();
-        let (control, routes) = Control::start(&config, &commands, Some(path.clone())).unwrap();
+        let (control, routes) =
+            Control::start(&config, &commands, Some(path.clone()), false).unwrap();
         let router = Router::new(&routes, &commands);
         let err = control
             .flip(&router, "r", Phase::ReadNew, None, false, Source::Admin)
@@ -552,11 +579,11 @@ mod tests {
             .unwrap();
         assert_eq!(router.load().routes[0].phase, Phase::ReadNew);
         // A restart resumes it.
-        let (_, routes) = Control::start(&config, &commands, Some(path.clone())).unwrap();
+        let (_, routes) = Control::start(&config, &commands, Some(path.clone()), false).unwrap();
         assert_eq!(routes[0].phase, Phase::ReadNew);
         // A corrupt file stops the start, naming the file.
         std::fs::write(&path, "{").unwrap();
-        let err = Control::start(&config, &commands, Some(path)).unwrap_err();
+        let err = Control::start(&config, &commands, Some(path), false).unwrap_err();
         assert!(err.to_string().contains("s.json"), "{err}");
     }
 }
