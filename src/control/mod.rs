@@ -545,6 +545,21 @@ mod tests {
     }
 
     #[test]
+    fn with_a_fleet_the_file_never_moves_a_route_it_had() {
+        let before = BTreeMap::from([(
+            "r".to_string(),
+            st(Phase::ReadNew, Source::Fleet, Phase::DualWrite),
+        )]);
+        let edited = reconcile(&[cfg("r", Phase::NewOnly)], &before, true);
+        assert_eq!(edited["r"].phase, Phase::ReadNew);
+        assert_eq!(edited["r"].source, Source::Fleet);
+        assert_eq!(edited["r"].config_phase, Phase::NewOnly);
+        // A route it never had starts from the file.
+        let added = reconcile(&[cfg("s", Phase::DualWrite)], &before, true);
+        assert_eq!(added["s"].phase, Phase::DualWrite);
+    }
+
+    #[test]
     fn since_is_kept_while_the_phase_is() {
         let before = BTreeMap::from([(
             "r".to_string(),
