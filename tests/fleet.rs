@@ -497,3 +497,35 @@ async fn a_config_reload_does_not_move_a_member_off_the_fleets_phase() {
         "{logs}"
     );
 }
+
+/// The record lost on both caches (`FLUSHALL`, say) is written back by
+/// the members from what they last read, epoch unchanged: a member
+/// starting afterwards still serves the fleet's phases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_record_is_written_back() {
+    let (old, new) = support::start_pair();
+    let text = Config::new(&old.addr(), &new.addr())
+        .route("default", None, Phase::OldOnly)
+        .with("[fleet]\nname = \"lost\"\nheartbeat_ms = 100\nflip_timeout_ms = 3000\n")
+        .text();
+    let member = Served::start(&text, &[]).await;
+    let (code, body) = flip(&member, "dual-write").await;
+    assert_eq!(code, 200, "{body}");
+    for s in [&old, &new] {
+        s.run(&["FLUSHALL"]);
+    }
+    let epoch = |s: &support::RedisServer| -> Option<String> {
+        redis::cmd("HGET")
+            .arg("cutover:fleet:{lost}")
+            .arg("epoch")
+            .query(&mut s.sync())
+            .unwrap()
+    };
+    wait_for("the record is back on both caches", async || {
+        epoch(&old).as_deref() == Some("1") && epoch(&new).as_deref() == Some("1")
+    })
+    .await;
+    let late = Served::start(&text, &[]).await;
+    assert_eq!(phase(&late).await, Phase::DualWrite);
+    assert_eq!(fleet(&late).await.epoch, 1);
+}

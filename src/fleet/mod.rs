@@ -80,6 +80,8 @@ pub struct Seen {
     pub acks: std::collections::BTreeMap<String, u64>,
     /// The auto-cutover lease's holder and until when (the cache's clock).
     pub lease: Option<(String, u64)>,
+    /// Per cache read, the record's epoch there (0: none).
+    pub epochs: PerSide<Option<u64>>,
     pub errors: PerSide<Option<String>>,
     /// When the record was last read from at least one cache.
     pub at: Option<Instant>,
@@ -157,6 +159,7 @@ impl Fleet {
             match self.store.read(side).await {
                 Ok(held) => {
                     seen.at = Some(Instant::now());
+                    seen.epochs[side] = Some(held.record.as_ref().map_or(0, |r| r.epoch));
                     if held.record.as_ref().map(|r| r.epoch) > seen.record.as_ref().map(|r| r.epoch)
                     {
                         seen.record = held.record;

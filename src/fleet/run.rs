@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use tokio::sync::watch;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::Parts as Shared;
 use super::{now_ms, Fleet, Member, MemberView, Record};
@@ -39,6 +39,8 @@ pub async fn tick(shared: &Shared, fleet: &Fleet) {
         .map(|m| m.id.clone())
         .collect();
     super::window::close_if_done(shared, fleet, &seen);
+    let mut seen = seen;
+    restore(fleet, &mut seen).await;
     fleet.keep(seen);
     fleet.store.heartbeat(&me(shared, fleet), &stale).await;
     if shared
@@ -50,6 +52,37 @@ pub async fn tick(shared: &Shared, fleet: &Fleet) {
     {
         fleet.renew_lease().await;
     }
+}
+
+/// Writes the record back where a cache read lacks it or holds an older
+/// epoch (a `FLUSHALL`, a cache restarted empty or failed over to a
+/// replica that missed it), from what was read now or, when both lost it,
+/// before; so a member starting while the other cache is down still finds
+/// it. The compare-and-set never lowers an epoch.
+async fn restore(fleet: &Fleet, seen: &mut super::Seen) {
+    if seen.at.is_none() {
+        return;
+    }
+    let last = fleet
+        .seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .record
+        .clone();
+    let epoch = |r: &Option<Record>| r.as_ref().map_or(0, |r| r.epoch);
+    if epoch(&last) > epoch(&seen.record) {
+        seen.record = last;
+    }
+    let Some(record) = &seen.record else { return };
+    let behind: Vec<Side> = Side::BOTH
+        .into_iter()
+        .filter(|&s| seen.epochs[s].is_some_and(|e| e < record.epoch))
+        .collect();
+    if behind.is_empty() {
+        return;
+    }
+    fleet.store.commit(record).await;
+    info!(epoch = record.epoch, sides = ?behind, "fleet record written back where it was missing or older");
 }
 
 /// Applies `record`'s phases here; its epoch is then the one served.
