@@ -159,34 +159,61 @@ impl Judge {
     }
 }
 
+/// A route with a policy, as evaluated.
+pub struct Policed {
+    pub status: RouteStatus,
+    pub policy: AutoCutover,
+    pub stats: Arc<RouteStats>,
+}
+
+/// The routes with a policy now.
+pub fn policed(control: &Control, router: &Router) -> Vec<Policed> {
+    let table = router.current();
+    let statuses = control.status();
+    table
+        .routes
+        .iter()
+        .filter_map(|route| {
+            let status = statuses.iter().find(|s| *s.name == *route.name)?;
+            Some(Policed {
+                status: status.clone(),
+                policy: route.auto_cutover?,
+                stats: route.stats.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Waits for the next evaluation; false at shutdown.
+pub async fn next_check(
+    tick: &mut Option<tokio::time::Interval>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let tick = tick.get_or_insert_with(|| {
+        let mut t = tokio::time::interval(CHECK_EVERY);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    tokio::select! {
+        _ = tick.tick() => true,
+        _ = shutdown.wait_for(|s| *s) => false,
+    }
+}
+
 /// Evaluates every route with a policy by this instance's figures, until
 /// shutdown.
 pub async fn run(control: Arc<Control>, router: Arc<Router>, mut shutdown: watch::Receiver<bool>) {
-    let mut judge = Judge::default();
-    let mut tick = tokio::time::interval(CHECK_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
-        let table = router.current();
-        let statuses = control.status();
-        for route in &table.routes {
-            let Some(policy) = route.auto_cutover else {
-                continue;
-            };
-            let Some(status) = statuses.iter().find(|s| *s.name == *route.name) else {
-                continue;
-            };
-            let stats = &route.stats;
-            if let Some(mv) = judge.judge(status, &policy, stats, Figures::of(stats)) {
-                let r = control.flip(&router, &route.name, mv.to, None, false, Source::Auto);
+    let (mut judge, mut tick) = (Judge::default(), None);
+    while next_check(&mut tick, &mut shutdown).await {
+        for r in policed(&control, &router) {
+            let (name, stats) = (&r.status.name, &*r.stats);
+            if let Some(mv) = judge.judge(&r.status, &r.policy, stats, Figures::of(stats)) {
+                let done = control.flip(&router, name, mv.to, None, false, Source::Auto);
                 judge.moved(
-                    &route.name,
+                    name,
                     stats,
                     &mv,
-                    r.map(|_| ()).map_err(|e| e.to_string()),
+                    done.map(|_| ()).map_err(|e| e.to_string()),
                 );
             }
         }

@@ -18,61 +18,34 @@ use tokio::sync::watch;
 
 use super::Parts as Shared;
 use super::{Fleet, MemberView};
-use crate::control::auto::{Figures, Judge, CHECK_EVERY};
+use crate::control::auto::{next_check, policed, Figures, Judge};
 use crate::control::Source;
 use crate::shadow::Agreement;
 
 /// Evaluates the routes with a policy while this member holds the lease,
 /// until shutdown.
 pub async fn run(shared: Shared, fleet: Arc<Fleet>, mut shutdown: watch::Receiver<bool>) {
-    let mut judge = Judge::default();
-    let mut tick = tokio::time::interval(CHECK_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
-        let table = shared.router.current();
-        let statuses = shared.control.status();
+    let (mut judge, mut tick) = (Judge::default(), None);
+    while next_check(&mut tick, &mut shutdown).await {
         let members = fleet.members();
-        for route in &table.routes {
-            let Some(policy) = route.auto_cutover else {
-                continue;
-            };
-            let Some(status) = statuses.iter().find(|s| *s.name == *route.name) else {
-                continue;
-            };
-            let stats = &route.stats;
-            let figures = summed(&members, &route.name);
+        for r in policed(&shared.control, &shared.router) {
+            let (name, stats) = (&r.status.name, &*r.stats);
             // Every member judges, so one taking the lease over decides on
             // the error window it kept; only the holder flips.
-            let mv = judge.judge(status, &policy, stats, figures);
+            let mv = judge.judge(&r.status, &r.policy, stats, summed(&members, name));
             if !fleet.holds_lease() {
                 let holder = fleet
                     .lease_holder()
                     .unwrap_or_else(|| "none yet".to_string());
                 let now = format!("decided by the fleet member holding the lease ({holder})");
-                judge.show(&route.name, stats, now);
+                judge.show(name, stats, now);
                 continue;
             }
             if let Some(mv) = mv {
-                let r = super::run::flip(
-                    &shared,
-                    &fleet,
-                    &route.name,
-                    mv.to,
-                    None,
-                    false,
-                    Source::Auto,
-                )
-                .await;
-                judge.moved(
-                    &route.name,
-                    stats,
-                    &mv,
-                    r.map(|_| ()).map_err(|e| e.to_string()),
-                );
+                let done =
+                    super::run::flip(&shared, &fleet, name, mv.to, None, false, Source::Auto);
+                let done = done.await.map(|_| ()).map_err(|e| e.to_string());
+                judge.moved(name, stats, &mv, done);
             }
         }
     }
