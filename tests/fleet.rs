@@ -463,6 +463,16 @@ async fn a_member_cut_off_from_the_record_says_it_is_out_of_date() {
     );
 }
 
+/// A fleet `name` of one route in `old-only`, heartbeats every 100 ms.
+fn old_only_fleet(old: &support::RedisServer, new: &support::RedisServer, name: &str) -> String {
+    Config::new(&old.addr(), &new.addr())
+        .route("default", None, Phase::OldOnly)
+        .with(&format!(
+            "[fleet]\nname = \"{name}\"\nheartbeat_ms = 100\nflip_timeout_ms = 3000\n"
+        ))
+        .text()
+}
+
 /// With `[fleet]` the record decides phases: a member's config file
 /// edited to another phase is reloaded (other changes apply) but does not
 /// move the route, which stays where the fleet flipped it; the log says
@@ -470,10 +480,7 @@ async fn a_member_cut_off_from_the_record_says_it_is_out_of_date() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_reload_does_not_move_a_member_off_the_fleets_phase() {
     let (old, new) = support::start_pair();
-    let text = Config::new(&old.addr(), &new.addr())
-        .route("default", None, Phase::OldOnly)
-        .with("[fleet]\nname = \"reload\"\nheartbeat_ms = 100\nflip_timeout_ms = 3000\n")
-        .text();
+    let text = old_only_fleet(&old, &new, "reload");
     let mut member = Served::start(&text, &[]).await;
     let (code, body) = flip(&member, "dual-write").await;
     assert_eq!(code, 200, "{body}");
@@ -504,10 +511,7 @@ async fn a_config_reload_does_not_move_a_member_off_the_fleets_phase() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_record_is_written_back() {
     let (old, new) = support::start_pair();
-    let text = Config::new(&old.addr(), &new.addr())
-        .route("default", None, Phase::OldOnly)
-        .with("[fleet]\nname = \"lost\"\nheartbeat_ms = 100\nflip_timeout_ms = 3000\n")
-        .text();
+    let text = old_only_fleet(&old, &new, "lost");
     let member = Served::start(&text, &[]).await;
     let (code, body) = flip(&member, "dual-write").await;
     assert_eq!(code, 200, "{body}");
