@@ -112,6 +112,24 @@ async fn one_member_decides_on_the_fleets_figures_and_flips_the_fleet() {
         ok
     })
     .await;
+    wait_for("the members' windows pooled in GET /fleet", async || {
+        fleet(&members[other]).await.shadow["default"].samples == 450
+    })
+    .await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["status", "--fleet", "--admin", &members[other].admin])
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("route default: shadow agreement 100.00% over the members' last"),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("auto-cutover lease: {holder_id}")),
+        "{said}"
+    );
     wait_for("the fleet flips to read-new", async || {
         let mut n = 0;
         for m in &members {

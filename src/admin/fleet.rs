@@ -35,6 +35,10 @@ pub struct FleetView {
     /// The member holding the auto-cutover lease (last read).
     #[serde(default)]
     pub lease: Option<String>,
+    /// Per route, the live members' shadow-read windows pooled (what
+    /// auto-cutover judges with a fleet).
+    #[serde(default)]
+    pub shadow: BTreeMap<String, crate::shadow::Agreement>,
 }
 
 pub fn fleet_view(fleet: &Fleet) -> FleetView {
@@ -55,6 +59,10 @@ pub fn fleet_view(fleet: &Fleet) -> FleetView {
         .iter()
         .map(|&s| (s.name().to_string(), seen.errors[s].clone()))
         .collect();
+    let shadow = routes
+        .keys()
+        .map(|r| (r.clone(), crate::fleet::auto::summed(&members, r).shadow))
+        .collect();
     FleetView {
         name: fleet.config.name.clone(),
         id: fleet.id.clone(),
@@ -65,6 +73,7 @@ pub fn fleet_view(fleet: &Fleet) -> FleetView {
         routes,
         errors,
         lease: seen.lease.map(|(id, _)| id),
+        shadow,
     }
 }
 
@@ -169,6 +178,16 @@ pub fn render(v: &FleetView) -> String {
             g("mismatches"),
             g("journal_keys")
         ));
+        if let Some(a) = v.shadow.get(route).filter(|a| a.samples > 0) {
+            out.push_str(&format!(
+                "route {route}: shadow agreement {:.2}% over the members' last {} shadow reads\n",
+                a.ratio.unwrap_or(0.0) * 100.0,
+                a.samples
+            ));
+        }
+    }
+    if let Some(holder) = &v.lease {
+        out.push_str(&format!("auto-cutover lease: {holder}\n"));
     }
     out
 }
