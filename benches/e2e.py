@@ -4,6 +4,8 @@ twemproxy (nutcracker), and through cutover in old-only and dual-write, in one
 run, interleaved, medians of several rounds. "cutover dual-write cluster" is
 dual-write with new a three-primary Redis Cluster (`cluster = true`), against
 the standalone -> standalone "cutover dual-write" of the same rounds.
+"... shared" are old-only and dual-write with `connections = "shared"` on
+both caches.
 
 Usage: benches/e2e.py [--rounds 5] [--requests 200000] [--clients 50]
                       [--before PATH-TO-OTHER-CUTOVER-BINARY]
@@ -137,7 +139,7 @@ def main():
             wait_port(port, what)
             return p
 
-        old, new, twem, c_old, c_dual, b_old, b_dual, c_clu = (free_port() for _ in range(8))
+        old, new, twem, c_old, c_dual, b_old, b_dual, c_clu, s_old, s_dual = (free_port() for _ in range(10))
         for port, name in ((old, "old"), (new, "new")):
             start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                    "--dir", tmp], port, "redis-" + name)
@@ -149,22 +151,26 @@ def main():
         twem_p = start(["nutcracker", "-c", os.path.join(tmp, "nutcracker.yml"), "-o",
                         os.path.join(tmp, "nutcracker.out")], twem, "twemproxy")
 
-        def cutover(port, phase, name, binary=binary, new=new, new_cluster=False):
+        def cutover(port, phase, name, binary=binary, new=new, new_cluster=False, shared=False):
             path = os.path.join(tmp, name + ".toml")
+            conns = 'connections = "shared"\n' if shared else ''
             with open(path, "w") as f:
-                f.write('[listen]\naddress = "127.0.0.1:%d"\n[upstreams.old]\naddress = "127.0.0.1:%d"\n'
-                        '[upstreams.new]\naddress = "127.0.0.1:%d"\ncluster = %s\n'
+                f.write('[listen]\naddress = "127.0.0.1:%d"\n[upstreams.old]\naddress = "127.0.0.1:%d"\n%s'
+                        '[upstreams.new]\naddress = "127.0.0.1:%d"\ncluster = %s\n%s'
                         '[[routes]]\nname = "default"\nphase = "%s"\n'
                         '[admin]\nenabled = false\n'
-                        % (port, old, new, "true" if new_cluster else "false", phase))
+                        % (port, old, conns, new, "true" if new_cluster else "false", conns, phase))
             return start([binary, "serve", "--config", path, "--log", "warn"], port, name)
 
         old_only = cutover(c_old, "old-only", "cutover-old-only")
         dual = cutover(c_dual, "dual-write", "cutover-dual-write")
 
         clu = cutover(c_clu, "dual-write", "cutover-dual-write-cluster", new=cluster[0], new_cluster=True)
+        sh_old = cutover(s_old, "old-only", "cutover-old-only-shared", shared=True)
+        sh_dual = cutover(s_dual, "dual-write", "cutover-dual-write-shared", shared=True)
         targets = [("redis", old, None), ("twemproxy", twem, twem_p), ("cutover old-only", c_old, old_only),
-                   ("cutover dual-write", c_dual, dual), ("cutover dual-write cluster", c_clu, clu)]
+                   ("cutover dual-write", c_dual, dual), ("cutover dual-write cluster", c_clu, clu),
+                   ("cutover old-only shared", s_old, sh_old), ("cutover dual-write shared", s_dual, sh_dual)]
         if args.before:
             targets += [("before old-only", b_old, cutover(b_old, "old-only", "before-old-only", args.before)),
                         ("before dual-write", b_dual, cutover(b_dual, "dual-write", "before-dual-write", args.before))]

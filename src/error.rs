@@ -72,6 +72,72 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// The same failure again, for another command it ended (I/O errors
+    /// keep their kind and text).
+    pub fn again(&self) -> UpstreamError {
+        let io = |e: &std::io::Error| std::io::Error::new(e.kind(), e.to_string());
+        match self {
+            UpstreamError::Connect { side, addr, source } => UpstreamError::Connect {
+                side: *side,
+                addr: addr.clone(),
+                source: io(source),
+            },
+            UpstreamError::Io { side, addr, source } => UpstreamError::Io {
+                side: *side,
+                addr: addr.clone(),
+                source: io(source),
+            },
+            UpstreamError::Tls { side, addr, reason } => UpstreamError::Tls {
+                side: *side,
+                addr: addr.clone(),
+                reason: reason.clone(),
+            },
+            UpstreamError::ConnectTimeout { side, addr, after } => UpstreamError::ConnectTimeout {
+                side: *side,
+                addr: addr.clone(),
+                after: *after,
+            },
+            UpstreamError::Handshake {
+                side,
+                addr,
+                step,
+                reply,
+            } => UpstreamError::Handshake {
+                side: *side,
+                addr: addr.clone(),
+                step,
+                reply: reply.clone(),
+            },
+            UpstreamError::Closed { side, addr } => UpstreamError::Closed {
+                side: *side,
+                addr: addr.clone(),
+            },
+            UpstreamError::Timeout { side, addr, after } => UpstreamError::Timeout {
+                side: *side,
+                addr: addr.clone(),
+                after: *after,
+            },
+            UpstreamError::Protocol { side, addr, source } => UpstreamError::Protocol {
+                side: *side,
+                addr: addr.clone(),
+                source: source.clone(),
+            },
+            UpstreamError::Backoff { side, addr } => UpstreamError::Backoff {
+                side: *side,
+                addr: addr.clone(),
+            },
+            UpstreamError::Abandoned { side, addr } => UpstreamError::Abandoned {
+                side: *side,
+                addr: addr.clone(),
+            },
+            UpstreamError::Cluster { side, addr, reason } => UpstreamError::Cluster {
+                side: *side,
+                addr: addr.clone(),
+                reason: reason.clone(),
+            },
+        }
+    }
+
     /// The cache that failed.
     pub fn side(&self) -> Side {
         match self {

@@ -21,10 +21,14 @@ use crate::routing::{Phase, RouteStats, Side};
 pub use crate::upstream::cluster::ClusterSnapshot;
 
 /// Renders every metric as OpenMetrics text.
+/// Per cache with shared connections: open ones, and sessions on them.
+pub type SharedFigures = Vec<(Side, u64, u64)>;
+
 pub fn render(
     routes: Vec<(RouteStatus, Arc<RouteStats>)>,
     clusters: Vec<ClusterSnapshot>,
     fleet: Option<Figures>,
+    shared: SharedFigures,
 ) -> String {
     let mut registry = Registry::with_prefix("cutover");
     let routes = Arc::new(routes);
@@ -33,6 +37,7 @@ pub fn render(
     if let Some(f) = fleet {
         registry.register_collector(Box::new(Fleet(f)));
     }
+    registry.register_collector(Box::new(Shared(shared)));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .expect("writing to a String cannot fail");
@@ -243,6 +248,36 @@ impl prometheus_client::collector::Collector for Clusters {
             self.0
                 .iter()
                 .map(|c| (side(c), Sample::Gauge(c.primaries as f64))),
+        )
+    }
+}
+
+#[derive(Debug)]
+struct Shared(SharedFigures);
+
+impl prometheus_client::collector::Collector for Shared {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let side = |s: Side| vec![("upstream", s.name().to_string())];
+        family(
+            &mut encoder,
+            "upstream_shared_connections",
+            "Shared connections open to the cache (connections = \"shared\")",
+            MetricType::Gauge,
+            self.0
+                .iter()
+                .map(|&(s, open, _)| (side(s), Sample::Gauge(open as f64))),
+        )?;
+        family(
+            &mut encoder,
+            "upstream_shared_sessions",
+            "Client sessions on the cache's shared connections",
+            MetricType::Gauge,
+            self.0
+                .iter()
+                .map(|&(s, _, n)| (side(s), Sample::Gauge(n as f64))),
         )
     }
 }

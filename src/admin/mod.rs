@@ -192,6 +192,17 @@ pub struct UpstreamView {
     pub credentials: bool,
     /// The last connect error, while connecting fails.
     pub error: Option<String>,
+    /// With `connections = "shared"`: shared connections open now, and
+    /// client sessions on them.
+    #[serde(default)]
+    pub shared: Option<SharedView>,
+}
+
+/// The shared connections to one cache in `GET /status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SharedView {
+    pub connections: u64,
+    pub sessions: u64,
 }
 
 fn upstream_views(shared: &Shared) -> Vec<UpstreamView> {
@@ -204,6 +215,10 @@ fn upstream_views(shared: &Shared) -> Vec<UpstreamView> {
             tls: u.is_tls(),
             credentials: u.config.password.is_some(),
             error: u.last_error(),
+            shared: u.shared().map(|p| SharedView {
+                connections: p.open.load(Ordering::Relaxed),
+                sessions: p.attached.load(Ordering::Relaxed),
+            }),
         })
         .collect()
 }
@@ -476,7 +491,15 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .filter_map(|side| shared.upstream(side).cluster_snapshot())
         .collect();
     let fleet = shared.fleet.as_ref().map(|f| f.figures());
-    let body = crate::metrics::render(routes(&shared), clusters, fleet);
+    let pools = Side::BOTH
+        .into_iter()
+        .filter_map(|side| {
+            let p = shared.upstream(side).shared()?;
+            let get = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
+            Some((side, get(&p.open), get(&p.attached)))
+        })
+        .collect();
+    let body = crate::metrics::render(routes(&shared), clusters, fleet, pools);
     (
         [(
             header::CONTENT_TYPE,

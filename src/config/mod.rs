@@ -282,6 +282,27 @@ pub struct UpstreamConfig {
     /// does not answer.
     #[serde(default)]
     pub seeds: Vec<String>,
+    /// How client sessions reach the cache: a connection of their own
+    /// (`dedicated`), or a few pipelined connections shared by the
+    /// sessions without connection state (`shared`).
+    #[serde(default)]
+    pub connections: Connections,
+    /// Shared connections to the cache (with `connections = "shared"`).
+    #[serde(default = "default_shared_per_node")]
+    pub shared_per_node: usize,
+}
+
+/// `upstreams.<side>.connections`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Connections {
+    #[default]
+    Dedicated,
+    Shared,
+}
+
+fn default_shared_per_node() -> usize {
+    2
 }
 
 fn default_connect_timeout_ms() -> u64 {

@@ -35,6 +35,18 @@ impl Settings {
                     "seeds are for a clustered cache: set cluster = true".into(),
                 ));
             }
+            if up.connections == super::Connections::Shared && up.cluster {
+                return Err((
+                    format!("upstreams.{side}.connections"),
+                    "shared connections to a clustered cache are not supported yet: use \"dedicated\"".into(),
+                ));
+            }
+            if up.shared_per_node == 0 || up.shared_per_node > 64 {
+                return Err((
+                    format!("upstreams.{side}.shared_per_node"),
+                    "must be between 1 and 64".into(),
+                ));
+            }
             if up.cluster && up.db != 0 {
                 return Err((
                     format!("upstreams.{side}.db"),

@@ -43,7 +43,7 @@ impl Reply {
     }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ReplyError {
     #[error("invalid reply type byte 0x{0:02x}")]
     BadType(u8),

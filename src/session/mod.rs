@@ -27,6 +27,7 @@ mod plan;
 mod pubsub;
 mod refusal;
 mod route;
+mod seam;
 mod side;
 mod state;
 mod target;
@@ -130,6 +131,11 @@ pub struct Session<R, W> {
     timer_at: Option<Instant>,
     /// The proxy address the client connected to (`[listen] cluster`).
     reached: Option<std::net::SocketAddr>,
+    /// A cache takes shared connections (`connections = "shared"`).
+    shared_mode: bool,
+    /// The session needed connection state: its connections are its own
+    /// from then on (`seam.rs`).
+    own_conns: bool,
 }
 
 impl<R, W> Session<R, W>
@@ -138,6 +144,7 @@ where
     W: AsyncWrite + Unpin,
 {
     pub fn new(shared: Arc<Shared>, client_rd: R, client_wr: W) -> Session<R, W> {
+        let shared_mode = shared.upstreams.iter().any(|u| u.shared().is_some());
         let depth = shared.limits.max_reply_depth;
         let parser = RequestParser::new(shared.limits.max_bulk_len);
         let table_changes = shared.router.changes();
@@ -172,6 +179,8 @@ where
             client_closed: false,
             drain_deadline: None,
             stalled: None,
+            shared_mode,
+            own_conns: false,
             last_heard: Instant::now(),
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             timer_at: None,
@@ -200,6 +209,9 @@ where
         }
         loop {
             self.drain_ready();
+            if self.stalled.is_some() {
+                self.resume_for_own();
+            }
             if self.client_closed {
                 self.abandon_blocked();
             }
@@ -489,6 +501,19 @@ where
     fn open(&mut self, side: Side) {
         let upstream = self.shared.upstream(side);
         let sc = &mut self.sides[side];
+        if let Some(pool) = upstream.shared().filter(|_| !self.own_conns) {
+            // No state of the client's own: a shared connection (in the
+            // upstream's database).
+            let own_credentials = upstream.config.password.is_some();
+            if self.state.replay(0, own_credentials).is_empty() {
+                let mut setup = upstream.base_setup();
+                setup.extend(self.state.replay(upstream.config.db, own_credentials));
+                let depth = self.shared.limits.max_reply_depth;
+                let handle = pool.attach(setup, depth);
+                sc.link = side::Link::Shared(Box::new(handle));
+                return;
+            }
+        }
         {
             let shared = self.shared.clone();
             let own_credentials = upstream.config.password.is_some();

@@ -38,6 +38,25 @@ pub(super) struct Stalled {
     /// When it stops waiting (and the flip stops waiting for blocked
     /// commands not yet moved).
     pub(super) until: Instant,
+    /// Held until the session has left the shared connections
+    /// (`seam.rs`), not for a flip.
+    for_own: bool,
+}
+
+impl Stalled {
+    /// `cmd` held until the shared connections owe the session nothing
+    /// (their command timeouts bound that; the deadline is a backstop).
+    pub(super) fn for_own(cmd: Command) -> Stalled {
+        Stalled {
+            cmd,
+            until: Instant::now() + Duration::from_secs(3600),
+            for_own: true,
+        }
+    }
+
+    pub(super) fn is_for_own(&self) -> bool {
+        self.for_own
+    }
 }
 
 /// A blocking command that may be moved to the other cache.
@@ -231,7 +250,11 @@ where
     pub(super) fn stall(&mut self, cmd: Command) {
         debug!("route settling after a flip: holding the client's commands");
         let until = Instant::now() + MAX_SETTLE;
-        self.stalled = Some(Stalled { cmd, until });
+        self.stalled = Some(Stalled {
+            cmd,
+            until,
+            for_own: false,
+        });
     }
 
     /// The table changed, or the hold ran out: the held command is routed
@@ -241,7 +264,7 @@ where
         let Some(held) = self.stalled.take() else {
             return;
         };
-        if held.until <= Instant::now() {
+        if held.until <= Instant::now() && !held.for_own {
             self.shared.router.settle_now();
         }
         self.dispatch(held.cmd);

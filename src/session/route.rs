@@ -25,6 +25,9 @@ where
 {
     pub(super) fn dispatch(&mut self, cmd: Command) {
         let entry = commands::entry(&cmd);
+        if !self.ready_for(entry, &cmd) {
+            return;
+        }
         if let Some(e) = entry.filter(|e| e.traits.cluster_face && self.tx.open.is_none()) {
             if let Some(face) = &self.shared.cluster_face {
                 let args: Vec<&[u8]> = cmd.args().collect();

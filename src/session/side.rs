@@ -24,7 +24,11 @@ use super::{MirrorWrite, Target};
 use crate::error::UpstreamError;
 use crate::protocol::{Command, ReplyScanner};
 use crate::routing::{RouteStats, Side};
-use crate::upstream::Conn;
+use crate::upstream::{shared, Conn};
+
+/// Replies a session may owe on a shared connection at a time: a client
+/// that stops reading holds at most this many in the proxy.
+pub(super) const MAX_SHARED_OWED: usize = 128;
 
 /// A command held back by a gate, or the gate.
 #[derive(Debug)]
@@ -85,12 +89,21 @@ pub(super) enum Link {
     Idle,
     Connecting(JoinHandle<Result<Conn, UpstreamError>>),
     Up(Conn),
+    /// A place on a shared connection (`connections = "shared"`).
+    Shared(Box<shared::Handle>),
 }
 
 pub(super) enum SideEvent {
     Connected(Result<Conn, UpstreamError>),
     Read(std::io::Result<usize>),
     Wrote(std::io::Result<usize>),
+    /// The queued commands went to the shared connection.
+    Handed,
+    /// The shared connection failed with this session's commands on it.
+    SharedFailed(UpstreamError),
+    /// The shared connection had closed before these commands went to it
+    /// (nothing of the session's was on it): they go to another one.
+    SharedGone(Bytes, usize),
 }
 
 /// The client's connection to one upstream and what is in flight on it.
@@ -99,6 +112,12 @@ pub(super) struct SideConn {
     pub(super) link: Link,
     /// Bytes queued for the upstream (written when connected and writable).
     pub(super) wbuf: BytesMut,
+    /// On a shared connection: where each command queued in `wbuf` ends
+    /// (counted from the first byte ever queued: `whanded` bytes were
+    /// handed over), so that commands go over in whole pieces and at most
+    /// [`MAX_SHARED_OWED`] replies are owed at a time.
+    wends: VecDeque<usize>,
+    whanded: usize,
     pub(super) rbuf: BytesMut,
     pub(super) scanner: ReplyScanner,
     pub(super) inflight: VecDeque<Expect>,
@@ -138,6 +157,8 @@ impl SideConn {
             side,
             link: Link::Idle,
             wbuf: BytesMut::new(),
+            wends: VecDeque::new(),
+            whanded: 0,
             rbuf: BytesMut::new(),
             scanner: ReplyScanner::new(max_depth),
             inflight: VecDeque::new(),
@@ -158,6 +179,55 @@ impl SideConn {
 
     pub(super) fn is_idle(&self) -> bool {
         matches!(self.link, Link::Idle)
+    }
+
+    /// On a shared connection.
+    pub(super) fn is_shared(&self) -> bool {
+        matches!(self.link, Link::Shared(_))
+    }
+
+    /// A command was queued in `wbuf`: on a shared connection, where it
+    /// ends.
+    fn note_queued(&mut self) {
+        if self.is_shared() {
+            self.wends.push_back(self.whanded + self.wbuf.len());
+        }
+    }
+
+    /// The shared connection this session was given had closed before
+    /// it owed the session anything: `bytes` (`count` commands, none sent)
+    /// go to a new one.
+    pub(super) fn reattach(&mut self, handle: shared::Handle, bytes: Bytes, count: usize) {
+        self.link = Link::Shared(Box::new(handle));
+        let mut wbuf = BytesMut::from(&bytes[..]);
+        let mut ends: VecDeque<usize> = VecDeque::new();
+        // The handed commands' ends are unknown now: they go as one piece.
+        ends.push_back(bytes.len());
+        for _ in 1..count {
+            ends.push_front(0);
+        }
+        wbuf.extend_from_slice(&self.wbuf);
+        let shift = bytes.len();
+        ends.extend(self.wends.drain(..).map(|e| e - self.whanded + shift));
+        self.wbuf = wbuf;
+        self.whanded = 0;
+        self.wends = ends;
+    }
+
+    /// Leaves the shared connection once nothing of this session is on it
+    /// (the next command opens a connection of its own). False while
+    /// replies are still owed there.
+    pub(super) fn leave_shared(&mut self) -> bool {
+        if !self.is_shared() {
+            return true;
+        }
+        if !(self.inflight.is_empty() && self.wbuf.is_empty()) {
+            return false;
+        }
+        self.link = Link::Idle;
+        self.rbuf.clear();
+        self.whanded = 0;
+        true
     }
 
     /// Whether the connection is blocked in a client's blocking command:
@@ -210,6 +280,35 @@ impl SideConn {
                     source: std::io::Error::other(e),
                 }),
             }),
+            Link::Shared(h) => {
+                let owed = self.inflight.len().saturating_sub(self.wends.len());
+                let room = MAX_SHARED_OWED.saturating_sub(owed).min(self.wends.len());
+                if room > 0 {
+                    let end = self.wends[room - 1] - self.whanded;
+                    let bytes = self.wbuf.split_to(end).freeze();
+                    self.whanded += end;
+                    self.wends.drain(..room);
+                    return match h.send(bytes, room) {
+                        Ok(()) => SideEvent::Handed,
+                        Err(bytes) if owed == 0 => SideEvent::SharedGone(bytes, room),
+                        Err(_) => SideEvent::Read(Ok(0)),
+                    };
+                }
+                if !read {
+                    return pending().await;
+                }
+                match h.recv().await {
+                    Some(shared::Reply::Frames(frames)) => {
+                        let n = frames.iter().map(Bytes::len).sum();
+                        for f in frames {
+                            self.rbuf.extend_from_slice(&f);
+                        }
+                        SideEvent::Read(Ok(n))
+                    }
+                    Some(shared::Reply::Failed(e)) => SideEvent::SharedFailed(e),
+                    None => SideEvent::Read(Ok(0)),
+                }
+            }
             Link::Up(conn) => {
                 let want_write = !self.wbuf.is_empty();
                 tokio::select! {
@@ -253,6 +352,7 @@ impl SideConn {
             self.deferred.push_back((raw.clone(), expect, timeout));
         } else {
             self.wbuf.extend_from_slice(raw);
+            self.note_queued();
             self.inflight.push_back(expect);
         }
         match tx {
@@ -386,6 +486,7 @@ impl SideConn {
     fn end_client_tx(&mut self) {
         self.client_tx = false;
         let now = Instant::now();
+        // (Never on a shared connection: a transaction has its own.)
         for (raw, mut expect, timeout) in self.deferred.drain(..) {
             if expect.deadline.is_some() {
                 expect.deadline = timeout.map(|t| now + t);
@@ -485,6 +586,8 @@ impl SideConn {
         self.client_id = None;
         self.asked_id = false;
         self.wbuf.clear();
+        self.wends.clear();
+        self.whanded = 0;
         self.rbuf.clear();
         self.scanner = ReplyScanner::new(max_depth);
     }

@@ -24,6 +24,22 @@ where
             SideEvent::Connected(Ok(conn)) => sc.link = Link::Up(conn),
             SideEvent::Connected(Err(e)) => self.fail_side(side, e),
             SideEvent::Wrote(Ok(n)) if n > 0 => sc.wbuf.advance(n),
+            SideEvent::Handed => {}
+            SideEvent::SharedFailed(e) => self.fail_side(side, e),
+            SideEvent::SharedGone(bytes, count) => {
+                let upstream = self.shared.upstream(side);
+                match upstream.shared() {
+                    Some(pool) => {
+                        let depth = self.shared.limits.max_reply_depth;
+                        let handle = pool.attach(upstream.base_setup(), depth);
+                        self.sides[side].reattach(handle, bytes, count);
+                    }
+                    None => {
+                        let addr = upstream.addr().into();
+                        self.fail_side(side, UpstreamError::Closed { side, addr });
+                    }
+                }
+            }
             SideEvent::Read(Ok(n)) if n > 0 => self.on_upstream_bytes(side),
             SideEvent::Wrote(r) | SideEvent::Read(r) => {
                 let upstream = self.shared.upstream(side);

@@ -32,9 +32,11 @@ pub struct Upstream {
     pub side: Side,
     pub config: UpstreamConfig,
     dialer: Arc<Dialer>,
-    backoff: Mutex<Reconnect>,
+    backoff: Arc<Mutex<Reconnect>>,
     /// `cluster = true`: its topology and the counters of its routing.
     cluster: Option<Arc<cluster::Cluster>>,
+    /// `connections = "shared"`: the connections sessions share.
+    shared: Option<Arc<shared::Pool>>,
 }
 
 /// How a connection to one node of a cache is opened: TCP with TLS when
@@ -85,12 +87,21 @@ impl Upstream {
         let cluster = config
             .cluster
             .then(|| Arc::new(cluster::Cluster::new(dialer.clone())));
+        let backoff = Arc::<Mutex<Reconnect>>::default();
+        let shared = (config.connections == crate::config::Connections::Shared).then(|| {
+            Arc::new(shared::Pool::new(
+                dialer.clone(),
+                backoff.clone(),
+                config.shared_per_node,
+            ))
+        });
         Ok(Upstream {
             side,
             dialer,
             config,
-            backoff: Mutex::default(),
+            backoff,
             cluster,
+            shared,
         })
     }
 
@@ -100,8 +111,10 @@ impl Upstream {
             side: self.side,
             config: self.config.clone(),
             dialer: self.dialer.clone(),
-            backoff: Mutex::default(),
+            backoff: Arc::default(),
             cluster: self.cluster.clone(),
+            // The tools open connections of their own.
+            shared: None,
         }
     }
 
@@ -129,6 +142,11 @@ impl Upstream {
             refreshes: get(&n.refreshes),
             refresh_failures: get(&n.refresh_failures),
         })
+    }
+
+    /// The shared connections, with `connections = "shared"`.
+    pub fn shared(&self) -> Option<&Arc<shared::Pool>> {
+        self.shared.as_ref()
     }
 
     pub fn dialer(&self) -> &Arc<Dialer> {
@@ -162,27 +180,11 @@ impl Upstream {
     /// a warning; the rest of an outage only at debug, so thousands of
     /// sessions hitting one dead cache do not flood the log.
     pub fn record_failure(&self, err: &UpstreamError) {
-        let mut b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
-        let failures = b.backoff.failures();
-        if failures == 0 {
-            warn!(error = %err, "upstream unreachable; retrying with backoff");
-        } else {
-            debug!(error = %err, failures, "upstream still unreachable");
-        }
-        b.last_error = Some(err.to_string());
-        // Many sessions may fail in the same round (they all connected before
-        // the first failure was known): the delay grows once per round, not
-        // once per session, or one outage would jump straight to the cap.
-        b.backoff.fail(Instant::now());
+        record_failure(&self.backoff, err);
     }
 
     pub fn record_success(&self) {
-        let mut b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
-        let failed_attempts = b.backoff.failures();
-        if failed_attempts > 0 {
-            info!(side = %self.side, addr = %self.addr(), failed_attempts, "upstream reachable again");
-        }
-        *b = Reconnect::default();
+        record_success(&self.backoff, self.side, self.addr());
     }
 
     /// The commands every new connection starts with: the upstream's own
@@ -382,8 +384,35 @@ impl Dialer {
     }
 }
 
+/// Counts a failed connect ([`Upstream::record_failure`]).
+fn record_failure(backoff: &Mutex<Reconnect>, err: &UpstreamError) {
+    let mut b = backoff.lock().unwrap_or_else(|e| e.into_inner());
+    let failures = b.backoff.failures();
+    if failures == 0 {
+        warn!(error = %err, "upstream unreachable; retrying with backoff");
+    } else {
+        debug!(error = %err, failures, "upstream still unreachable");
+    }
+    b.last_error = Some(err.to_string());
+    // Many sessions may fail in the same round (they all connected before
+    // the first failure was known): the delay grows once per round, not
+    // once per session, or one outage would jump straight to the cap.
+    b.backoff.fail(Instant::now());
+}
+
+/// Counts a successful connect ([`Upstream::record_success`]).
+fn record_success(backoff: &Mutex<Reconnect>, side: Side, addr: &str) {
+    let mut b = backoff.lock().unwrap_or_else(|e| e.into_inner());
+    let failed_attempts = b.backoff.failures();
+    if failed_attempts > 0 {
+        info!(%side, addr, failed_attempts, "upstream reachable again");
+    }
+    *b = Reconnect::default();
+}
+
 pub mod client;
 pub mod cluster;
+pub mod shared;
 pub mod topology;
 
 #[cfg(test)]

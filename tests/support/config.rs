@@ -48,6 +48,11 @@ impl Config {
             let mut t = Table::new();
             t.insert("address".into(), addr.into());
             t.insert("command_timeout_ms".into(), 2000.into());
+            // The whole suite can run with shared upstream connections:
+            // CUTOVER_TEST_CONNECTIONS=shared cargo test.
+            if let Ok(mode) = std::env::var("CUTOVER_TEST_CONNECTIONS") {
+                t.insert("connections".into(), mode.into());
+            }
             Value::Table(t)
         };
         let mut doc = Table::new();
@@ -140,6 +145,16 @@ impl Config {
             .expect("admin is a table")
             .entry("address")
             .or_insert_with(|| "127.0.0.1:0".into());
+        // Shared connections are not for clustered caches (yet).
+        if let Some(ups) = doc.get_mut("upstreams").and_then(Value::as_table_mut) {
+            for (_, up) in ups.iter_mut() {
+                if let Some(up) = up.as_table_mut() {
+                    if up.get("cluster").and_then(Value::as_bool) == Some(true) {
+                        up.remove("connections");
+                    }
+                }
+            }
+        }
         toml::to_string(&doc).expect("a TOML table serializes")
     }
 }
