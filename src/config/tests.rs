@@ -191,3 +191,43 @@ fn relative_tls_files_are_beside_the_config_file() {
         Some(dir.path().join("c.key").as_path())
     );
 }
+
+#[test]
+fn shared_connections_are_read_and_checked() {
+    let new = |lines: &str| {
+        GOOD.replace(
+            "address = \"127.0.0.1:6380\"\n",
+            &format!("address = \"127.0.0.1:6380\"\n{lines}\n"),
+        )
+    };
+    let s = load(&new("connections = \"shared\"\nshared_per_node = 4"), &[]).unwrap();
+    assert_eq!(
+        s.upstreams.new.connections,
+        crate::config::Connections::Shared
+    );
+    assert_eq!(s.upstreams.new.shared_per_node, 4);
+    assert_eq!(
+        s.upstreams.old.connections,
+        crate::config::Connections::Dedicated
+    );
+    for (text, field, says) in [
+        (
+            new("connections = \"pooled\""),
+            "connections",
+            "unknown variant",
+        ),
+        (
+            new("connections = \"shared\"\ncluster = true"),
+            "upstreams.new.connections",
+            "not supported yet",
+        ),
+        (
+            new("shared_per_node = 0"),
+            "upstreams.new.shared_per_node",
+            "between 1 and 64",
+        ),
+    ] {
+        let err = load(&text, &[]).unwrap_err().to_string();
+        assert!(err.contains(field) && err.contains(says), "{err}");
+    }
+}
