@@ -123,9 +123,11 @@ async fn a_session_needing_state_moves_to_its_own_connection_in_order() {
 async fn a_failed_shared_connection_fails_its_commands_and_comes_back() {
     let (mut old, new) = support::start_pair();
     let proxy = TestProxy::start_text(&shared_config(&old, &new, Phase::OldOnly)).await;
-    let mut c = proxy.raw().await;
-    c.send(&resp(&["SET", "a", "1"])).await;
-    assert_eq!(c.read_replies(1).await, b"+OK\r\n");
+    let (mut c, mut idle) = (proxy.raw().await, proxy.raw().await);
+    for x in [&mut c, &mut idle] {
+        x.send(&resp(&["SET", "a", "1"])).await;
+        assert_eq!(x.read_replies(1).await, b"+OK\r\n");
+    }
     old.kill();
     c.send(&resp(&["GET", "a"])).await;
     let reply = String::from_utf8(c.read_replies(1).await).unwrap();
@@ -137,4 +139,8 @@ async fn a_failed_shared_connection_fails_its_commands_and_comes_back() {
         c.read_replies(1).await == b"+OK\r\n"
     })
     .await;
+    // A client idle through it (nothing of its on the connection that
+    // closed) goes on another one: no error.
+    idle.send(&resp(&["GET", "b"])).await;
+    assert_eq!(idle.read_replies(1).await, b"$1\r\n2\r\n");
 }

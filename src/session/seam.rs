@@ -68,10 +68,7 @@ where
             return true;
         }
         self.own_conns = true;
-        let left: Vec<bool> = Side::BOTH
-            .iter()
-            .map(|&s| self.sides[s].leave_shared())
-            .collect();
+        let left = Side::BOTH.map(|s| self.sides[s].leave_shared());
         if left.iter().all(|l| *l) {
             return true;
         }
@@ -88,8 +85,8 @@ where
     /// shared connections owe the session nothing.
     pub(super) fn resume_for_own(&mut self) {
         if self.stalled.as_ref().is_some_and(Stalled::is_for_own) {
-            let done = Side::BOTH.iter().all(|&s| self.sides[s].leave_shared());
-            if done {
+            let left = Side::BOTH.map(|s| self.sides[s].leave_shared());
+            if left.iter().all(|l| *l) {
                 self.resume_stalled();
             }
         }

@@ -101,9 +101,9 @@ pub(super) enum SideEvent {
     Handed,
     /// The shared connection failed with this session's commands on it.
     SharedFailed(UpstreamError),
-    /// The shared connection had closed before these commands went to it
-    /// (nothing of the session's was on it): they go to another one.
-    SharedGone(Bytes, usize),
+    /// The shared connection had closed while it owed the session
+    /// nothing: the queued commands go to another one.
+    SharedGone,
 }
 
 /// The client's connection to one upstream and what is in flight on it.
@@ -194,24 +194,10 @@ impl SideConn {
         }
     }
 
-    /// The shared connection this session was given had closed before
-    /// it owed the session anything: `bytes` (`count` commands, none sent)
-    /// go to a new one.
-    pub(super) fn reattach(&mut self, handle: shared::Handle, bytes: Bytes, count: usize) {
+    /// A new place on a shared connection, the commands queued here
+    /// going there (the one given before had closed owing nothing).
+    pub(super) fn reattach(&mut self, handle: shared::Handle) {
         self.link = Link::Shared(Box::new(handle));
-        let mut wbuf = BytesMut::from(&bytes[..]);
-        let mut ends: VecDeque<usize> = VecDeque::new();
-        // The handed commands' ends are unknown now: they go as one piece.
-        ends.push_back(bytes.len());
-        for _ in 1..count {
-            ends.push_front(0);
-        }
-        wbuf.extend_from_slice(&self.wbuf);
-        let shift = bytes.len();
-        ends.extend(self.wends.drain(..).map(|e| e - self.whanded + shift));
-        self.wbuf = wbuf;
-        self.whanded = 0;
-        self.wends = ends;
     }
 
     /// Leaves the shared connection once nothing of this session is on it
@@ -284,14 +270,17 @@ impl SideConn {
                 let owed = self.inflight.len().saturating_sub(self.wends.len());
                 let room = MAX_SHARED_OWED.saturating_sub(owed).min(self.wends.len());
                 if room > 0 {
+                    if owed == 0 && h.is_closed() {
+                        // Nothing of ours on it: another one takes these.
+                        return SideEvent::SharedGone;
+                    }
                     let end = self.wends[room - 1] - self.whanded;
                     let bytes = self.wbuf.split_to(end).freeze();
                     self.whanded += end;
                     self.wends.drain(..room);
                     return match h.send(bytes, room) {
-                        Ok(()) => SideEvent::Handed,
-                        Err(bytes) if owed == 0 => SideEvent::SharedGone(bytes, room),
-                        Err(_) => SideEvent::Read(Ok(0)),
+                        true => SideEvent::Handed,
+                        false => SideEvent::Read(Ok(0)),
                     };
                 }
                 if !read {

@@ -26,13 +26,13 @@ where
             SideEvent::Wrote(Ok(n)) if n > 0 => sc.wbuf.advance(n),
             SideEvent::Handed => {}
             SideEvent::SharedFailed(e) => self.fail_side(side, e),
-            SideEvent::SharedGone(bytes, count) => {
+            SideEvent::SharedGone => {
                 let upstream = self.shared.upstream(side);
                 match upstream.shared() {
                     Some(pool) => {
                         let depth = self.shared.limits.max_reply_depth;
                         let handle = pool.attach(upstream.base_setup(), depth);
-                        self.sides[side].reattach(handle, bytes, count);
+                        self.sides[side].reattach(handle);
                     }
                     None => {
                         let addr = upstream.addr().into();

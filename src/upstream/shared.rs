@@ -76,13 +76,16 @@ pub struct Handle {
 }
 
 impl Handle {
-    /// Hands `bytes` (`count` whole commands) to the shared connection;
-    /// the bytes back when it is gone.
-    pub fn send(&self, bytes: Bytes, count: usize) -> Result<(), Bytes> {
+    /// Hands `bytes` (`count` whole commands) to the shared connection.
+    /// False when it is gone: the session's connection failed.
+    pub fn send(&self, bytes: Bytes, count: usize) -> bool {
         let to = self.reply_tx.clone();
-        self.tx
-            .send(Batch { bytes, count, to })
-            .map_err(|e| e.0.bytes)
+        self.tx.send(Batch { bytes, count, to }).is_ok()
+    }
+
+    /// The shared connection's task has ended (it closed).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
     }
 
     /// The next replies (or the failure); `None` never while the handle
