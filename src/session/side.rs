@@ -28,7 +28,7 @@ use crate::upstream::{shared, Conn};
 
 /// Replies a session may owe on a shared connection at a time: a client
 /// that stops reading holds at most this many in the proxy.
-pub(super) const MAX_SHARED_OWED: usize = 128;
+pub(super) const MAX_SHARED_OWED: usize = 32;
 
 /// A command held back by a gate, or the gate.
 #[derive(Debug)]
