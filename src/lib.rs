@@ -17,6 +17,7 @@
 //! | [`routing`] | `Side`, `Phase`, `PerSide`, routes, Redis globs, the `ArcSwap`ped table, per-route counters, settling flips |
 //! | [`compare`] | reply normalisation and comparison (mirrored writes, shadow reads, verify) |
 //! | [`shadow`] | which reads are shadowed, their outcomes, the agreement window |
+//! | [`workers`] | the session threads, one single-threaded runtime each |
 //! | [`config`] | the TOML settings, environment overrides, validation errors |
 //! | [`backoff`] | the one retry backoff |
 //! | [`tls`], [`net`] | rustls configurations and handshake errors in words; plain-or-TLS streams |
@@ -78,5 +79,6 @@ pub mod shared;
 pub mod tls;
 pub mod tools;
 pub mod upstream;
+pub mod workers;
 
 pub use server::Proxy;

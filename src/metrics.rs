@@ -20,15 +20,16 @@ use crate::routing::{Phase, RouteStats, Side};
 
 pub use crate::upstream::cluster::ClusterSnapshot;
 
-/// Renders every metric as OpenMetrics text.
-/// Per cache with shared connections: open ones, and sessions on them.
-pub type SharedFigures = Vec<(Side, u64, u64)>;
+/// Per cache: connections of their own open now, and with shared
+/// connections the open ones and the sessions on them.
+pub type ConnectionFigures = Vec<(Side, u64, Option<(u64, u64)>)>;
 
+/// Renders every metric as OpenMetrics text.
 pub fn render(
     routes: Vec<(RouteStatus, Arc<RouteStats>)>,
     clusters: Vec<ClusterSnapshot>,
     fleet: Option<Figures>,
-    shared: SharedFigures,
+    connections: ConnectionFigures,
 ) -> String {
     let mut registry = Registry::with_prefix("cutover");
     let routes = Arc::new(routes);
@@ -37,7 +38,7 @@ pub fn render(
     if let Some(f) = fleet {
         registry.register_collector(Box::new(Fleet(f)));
     }
-    registry.register_collector(Box::new(Shared(shared)));
+    registry.register_collector(Box::new(Connections(connections)));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .expect("writing to a String cannot fail");
@@ -253,9 +254,9 @@ impl prometheus_client::collector::Collector for Clusters {
 }
 
 #[derive(Debug)]
-struct Shared(SharedFigures);
+struct Connections(ConnectionFigures);
 
-impl prometheus_client::collector::Collector for Shared {
+impl prometheus_client::collector::Collector for Connections {
     fn encode(
         &self,
         mut encoder: prometheus_client::encoding::DescriptorEncoder,
@@ -263,10 +264,24 @@ impl prometheus_client::collector::Collector for Shared {
         let side = |s: Side| vec![("upstream", s.name().to_string())];
         family(
             &mut encoder,
+            "upstream_dedicated_connections",
+            "Connections of their own open to the cache: sessions' in dedicated mode or with connection state, and the proxy's tools",
+            MetricType::Gauge,
+            self.0
+                .iter()
+                .map(|&(s, n, _)| (side(s), Sample::Gauge(n as f64))),
+        )?;
+        let shared: Vec<_> = self
+            .0
+            .iter()
+            .filter_map(|&(s, _, p)| Some((s, p?.0, p?.1)))
+            .collect();
+        family(
+            &mut encoder,
             "upstream_shared_connections",
             "Shared connections open to the cache (connections = \"shared\")",
             MetricType::Gauge,
-            self.0
+            shared
                 .iter()
                 .map(|&(s, open, _)| (side(s), Sample::Gauge(open as f64))),
         )?;
@@ -275,7 +290,7 @@ impl prometheus_client::collector::Collector for Shared {
             "upstream_shared_sessions",
             "Client sessions on the cache's shared connections",
             MetricType::Gauge,
-            self.0
+            shared
                 .iter()
                 .map(|&(s, _, n)| (side(s), Sample::Gauge(n as f64))),
         )

@@ -1,6 +1,7 @@
 //! The client listeners: accept (TLS on the main address when configured,
 //! plain TCP on a second one if asked), enforce `maxclients` over both,
-//! spawn a session per connection, and shut down by dropping into drain mode.
+//! spawn a session per connection on the next session thread
+//! ([`crate::workers`]), and shut down by dropping into drain mode.
 //! A TLS handshake runs in the connection's own task, under a deadline, so a
 //! slow or hostile client never holds up the accept loop.
 //!
@@ -31,6 +32,7 @@ use crate::routing::{PerSide, Router, Side};
 use crate::session::Session;
 use crate::shared::Shared;
 use crate::upstream::Upstream;
+use crate::workers::Workers;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -48,6 +50,8 @@ pub enum StartError {
     Journal(#[from] crate::repair::journal::JournalError),
     #[error("cannot watch for config reloads: {0}")]
     Reload(std::io::Error),
+    #[error("cannot start the session threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// How long shutdown waits for sessions to drain.
@@ -148,11 +152,13 @@ impl Proxy {
             *fleet.admin.lock().unwrap_or_else(|e| e.into_inner()) = admin.map(|a| a.to_string());
             crate::fleet::run::tick(&shared.fleet_parts(), fleet).await;
         }
+        let workers = Workers::start(settings.listen.workers()).map_err(StartError::Workers)?;
         let mut tasks = vec![tokio::spawn(accept_loop(
             Listeners {
                 main: listener,
                 main_tls: settings.listen.tls(),
                 plain: plain.map(|(l, _)| l),
+                workers,
             },
             shared.clone(),
             shutdown_rx.clone(),
@@ -325,6 +331,8 @@ struct Listeners {
     /// TLS on `main` (the acceptor's config is `Shared::listen_tls`).
     main_tls: bool,
     plain: Option<TcpListener>,
+    /// Where the sessions run.
+    workers: Workers,
 }
 
 async fn accept_on(l: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
@@ -361,7 +369,19 @@ async fn accept_loop(
         let permit = slots.clone().try_acquire_owned().ok();
         let shared = shared.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        // The socket moves to its worker's runtime.
+        let sock = match sock.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, %peer, "accepted connection dropped");
+                continue;
+            }
+        };
+        listeners.workers.spawn(async move {
+            let sock = match TcpStream::from_std(sock) {
+                Ok(s) => s,
+                Err(e) => return warn!(error = %e, %peer, "accepted connection dropped"),
+            };
             let Some(stream) = establish(&shared, sock, peer, tls).await else {
                 return;
             };

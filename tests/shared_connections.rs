@@ -16,16 +16,9 @@ fn shared_config(old: &RedisServer, new: &RedisServer, phase: Phase) -> String {
         .route("default", None, phase)
         .upstream_toml(Side::Old, shared)
         .upstream_toml(Side::New, shared)
+        // One session thread: two shared connections per cache in all.
+        .with("[listen]\nworkers = 1")
         .text()
-}
-
-/// Connections the cache has from others than the one asking.
-fn clients_of(s: &RedisServer) -> usize {
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query(&mut s.sync())
-        .unwrap();
-    list.lines().count() - 1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,16 +43,8 @@ async fn many_clients_share_two_connections_per_cache() {
         let want = format!(":{}\r\n${}\r\n{v}x\r\n", v.len() + 1, v.len() + 1);
         assert_eq!(c.read_replies(2).await, want.as_bytes());
     }
-    assert!(
-        clients_of(&old) <= 2,
-        "old has {} connections",
-        clients_of(&old)
-    );
-    assert!(
-        clients_of(&new) <= 2,
-        "new has {} connections",
-        clients_of(&new)
-    );
+    assert!(old.clients() <= 2, "old has {} connections", old.clients());
+    assert!(new.clients() <= 2, "new has {} connections", new.clients());
     // /status and /metrics count them.
     let (_, body) = proxy.admin("GET", "/status", None).await;
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -113,10 +98,10 @@ async fn a_session_needing_state_moves_to_its_own_connection_in_order() {
         list.lines().filter(|l| l.contains(" db=1 ")).count()
     };
     assert_eq!(own(&old), 1);
-    assert!(clients_of(&old) <= 3, "{} connections", clients_of(&old));
+    assert!(old.clients() <= 3, "{} connections", old.clients());
     other.send(&resp(&["GET", "a"])).await;
     assert_eq!(other.read_replies(1).await, b"$1\r\n2\r\n");
-    assert!(clients_of(&old) <= 3, "{} connections", clients_of(&old));
+    assert!(old.clients() <= 3, "{} connections", old.clients());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

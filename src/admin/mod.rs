@@ -196,6 +196,10 @@ pub struct UpstreamView {
     /// client sessions on them.
     #[serde(default)]
     pub shared: Option<SharedView>,
+    /// Connections of their own open now: sessions' in `dedicated` mode or
+    /// with connection state, and the proxy's tools (repair, verify).
+    #[serde(default)]
+    pub dedicated: u64,
 }
 
 /// The shared connections to one cache in `GET /status`.
@@ -219,6 +223,7 @@ fn upstream_views(shared: &Shared) -> Vec<UpstreamView> {
                 connections: p.open.load(Ordering::Relaxed),
                 sessions: p.attached.load(Ordering::Relaxed),
             }),
+            dedicated: u.dedicated.load(Ordering::Relaxed),
         })
         .collect()
 }
@@ -491,12 +496,13 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .filter_map(|side| shared.upstream(side).cluster_snapshot())
         .collect();
     let fleet = shared.fleet.as_ref().map(|f| f.figures());
+    let get = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
     let pools = Side::BOTH
         .into_iter()
-        .filter_map(|side| {
-            let p = shared.upstream(side).shared()?;
-            let get = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
-            Some((side, get(&p.open), get(&p.attached)))
+        .map(|side| {
+            let up = shared.upstream(side);
+            let pool = up.shared().map(|p| (get(&p.open), get(&p.attached)));
+            (side, get(&up.dedicated), pool)
         })
         .collect();
     let body = crate::metrics::render(routes(&shared), clusters, fleet, pools);

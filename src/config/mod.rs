@@ -206,9 +206,18 @@ pub struct Listen {
     /// the address each client connected to when `address` is a wildcard).
     #[serde(default)]
     pub announce: Option<String>,
+    /// Threads client sessions run on, each with a single-threaded runtime
+    /// (`workers.rs`); default: one per core.
+    #[serde(default)]
+    pub workers: Option<usize>,
 }
 
 impl Listen {
+    /// Session threads to start.
+    pub fn workers(&self) -> usize {
+        self.workers.unwrap_or_else(crate::workers::default_count)
+    }
+
     pub fn tls(&self) -> bool {
         self.tls_cert_file.is_some()
     }

@@ -231,3 +231,19 @@ fn shared_connections_are_read_and_checked() {
         assert!(err.contains(field) && err.contains(says), "{err}");
     }
 }
+
+#[test]
+fn session_threads_are_read_and_checked() {
+    let with = |n: &str| GOOD.replace("6400\"\n", &format!("6400\"\nworkers = {n}\n"));
+    let s = load(&with("3"), &[]).unwrap();
+    assert_eq!(s.listen.workers(), 3);
+    let s = load(GOOD, &[]).unwrap();
+    assert_eq!(s.listen.workers(), crate::workers::default_count());
+    for n in ["0", "1025"] {
+        let err = load(&with(n), &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("listen.workers") && err.contains("between 1 and 1024"),
+            "{err}"
+        );
+    }
+}

@@ -8,6 +8,9 @@ impl Settings {
     /// Errors are `(field, message)`.
     pub fn validate(&self) -> Result<(), (String, String)> {
         check_address("listen.address", &self.listen.address)?;
+        if self.listen.workers.is_some_and(|n| n == 0 || n > 1024) {
+            return Err(("listen.workers".into(), "must be between 1 and 1024".into()));
+        }
         self.validate_tls()?;
         if let Some(auth) = &self.auth {
             validate_auth(auth)?;

@@ -164,13 +164,7 @@ where
                 if self.sides[side].is_idle() {
                     continue;
                 }
-                let upstream = self.shared.upstream(side);
-                let mut steps = upstream.base_setup();
-                if upstream.config.db != 0 {
-                    let db = upstream.config.db.to_string();
-                    steps.push(("SELECT", Command::from_args(&[b"SELECT", db.as_bytes()])));
-                }
-                for (_, step) in steps {
+                for (_, step) in self.shared.upstream(side).initial_setup() {
                     self.send(side, &step, Target::Quiet("connection state"));
                 }
             }

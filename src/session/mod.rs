@@ -136,6 +136,8 @@ pub struct Session<R, W> {
     /// The session needed connection state: its connections are its own
     /// from then on (`seam.rs`).
     own_conns: bool,
+    /// On shared connections, those opened with `HELLO 3` (`seam.rs`).
+    shared_resp3: bool,
 }
 
 impl<R, W> Session<R, W>
@@ -181,6 +183,7 @@ where
             stalled: None,
             shared_mode,
             own_conns: false,
+            shared_resp3: false,
             last_heard: Instant::now(),
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             timer_at: None,
@@ -505,11 +508,15 @@ where
             // No state of the client's own: a shared connection (in the
             // upstream's database).
             let own_credentials = upstream.config.password.is_some();
-            if self.state.replay(0, own_credentials).is_empty() {
-                let mut setup = upstream.base_setup();
-                setup.extend(self.state.replay(upstream.config.db, own_credentials));
+            // (A name or library set is kept here, not on the connection.)
+            if self
+                .state
+                .connection_part()
+                .replay(0, own_credentials)
+                .is_empty()
+            {
                 let depth = self.shared.limits.max_reply_depth;
-                let handle = pool.attach(setup, depth);
+                let handle = pool.attach(depth, self.shared_resp3);
                 sc.link = side::Link::Shared(Box::new(handle));
                 return;
             }
@@ -530,7 +537,12 @@ where
                 if p.kind != StateCmd::Reset {
                     p.gate = Some(sc.gate());
                 } else if let Some(cmd) = state::for_other_side(p.kind, &p.cmd, own_credentials) {
+                    // RESET logs out and selects db 0: the proxy's own
+                    // credentials and database again after it.
                     sc.push(&cmd, Target::Quiet("connection state").into(), None);
+                    for (_, step) in upstream.initial_setup() {
+                        sc.push(&step, Target::Quiet("connection state").into(), None);
+                    }
                 }
             }
         }

@@ -9,6 +9,7 @@ use super::held::Pending;
 use super::moving::{Movable, Stale};
 use super::plan::{self, ConnView, How, Merge, Plan, Routed};
 use super::refusal::Refusal;
+use super::seam;
 use super::{Outbound, Session, Target};
 use crate::commands;
 use crate::mirror;
@@ -25,9 +26,15 @@ where
 {
     pub(super) fn dispatch(&mut self, cmd: Command) {
         let entry = commands::entry(&cmd);
-        if !self.ready_for(entry, &cmd) {
+        if self.answer_locally(entry, &cmd) {
             return;
         }
+        let cmd = match self.shared_hello(entry, &cmd) {
+            seam::Hello::Other if !self.ready_for(entry, &cmd) => return,
+            seam::Hello::Other => cmd,
+            seam::Hello::Done => return,
+            seam::Hello::Send(hello) => hello,
+        };
         if let Some(e) = entry.filter(|e| e.traits.cluster_face && self.tx.open.is_none()) {
             if let Some(face) = &self.shared.cluster_face {
                 let args: Vec<&[u8]> = cmd.args().collect();

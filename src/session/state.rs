@@ -41,6 +41,24 @@ impl ConnState {
         std::str::from_utf8(self.db.as_deref()?).ok()?.parse().ok()
     }
 
+    /// The name set with `CLIENT SETNAME` (or `HELLO ... SETNAME`).
+    pub fn name(&self) -> Option<&Bytes> {
+        self.name.as_ref()
+    }
+
+    /// This state without what a shared connection does not need: the
+    /// name and library attributes (cutover keeps and answers them), and
+    /// the protocol (the shared connections of that protocol carry it).
+    pub fn connection_part(&self) -> ConnState {
+        ConnState {
+            protover: None,
+            name: None,
+            lib_name: None,
+            lib_ver: None,
+            ..self.clone()
+        }
+    }
+
     pub fn is_tracking(&self) -> bool {
         !self.tracking.is_empty()
     }
@@ -163,13 +181,13 @@ impl ConnState {
         }
         if let Some(v) = &self.lib_name {
             steps.push((
-                "CLIENT SETINFO",
+                crate::upstream::SETINFO_STEP,
                 Command::from_args(&[&b"CLIENT"[..], b"SETINFO", b"LIB-NAME", v]),
             ));
         }
         if let Some(v) = &self.lib_ver {
             steps.push((
-                "CLIENT SETINFO",
+                crate::upstream::SETINFO_STEP,
                 Command::from_args(&[&b"CLIENT"[..], b"SETINFO", b"LIB-VER", v]),
             ));
         }

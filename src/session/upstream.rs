@@ -31,7 +31,7 @@ where
                 match upstream.shared() {
                     Some(pool) => {
                         let depth = self.shared.limits.max_reply_depth;
-                        let handle = pool.attach(upstream.base_setup(), depth);
+                        let handle = pool.attach(depth, self.shared_resp3);
                         self.sides[side].reattach(handle);
                     }
                     None => {

@@ -6,6 +6,7 @@
 //! reconnect backoff shared by all sessions, so a dead mirror is not hammered
 //! by every client at once.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,10 @@ pub struct Upstream {
     cluster: Option<Arc<cluster::Cluster>>,
     /// `connections = "shared"`: the connections sessions share.
     shared: Option<Arc<shared::Pool>>,
+    /// Connections of their own open now (sessions' in `dedicated` mode
+    /// or with connection state, and the proxy's tools): those
+    /// [`Upstream::connect`] opened.
+    pub dedicated: Arc<AtomicU64>,
 }
 
 /// How a connection to one node of a cache is opened: TCP with TLS when
@@ -70,11 +75,37 @@ impl Default for Reconnect {
 pub struct Conn {
     pub rd: ReadHalf,
     pub wr: WriteHalf,
+    /// Counted among its upstream's connections of their own while it
+    /// lives ([`Upstream::connect`]).
+    pub open: Option<Counted>,
+}
+
+/// One in a gauge of open connections, until dropped.
+#[derive(Debug)]
+pub struct Counted(Arc<AtomicU64>);
+
+impl Counted {
+    fn new(gauge: &Arc<AtomicU64>) -> Counted {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Counted(gauge.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A command run while a connection is set up, named for error messages
 /// (never with its arguments: they may hold credentials).
 pub type SetupStep = (&'static str, Command);
+
+/// The setup step that may be refused: `CLIENT SETINFO`, which caches
+/// before Redis 7.2 do not know, replays library attributes cutover kept
+/// for a session on shared connections (answered as 7.2 would): not worth
+/// failing its connection for.
+pub const SETINFO_STEP: &str = "CLIENT SETINFO";
 
 impl Upstream {
     /// Fails when the TLS material in `config` cannot be loaded.
@@ -93,6 +124,7 @@ impl Upstream {
                 dialer.clone(),
                 backoff.clone(),
                 config.shared_per_node,
+                dialer.initial_setup(),
             ))
         });
         Ok(Upstream {
@@ -102,6 +134,7 @@ impl Upstream {
             backoff,
             cluster,
             shared,
+            dedicated: Arc::default(),
         })
     }
 
@@ -115,6 +148,7 @@ impl Upstream {
             cluster: self.cluster.clone(),
             // The tools open connections of their own.
             shared: None,
+            dedicated: self.dedicated.clone(),
         }
     }
 
@@ -193,6 +227,11 @@ impl Upstream {
         self.dialer.base_setup()
     }
 
+    /// [`Dialer::initial_setup`].
+    pub fn initial_setup(&self) -> Vec<SetupStep> {
+        self.dialer.initial_setup()
+    }
+
     /// Connects and runs `setup`, all within the connect timeout. To a
     /// cluster, the connection is to a router of this client's own that
     /// sends each command to the node owning its keys.
@@ -216,11 +255,17 @@ impl Upstream {
                 after,
             }),
         };
-        match &result {
-            Ok(_) => self.record_success(),
-            Err(e) => self.record_failure(e),
+        match result {
+            Ok(mut conn) => {
+                self.record_success();
+                conn.open = Some(Counted::new(&self.dedicated));
+                Ok(conn)
+            }
+            Err(e) => {
+                self.record_failure(&e);
+                Err(e)
+            }
         }
-        result
     }
 }
 
@@ -234,6 +279,21 @@ impl Dialer {
     }
 
     /// The upstream's credentials, for every connection to it.
+    /// The state a connection has before any client's: the proxy's
+    /// credentials and the upstream's database (what a shared connection
+    /// is opened with, and what a connection gets back after `RESET`).
+    pub fn initial_setup(&self) -> Vec<SetupStep> {
+        let mut steps = self.base_setup();
+        if self.config.db != 0 {
+            let db = self.config.db.to_string();
+            steps.push((
+                "SELECT (upstream db)",
+                Command::from_args(&[b"SELECT", db.as_bytes()]),
+            ));
+        }
+        steps
+    }
+
     pub fn base_setup(&self) -> Vec<SetupStep> {
         let mut steps = Vec::new();
         if let Some(pass) = &self.config.password {
@@ -284,7 +344,7 @@ impl Dialer {
             })?)),
         };
         let (rd, wr) = stream.split();
-        let mut conn = Conn { rd, wr };
+        let mut conn = Conn { rd, wr, open: None };
         if !setup.is_empty() {
             self.run_setup(&mut conn, addr, setup, max_depth).await?;
         }
@@ -368,7 +428,7 @@ impl Dialer {
         let mut buf = BytesMut::with_capacity(1024);
         for (step, _) in setup {
             let reply = self.read_reply(conn, addr, &mut scanner, &mut buf).await?;
-            if reply.is_error() {
+            if reply.is_error() && *step != SETINFO_STEP {
                 let text = String::from_utf8_lossy(&reply.bytes[1..])
                     .trim_end()
                     .to_string();

@@ -10,13 +10,20 @@
 //! connection, so its replies (and read-your-writes across its mirrored
 //! writes) are as on a connection of its own.
 //!
+//! Isolation: a connection takes no more batches while it carries
+//! [`MAX_AHEAD`] bytes of requests not yet answered (the batches wait in
+//! its queue), and a session with nothing owed on its connection sends its
+//! next batch on the least loaded connection of its thread (fewest
+//! replies owed, under that byte bound), so sessions drift away from a
+//! connection held up by a slow command or a very large reply.
+//!
 //! A shared connection that fails fails the batches it carried (each
 //! session sees its connection fail, as with a dedicated one) and is
 //! opened again by the next session attaching. A session that needs
 //! connection state leaves it for a dedicated connection (`session`).
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -39,6 +46,10 @@ pub enum Reply {
     Failed(UpstreamError),
 }
 
+/// Bytes of requests a shared connection carries ahead of their replies
+/// before it takes no more batches.
+pub const MAX_AHEAD: usize = 1 << 20;
+
 /// Commands of one session: their bytes and how many replies they ask
 /// for, and where the replies go.
 struct Batch {
@@ -47,12 +58,48 @@ struct Batch {
     to: mpsc::UnboundedSender<Reply>,
 }
 
-/// The shared connections to one cache.
+/// One shared connection as its sessions see it: where batches go, and
+/// how loaded it is.
+#[derive(Clone, Debug)]
+struct Slot {
+    tx: mpsc::UnboundedSender<Batch>,
+    load: Arc<Load>,
+}
+
+/// Requests handed to a shared connection and not yet answered.
+#[derive(Debug, Default)]
+struct Load {
+    replies: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl Slot {
+    /// Lower is less loaded: under the byte bound first, then the
+    /// fewest replies owed.
+    fn load(&self) -> (bool, usize) {
+        let bytes = self.load.bytes.load(Ordering::Relaxed);
+        let replies = self.load.replies.load(Ordering::Relaxed);
+        (bytes >= MAX_AHEAD, replies)
+    }
+}
+
+/// The shared connections to one cache: `per_node` for each session
+/// thread ([`crate::workers`]), so a session and its shared connections
+/// run on one thread; and as many again opened with `HELLO 3` for the
+/// sessions on RESP3, when there are some.
 pub struct Pool {
-    slots: Vec<Mutex<Option<mpsc::UnboundedSender<Batch>>>>,
+    /// Each session thread's connections, by (thread, RESP3).
+    slots: Mutex<HashMap<(usize, bool), Vec<Slot>>>,
+    per_node: usize,
     next: AtomicUsize,
+    /// Run on each connection opened: the upstream's credentials and
+    /// database.
+    setup: Vec<SetupStep>,
     dialer: Arc<Dialer>,
     backoff: Arc<Mutex<Reconnect>>,
+    /// Whether the cache takes `HELLO 3`: 0 not known yet, 1 it does, 2
+    /// it refused it (as Redis before 6 does).
+    resp3: Arc<AtomicU8>,
     /// Shared connections open now, and sessions attached now.
     pub open: Arc<AtomicU64>,
     pub attached: Arc<AtomicU64>,
@@ -61,37 +108,72 @@ pub struct Pool {
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
-            .field("slots", &self.slots.len())
+            .field("per_node", &self.per_node)
             .finish()
     }
 }
 
-/// A session's place on a shared connection.
+/// A session's place on its thread's shared connections.
 #[derive(Debug)]
 pub struct Handle {
-    tx: mpsc::UnboundedSender<Batch>,
+    conns: Vec<Slot>,
+    /// The connection carrying this session's commands now, and how many
+    /// replies it owes the session.
+    at: usize,
+    owed: usize,
     reply_tx: mpsc::UnboundedSender<Reply>,
     rx: mpsc::UnboundedReceiver<Reply>,
     attached: Arc<AtomicU64>,
 }
 
 impl Handle {
-    /// Hands `bytes` (`count` whole commands) to the shared connection.
-    /// False when it is gone: the session's connection failed.
-    pub fn send(&self, bytes: Bytes, count: usize) -> bool {
+    /// Hands `bytes` (`count` whole commands) to the shared connection:
+    /// the one the session's replies are owed on, or with none owed the
+    /// least loaded. False when it is gone: the session's connection
+    /// failed.
+    pub fn send(&mut self, bytes: Bytes, count: usize) -> bool {
+        if self.owed == 0 {
+            self.at = self.least_loaded();
+        }
+        let slot = &self.conns[self.at];
+        slot.load.replies.fetch_add(count, Ordering::Relaxed);
+        slot.load.bytes.fetch_add(bytes.len(), Ordering::Relaxed);
+        self.owed += count;
         let to = self.reply_tx.clone();
-        self.tx.send(Batch { bytes, count, to }).is_ok()
+        slot.tx.send(Batch { bytes, count, to }).is_ok()
     }
 
-    /// The shared connection's task has ended (it closed).
+    /// The open connection with the lowest load, the current one on a tie.
+    fn least_loaded(&self) -> usize {
+        let open = |i: &usize| !self.conns[*i].tx.is_closed();
+        let mut best = Some(self.at).filter(open);
+        for i in (0..self.conns.len()).filter(open) {
+            if best.is_none_or(|b| self.conns[i].load() < self.conns[b].load()) {
+                best = Some(i);
+            }
+        }
+        best.unwrap_or(self.at)
+    }
+
+    /// The shared connections this session could use have closed (with
+    /// replies owed: the one owing them).
     pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        match self.owed {
+            0 => self.conns.iter().all(|c| c.tx.is_closed()),
+            _ => self.conns[self.at].tx.is_closed(),
+        }
     }
 
     /// The next replies (or the failure); `None` never while the handle
     /// lives (it holds a sender of its own).
     pub async fn recv(&mut self) -> Option<Reply> {
-        self.rx.recv().await
+        let reply = self.rx.recv().await;
+        match &reply {
+            Some(Reply::Frames(f)) => self.owed = self.owed.saturating_sub(f.len()),
+            Some(Reply::Failed(_)) => self.owed = 0,
+            None => {}
+        }
+        reply
     }
 }
 
@@ -106,45 +188,81 @@ impl Pool {
         dialer: Arc<Dialer>,
         backoff: Arc<Mutex<Reconnect>>,
         per_node: usize,
+        setup: Vec<SetupStep>,
     ) -> Pool {
         Pool {
-            slots: (0..per_node.max(1)).map(|_| Mutex::new(None)).collect(),
+            slots: Mutex::default(),
+            per_node: per_node.max(1),
             next: AtomicUsize::new(0),
+            setup,
             dialer,
             backoff,
+            resp3: Arc::default(),
             open: Arc::default(),
             attached: Arc::default(),
         }
     }
 
-    /// A place on the next shared connection, opening it if it is not.
-    pub fn attach(&self, setup: Vec<SetupStep>, depth: usize) -> Handle {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let mut slot = self.slots[i].lock().unwrap_or_else(|e| e.into_inner());
-        let tx = match slot.as_ref().filter(|tx| !tx.is_closed()) {
-            Some(tx) => tx.clone(),
-            None => {
-                let (tx, rx) = mpsc::unbounded_channel();
-                let task = Mux {
-                    dialer: self.dialer.clone(),
-                    backoff: self.backoff.clone(),
-                    setup,
-                    depth,
-                    open: self.open.clone(),
-                };
-                tokio::spawn(task.run(rx));
-                *slot = Some(tx.clone());
-                tx
-            }
-        };
+    /// A place on this session thread's shared connections of the
+    /// protocol (RESP3 or not), starting on the next in turn, opening
+    /// those that are not open.
+    pub fn attach(&self, depth: usize, resp3: bool) -> Handle {
+        let conns = self.open_slots(depth, resp3);
         let (reply_tx, rx) = mpsc::unbounded_channel();
         self.attached.fetch_add(1, Ordering::Relaxed);
         Handle {
-            tx,
+            conns,
+            at: self.next.fetch_add(1, Ordering::Relaxed) % self.per_node,
+            owed: 0,
             reply_tx,
             rx,
             attached: self.attached.clone(),
         }
+    }
+
+    /// Whether the cache takes `HELLO 3` (`None`: not known yet).
+    pub fn takes_resp3(&self) -> Option<bool> {
+        match self.resp3.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n == 1),
+        }
+    }
+
+    /// Opens this thread's RESP3 shared connections, which finds out
+    /// whether the cache takes `HELLO 3`.
+    pub fn try_resp3(&self, depth: usize) {
+        self.open_slots(depth, true);
+    }
+
+    /// This thread's shared connections of the protocol, opening those
+    /// that are not open.
+    fn open_slots(&self, depth: usize, resp3: bool) -> Vec<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = slots.entry((crate::workers::current(), resp3)).or_default();
+        mine.retain(|s| !s.tx.is_closed());
+        while mine.len() < self.per_node {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let load = Arc::<Load>::default();
+            let mut setup = self.setup.clone();
+            if resp3 {
+                setup.push((
+                    "HELLO",
+                    crate::protocol::Command::from_args(&[&b"HELLO"[..], b"3"]),
+                ));
+            }
+            let task = Mux {
+                dialer: self.dialer.clone(),
+                backoff: self.backoff.clone(),
+                setup,
+                depth,
+                open: self.open.clone(),
+                load: load.clone(),
+                resp3: resp3.then(|| self.resp3.clone()),
+            };
+            tokio::spawn(task.run(rx));
+            mine.push(Slot { tx, load });
+        }
+        mine.clone()
     }
 }
 
@@ -155,10 +273,14 @@ struct Mux {
     setup: Vec<SetupStep>,
     depth: usize,
     open: Arc<AtomicU64>,
+    load: Arc<Load>,
+    /// A RESP3 connection: told whether `HELLO 3` was taken.
+    resp3: Option<Arc<AtomicU8>>,
 }
 
-/// Whose replies come next on the connection, and how many.
-type Owed = VecDeque<(usize, mpsc::UnboundedSender<Reply>)>;
+/// Whose replies come next on the connection: how many, and the bytes of
+/// the requests they answer.
+type Owed = VecDeque<(usize, usize, mpsc::UnboundedSender<Reply>)>;
 
 impl Mux {
     async fn run(self, mut rx: mpsc::UnboundedReceiver<Batch>) {
@@ -168,9 +290,18 @@ impl Mux {
         let conn = match tokio::time::timeout(dialer.config.connect_timeout(), connect).await {
             Ok(Ok(conn)) => {
                 super::record_success(&self.backoff, dialer.side, &addr);
+                if let Some(r) = &self.resp3 {
+                    r.store(1, Ordering::Relaxed);
+                }
                 conn
             }
-            Ok(Err(e)) => return self.refuse(rx, e).await,
+            Ok(Err(e)) => {
+                if let (Some(r), UpstreamError::Handshake { step: "HELLO", .. }) = (&self.resp3, &e)
+                {
+                    r.store(2, Ordering::Relaxed);
+                }
+                return self.refuse(rx, e).await;
+            }
             Err(_) => {
                 let e = UpstreamError::ConnectTimeout {
                     side: dialer.side,
@@ -192,9 +323,9 @@ impl Mux {
         }
         rx.close();
         while let Ok(b) = rx.try_recv() {
-            owed.push_back((b.count, b.to));
+            owed.push_back((b.count, 0, b.to));
         }
-        for (_, to) in owed {
+        for (_, _, to) in owed {
             let _ = to.send(Reply::Failed(failure.again()));
         }
     }
@@ -216,18 +347,21 @@ impl Mux {
         rx: &mut mpsc::UnboundedReceiver<Batch>,
         owed: &mut Owed,
     ) -> UpstreamError {
-        let Conn { mut rd, mut wr } = conn;
+        let Conn { mut rd, mut wr, .. } = conn;
         let (side, addr) = (self.dialer.side, self.dialer.config.address.clone());
         let (mut wbuf, mut rbuf) = (BytesMut::new(), BytesMut::new());
         let mut scanner = ReplyScanner::new(self.depth);
+        // Bytes of the requests taken and not yet answered.
+        let mut ahead = 0;
         loop {
             tokio::select! {
                 biased;
                 r = rd.read_buf(&mut rbuf) => match r {
                     Ok(0) => return UpstreamError::Closed { side, addr },
                     Ok(_) => {
-                        if let Err(source) = deliver(&mut scanner, &mut rbuf, owed) {
-                            return UpstreamError::Protocol { side, addr, source };
+                        match deliver(&mut scanner, &mut rbuf, owed, &self.load) {
+                            Ok(answered) => ahead -= answered,
+                            Err(source) => return UpstreamError::Protocol { side, addr, source },
                         }
                     }
                     Err(e) => return self.dialer.io_error(&addr, e),
@@ -237,12 +371,15 @@ impl Mux {
                     Ok(_) => return UpstreamError::Closed { side, addr },
                     Err(e) => return self.dialer.io_error(&addr, e),
                 },
-                b = rx.recv() => match b {
+                b = rx.recv(), if ahead < MAX_AHEAD => match b {
                     Some(b) => {
-                        take(&mut wbuf, owed, b);
-                        // Everything already queued goes in the same write.
-                        while let Ok(b) = rx.try_recv() {
-                            take(&mut wbuf, owed, b);
+                        ahead += take(&mut wbuf, owed, b);
+                        // Let the other sessions woken in this tick queue
+                        // theirs: everything queued goes in one write.
+                        tokio::task::yield_now().await;
+                        while ahead < MAX_AHEAD {
+                            let Ok(b) = rx.try_recv() else { break };
+                            ahead += take(&mut wbuf, owed, b);
                         }
                     }
                     None => return UpstreamError::Closed { side, addr },
@@ -252,37 +389,50 @@ impl Mux {
     }
 }
 
-fn take(wbuf: &mut BytesMut, owed: &mut Owed, b: Batch) {
+/// Queues batch `b` for writing; its size.
+fn take(wbuf: &mut BytesMut, owed: &mut Owed, b: Batch) -> usize {
+    let len = b.bytes.len();
     wbuf.extend_from_slice(&b.bytes);
     match owed.back_mut() {
         // The same session again: one entry.
-        Some((n, to)) if to.same_channel(&b.to) => *n += b.count,
-        _ => owed.push_back((b.count, b.to)),
+        Some((n, bytes, to)) if to.same_channel(&b.to) => {
+            *n += b.count;
+            *bytes += len;
+        }
+        _ => owed.push_back((b.count, len, b.to)),
     }
+    len
 }
 
 /// Hands every whole reply in `rbuf` to the session it is owed to, the
-/// consecutive replies of one session in one message.
+/// consecutive replies of one session in one message; the bytes of the
+/// requests now wholly answered.
 fn deliver(
     scanner: &mut ReplyScanner,
     rbuf: &mut BytesMut,
     owed: &mut Owed,
-) -> Result<(), ReplyError> {
+    load: &Load,
+) -> Result<usize, ReplyError> {
     let mut run: Vec<Bytes> = Vec::new();
-    while let Some((n, to)) = owed.front_mut() {
+    let (mut replies, mut answered) = (0, 0);
+    while let Some((n, bytes, to)) = owed.front_mut() {
         let Some(reply) = scanner.next(rbuf)? else {
             break;
         };
         run.push(reply.bytes);
+        replies += 1;
         *n -= 1;
         if *n == 0 {
             // A session that left meanwhile drops its replies.
             let _ = to.send(Reply::Frames(std::mem::take(&mut run)));
+            answered += *bytes;
             owed.pop_front();
         }
     }
-    if let Some((_, to)) = owed.front().filter(|_| !run.is_empty()) {
+    if let Some((_, _, to)) = owed.front().filter(|_| !run.is_empty()) {
         let _ = to.send(Reply::Frames(run));
     }
-    Ok(())
+    load.replies.fetch_sub(replies, Ordering::Relaxed);
+    load.bytes.fetch_sub(answered, Ordering::Relaxed);
+    Ok(answered)
 }

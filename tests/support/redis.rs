@@ -219,6 +219,15 @@ impl RedisServer {
             .unwrap()
     }
 
+    /// Connections this server has from others than the one asking.
+    pub fn clients(&self) -> usize {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query(&mut self.sync())
+            .unwrap();
+        list.lines().count() - 1
+    }
+
     /// Runs one command directly on this server (not through a proxy).
     pub fn run(&self, args: &[&str]) -> redis::Value {
         let mut cmd = redis::cmd(args[0]);

@@ -296,6 +296,7 @@ impl Cluster {
         Ok(Conn {
             rd: crate::net::ReadHalf::Mem(rd),
             wr: crate::net::WriteHalf::Mem(wr),
+            open: None,
         })
     }
 }

@@ -72,7 +72,7 @@ impl Router {
         let depth = self.depth;
         let dialer = self.cluster.dialer.clone();
         let (wr, reader) = match conn {
-            Some(Conn { rd, wr }) => {
+            Some(Conn { rd, wr, .. }) => {
                 let reader = tokio::spawn(read_loop(idx, rd, events, depth, dialer, addr.clone()));
                 (Some(wr), reader)
             }
