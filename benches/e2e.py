@@ -5,9 +5,11 @@ run, interleaved, medians of several rounds. "cutover dual-write cluster" is
 dual-write with new a three-primary Redis Cluster (`cluster = true`), against
 the standalone -> standalone "cutover dual-write" of the same rounds.
 "... shared" are old-only and dual-write with `connections = "shared"` on
-both caches.
+both caches (session threads: one per core, the default); "... shared 1
+thread" the same with `listen.workers = 1`, twemproxy's one thread.
 
 Usage: benches/e2e.py [--rounds 5] [--requests 200000] [--clients 50]
+                      [--pipelines 16,1] [--only REGEX]
                       [--before PATH-TO-OTHER-CUTOVER-BINARY]
 (builds cutover in release mode; installs redis-server/nutcracker if missing)
 
@@ -16,6 +18,9 @@ before a restructuring: `git worktree add /tmp/base HEAD~1 && cargo build
 --release --manifest-path /tmp/base/Cargo.toml`) runs beside this one in the
 same rounds, interleaved, as "before old-only" and "before dual-write", so
 a change's cost shows as a ratio measured under the same load.
+
+--only keeps the cutover targets whose name matches REGEX (redis and
+twemproxy always run).
 
 Prints, per pipeline depth and test (SET, GET): requests/s, p50 latency, the
 proxy process's CPU seconds per million requests (utime+stime from /proc), and
@@ -123,6 +128,7 @@ def main():
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--pipelines", default="16,1")
     ap.add_argument("--before", help="another cutover binary to run beside this one")
+    ap.add_argument("--only", help="run only the cutover targets matching this regex")
     args = ap.parse_args()
 
     subprocess.run([os.path.join(ROOT, "scripts", "ensure-deps.sh"), "nutcracker"], check=True)
@@ -139,11 +145,14 @@ def main():
             wait_port(port, what)
             return p
 
-        old, new, twem, c_old, c_dual, b_old, b_dual, c_clu, s_old, s_dual = (free_port() for _ in range(10))
+        old, new, twem, c_old, c_dual, b_old, b_dual, c_clu, s_old, s_dual, w_old, w_dual = (
+            free_port() for _ in range(12))
         for port, name in ((old, "old"), (new, "new")):
             start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                    "--dir", tmp], port, "redis-" + name)
-        cluster = start_cluster(start, tmp, 3)
+        import re
+        wanted = lambda name: not args.only or re.search(args.only, name)
+        cluster = start_cluster(start, tmp, 3) if wanted("cluster") else None
 
         with open(os.path.join(tmp, "nutcracker.yml"), "w") as f:
             f.write("bench:\n  listen: 127.0.0.1:%d\n  hash: fnv1a_64\n  distribution: ketama\n"
@@ -151,29 +160,36 @@ def main():
         twem_p = start(["nutcracker", "-c", os.path.join(tmp, "nutcracker.yml"), "-o",
                         os.path.join(tmp, "nutcracker.out")], twem, "twemproxy")
 
-        def cutover(port, phase, name, binary=binary, new=new, new_cluster=False, shared=False):
-            path = os.path.join(tmp, name + ".toml")
+        def cutover(port, phase, name, binary=binary, new=new, new_cluster=False, shared=False, workers=None):
+            path = os.path.join(tmp, name.replace(" ", "-") + ".toml")
             conns = 'connections = "shared"\n' if shared else ''
+            threads = 'workers = %d\n' % workers if workers else ''
             with open(path, "w") as f:
-                f.write('[listen]\naddress = "127.0.0.1:%d"\n[upstreams.old]\naddress = "127.0.0.1:%d"\n%s'
+                f.write('[listen]\naddress = "127.0.0.1:%d"\n%s[upstreams.old]\naddress = "127.0.0.1:%d"\n%s'
                         '[upstreams.new]\naddress = "127.0.0.1:%d"\ncluster = %s\n%s'
                         '[[routes]]\nname = "default"\nphase = "%s"\n'
                         '[admin]\nenabled = false\n'
-                        % (port, old, conns, new, "true" if new_cluster else "false", conns, phase))
-            return start([binary, "serve", "--config", path, "--log", "warn"], port, name)
+                        % (port, threads, old, conns, new, "true" if new_cluster else "false", conns, phase))
+            return (name, port, start([binary, "serve", "--config", path, "--log", "warn"], port, name))
 
-        old_only = cutover(c_old, "old-only", "cutover-old-only")
-        dual = cutover(c_dual, "dual-write", "cutover-dual-write")
-
-        clu = cutover(c_clu, "dual-write", "cutover-dual-write-cluster", new=cluster[0], new_cluster=True)
-        sh_old = cutover(s_old, "old-only", "cutover-old-only-shared", shared=True)
-        sh_dual = cutover(s_dual, "dual-write", "cutover-dual-write-shared", shared=True)
-        targets = [("redis", old, None), ("twemproxy", twem, twem_p), ("cutover old-only", c_old, old_only),
-                   ("cutover dual-write", c_dual, dual), ("cutover dual-write cluster", c_clu, clu),
-                   ("cutover old-only shared", s_old, sh_old), ("cutover dual-write shared", s_dual, sh_dual)]
+        candidates = [
+            ("cutover old-only", c_old, "old-only", {}),
+            ("cutover dual-write", c_dual, "dual-write", {}),
+            ("cutover dual-write cluster", c_clu, "dual-write", {"new_cluster": True}),
+            ("cutover old-only shared", s_old, "old-only", {"shared": True}),
+            ("cutover dual-write shared", s_dual, "dual-write", {"shared": True}),
+            ("cutover old-only shared 1 thread", w_old, "old-only", {"shared": True, "workers": 1}),
+            ("cutover dual-write shared 1 thread", w_dual, "dual-write", {"shared": True, "workers": 1}),
+        ]
+        targets = [("redis", old, None), ("twemproxy", twem, twem_p)]
+        for name, port, phase, kw in candidates:
+            if wanted(name):
+                if kw.get("new_cluster"):
+                    kw["new"] = cluster[0]
+                targets.append(cutover(port, phase, name, **kw))
         if args.before:
-            targets += [("before old-only", b_old, cutover(b_old, "old-only", "before-old-only", args.before)),
-                        ("before dual-write", b_dual, cutover(b_dual, "dual-write", "before-dual-write", args.before))]
+            targets += [cutover(b_old, "old-only", "before old-only", args.before),
+                        cutover(b_dual, "dual-write", "before dual-write", args.before)]
         pipelines = [int(p) for p in args.pipelines.split(",")]
         # results[(target, P, test)] = list of (rps, p50, cpu_per_million)
         results = {}
@@ -214,6 +230,8 @@ def main():
             for pipe in pipelines:
                 for test in ("SET", "GET"):
                     for phase in ("old-only", "dual-write"):
+                        if ("cutover " + phase, pipe, test) not in results:
+                            continue
                         now = results[("cutover " + phase, pipe, test)]
                         was = results[("before " + phase, pipe, test)]
                         print("| %d | %s | %s | %.3f | %.3f |" % (
