@@ -131,13 +131,10 @@ async fn noauth_wrongpass_and_hello_3_auth_with_redis_replies() {
     }
 }
 
-/// Regression: a connection opened while a RESET was on its way got the
-/// RESET after its setup, and with it lost the proxy's credentials and
-/// database: the write mirrored there failed with NOAUTH. (In dedicated
-/// mode when RESET is the client's first command; in shared mode after
-/// any, as the session leaves the shared connections for it.)
-#[tokio::test]
-async fn a_connection_opened_behind_a_reset_keeps_the_upstream_credentials() {
+/// Without [auth]: the proxy's own credentials for new, a database of its
+/// own; RESET on the client must not leave new's connection logged out or
+/// on db 0. `input` ends with `SET b 2`, mirrored to new.
+async fn reset_keeps_new_usable(input: &str, want: &str) {
     let (old, new) = (
         RedisServer::start(),
         RedisServer::start_with(&["--requirepass", NEW_PASSWORD]),
@@ -148,8 +145,7 @@ async fn a_connection_opened_behind_a_reset_keeps_the_upstream_credentials() {
         .upstream(Side::New, "db", 2)
         .text();
     let proxy = TestProxy::start_text(&text).await;
-    let got = exchange(&proxy, "RESET\r\nSET b 2\r\n").await;
-    assert_eq!(got, "+RESET\r\n+OK\r\n");
+    assert_eq!(exchange(&proxy, input).await, want);
     proxy.wait_mirrors_settled().await;
     assert_eq!(proxy.stat("default", "mirror_errors"), 0);
     assert_eq!(proxy.stat("default", "mirror_failed"), 0);
@@ -162,29 +158,21 @@ async fn a_connection_opened_behind_a_reset_keeps_the_upstream_credentials() {
 
 #[tokio::test]
 async fn reset_keeps_the_upstream_credentials_and_database() {
-    // Without [auth]: the proxy's own credentials for new, a database of
-    // its own; RESET on the client must not leave new's connection logged
-    // out or on db 0.
-    let (old, new) = (
-        RedisServer::start(),
-        RedisServer::start_with(&["--requirepass", NEW_PASSWORD]),
-    );
-    let text = support::Config::new(&old.addr(), &new.addr())
-        .route("default", None, Phase::DualWrite)
-        .upstream(Side::New, "password", NEW_PASSWORD)
-        .upstream(Side::New, "db", 2)
-        .text();
-    let proxy = TestProxy::start_text(&text).await;
-    let got = exchange(&proxy, "SET a 1\r\nRESET\r\nSET b 2\r\n").await;
-    assert_eq!(got, "+OK\r\n+RESET\r\n+OK\r\n");
-    proxy.wait_mirrors_settled().await;
-    assert_eq!(proxy.stat("default", "mirror_errors"), 0);
-    assert_eq!(proxy.stat("default", "mirror_failed"), 0);
-    let mut s = redis::Client::open(format!("redis://:{NEW_PASSWORD}@{}/2", new.addr()))
-        .unwrap()
-        .get_connection()
-        .unwrap();
-    assert_eq!(support::get(&mut s, "b").as_deref(), Some("2"));
+    reset_keeps_new_usable(
+        "SET a 1\r\nRESET\r\nSET b 2\r\n",
+        "+OK\r\n+RESET\r\n+OK\r\n",
+    )
+    .await;
+}
+
+/// Regression: a connection opened while a RESET was on its way got the
+/// RESET after its setup, and with it lost the proxy's credentials and
+/// database: the write mirrored there failed with NOAUTH. (In shared mode,
+/// as the session leaves the shared connections for the RESET; in
+/// dedicated mode whenever a cache is first used behind a RESET.)
+#[tokio::test]
+async fn a_connection_opened_behind_a_reset_keeps_the_upstream_credentials() {
+    reset_keeps_new_usable("RESET\r\nSET b 2\r\n", "+RESET\r\n+OK\r\n").await;
 }
 
 #[tokio::test]

@@ -436,3 +436,83 @@ fn deliver(
     load.bytes.fetch_sub(answered, Ordering::Relaxed);
     Ok(answered)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A handle on `n` connections (their queues returned), at `at`.
+    fn handle(n: usize, at: usize) -> (Handle, Vec<mpsc::UnboundedReceiver<Batch>>) {
+        let (mut conns, mut queues) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            let (tx, rx) = mpsc::unbounded_channel();
+            conns.push(Slot {
+                tx,
+                load: Arc::default(),
+            });
+            queues.push(rx);
+        }
+        let (reply_tx, rx) = mpsc::unbounded_channel();
+        let attached = Arc::new(AtomicU64::new(1));
+        let h = Handle {
+            conns,
+            at,
+            owed: 0,
+            reply_tx,
+            rx,
+            attached,
+        };
+        (h, queues)
+    }
+
+    fn got(queues: &mut [mpsc::UnboundedReceiver<Batch>]) -> Vec<usize> {
+        queues
+            .iter_mut()
+            .map(|q| std::iter::from_fn(|| q.try_recv().ok()).count())
+            .collect()
+    }
+
+    #[test]
+    fn a_session_owing_nothing_sends_on_the_least_loaded_connection() {
+        let (mut h, mut queues) = handle(3, 0);
+        h.conns[0].load.replies.store(5, Ordering::Relaxed);
+        h.conns[1].load.replies.store(1, Ordering::Relaxed);
+        h.conns[2].load.replies.store(3, Ordering::Relaxed);
+        assert!(h.send(Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"), 1));
+        assert_eq!(got(&mut queues), [0, 1, 0]);
+        assert_eq!(h.conns[1].load.replies.load(Ordering::Relaxed), 2);
+        assert_eq!(h.conns[1].load.bytes.load(Ordering::Relaxed), 14);
+        // Owing a reply there, it stays there however loaded it gets.
+        h.conns[1].load.replies.store(50, Ordering::Relaxed);
+        assert!(h.send(Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"), 1));
+        assert_eq!(got(&mut queues), [0, 1, 0]);
+    }
+
+    #[test]
+    fn a_connection_past_the_byte_bound_is_avoided_and_a_tie_stays_put() {
+        let (mut h, mut queues) = handle(2, 0);
+        h.conns[0].load.bytes.store(MAX_AHEAD, Ordering::Relaxed);
+        h.conns[1].load.replies.store(20, Ordering::Relaxed);
+        assert!(h.send(Bytes::from_static(b"x"), 1));
+        assert_eq!(got(&mut queues), [0, 1]);
+        // Answered: owing nothing, on a tie it stays where it is.
+        h.owed = 0;
+        h.conns[0].load = Arc::default();
+        h.conns[1].load = Arc::default();
+        assert!(h.send(Bytes::from_static(b"x"), 1));
+        assert_eq!(got(&mut queues), [0, 1]);
+    }
+
+    #[test]
+    fn a_closed_connection_is_not_chosen_and_all_closed_is_closed() {
+        let (mut h, mut queues) = handle(2, 0);
+        drop(queues.remove(0));
+        h.conns[1].load.replies.store(9, Ordering::Relaxed);
+        assert!(!h.is_closed());
+        assert!(h.send(Bytes::from_static(b"x"), 1));
+        assert_eq!(got(&mut queues), [1]);
+        h.owed = 0;
+        drop(queues);
+        assert!(h.is_closed());
+    }
+}
