@@ -115,10 +115,12 @@ async fn a_thousand_idle_clients_and_fifty_busy_ones_use_a_bounded_number_of_con
         assert_eq!(sessions, 1000);
     }
     // A session that needs state takes one connection of its own on each
-    // cache (dual-write), counted apart.
+    // cache (dual-write; the mirror's is opened as the write is mirrored,
+    // after the client has its reply), counted apart.
     let mut own = proxy.raw().await;
     assert_eq!(ask(&mut own, &["SELECT", "1"]).await, b"+OK\r\n");
     assert_eq!(ask(&mut own, &["SET", "k", "v"]).await, b"+OK\r\n");
+    proxy.wait_mirrors_settled().await;
     for (dedicated, _, _) in status_counts(&proxy).await {
         assert_eq!(dedicated, 1);
     }
