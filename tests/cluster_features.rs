@@ -241,17 +241,18 @@ async fn consumers_blocked_on_a_cluster_node_move_at_a_flip() {
 
 /// Connection state reaches every node connection, also those opened
 /// after it was set; `SELECT` of another database is refused as a cluster
-/// refuses it.
+/// refuses it. (Dedicated connections in either test mode: on shared ones
+/// cutover keeps the name itself, tests/shared_seam.rs.)
 #[tokio::test]
 async fn connection_state_is_on_every_node_and_select_is_refused_clearly() {
     let old = RedisServer::start();
     let cluster = RedisCluster::start(3);
-    let proxy = proxy_to(
-        &old.addr(),
-        &cluster.nodes[0].addr(),
-        &[("default", None, Phase::NewOnly)],
-    )
-    .await;
+    let text = Config::new(&old.addr(), &cluster.nodes[0].addr())
+        .upstream(Side::New, "cluster", true)
+        .upstream(Side::New, "connections", "dedicated")
+        .route("default", None, Phase::NewOnly)
+        .text();
+    let proxy = TestProxy::start_text(&text).await;
     let mut raw = proxy.raw().await;
     raw.send(&resp(&["CLIENT", "SETNAME", "checkout-7"])).await;
     assert_eq!(raw.read_replies(1).await, b"+OK\r\n");

@@ -129,3 +129,48 @@ async fn a_failed_shared_connection_fails_its_commands_and_comes_back() {
     idle.send(&resp(&["GET", "b"])).await;
     assert_eq!(idle.read_replies(1).await, b"$1\r\n2\r\n");
 }
+
+/// A clustered cache shares too: each shared connection is a router with
+/// one connection per node it reaches, so a node sees `shared_per_node`
+/// per session thread, not one per client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clustered_cache_is_shared_node_by_node() {
+    let old = RedisServer::start();
+    let cluster = support::RedisCluster::start(3);
+    let shared = "connections = \"shared\"\nshared_per_node = 1\n";
+    let text = Config::new(&old.addr(), &cluster.nodes[0].addr())
+        .route("default", None, Phase::DualWrite)
+        .upstream_toml(Side::Old, shared)
+        .upstream_toml(Side::New, &format!("{shared}cluster = true"))
+        .with("[listen]\nworkers = 1")
+        .text();
+    let proxy = TestProxy::start_text(&text).await;
+    let mut clients = Vec::new();
+    for i in 0..100 {
+        let mut c = proxy.raw().await;
+        // Keys on every node, a multi-key write across slots among them.
+        let (a, b) = (format!("a{i}"), format!("b{i}"));
+        c.send(&[resp(&["SET", &a, "1"]), resp(&["MSET", &b, "2", "c", "3"])].concat())
+            .await;
+        clients.push(c);
+    }
+    for c in clients.iter_mut() {
+        assert_eq!(c.read_replies(2).await, b"+OK\r\n+OK\r\n");
+    }
+    for c in clients.iter_mut() {
+        c.send(&resp(&["INCR", "a7"])).await;
+        let reply = c.read_replies(1).await;
+        assert!(
+            reply.starts_with(b":"),
+            "{}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+    assert!(old.clients() <= 1, "old has {}", old.clients());
+    for n in &cluster.nodes {
+        // The shared router's connection, and the one reading the slot map.
+        assert!(n.clients() <= 2, "{} has {}", n.addr(), n.clients());
+    }
+    proxy.wait_mirrors_settled().await;
+    assert_eq!(support::keyspace(&mut old.sync()), cluster.keyspace());
+}

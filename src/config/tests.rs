@@ -217,11 +217,6 @@ fn shared_connections_are_read_and_checked() {
             "unknown variant",
         ),
         (
-            new("connections = \"shared\"\ncluster = true"),
-            "upstreams.new.connections",
-            "not supported yet",
-        ),
-        (
             new("shared_per_node = 0"),
             "upstreams.new.shared_per_node",
             "between 1 and 64",

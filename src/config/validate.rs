@@ -38,12 +38,6 @@ impl Settings {
                     "seeds are for a clustered cache: set cluster = true".into(),
                 ));
             }
-            if up.connections == super::Connections::Shared && up.cluster {
-                return Err((
-                    format!("upstreams.{side}.connections"),
-                    "shared connections to a clustered cache are not supported yet: use \"dedicated\"".into(),
-                ));
-            }
             if up.shared_per_node == 0 || up.shared_per_node > 64 {
                 return Err((
                     format!("upstreams.{side}.shared_per_node"),

@@ -125,6 +125,7 @@ impl Upstream {
                 backoff.clone(),
                 config.shared_per_node,
                 dialer.initial_setup(),
+                cluster.clone(),
             ))
         });
         Ok(Upstream {

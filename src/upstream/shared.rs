@@ -17,6 +17,10 @@
 //! replies owed, under that byte bound), so sessions drift away from a
 //! connection held up by a slow command or a very large reply.
 //!
+//! To a clustered cache, each shared connection is a router of its own
+//! ([`Cluster::connect`]) with a connection to each node it reaches, so a
+//! node sees as many shared connections as a standalone cache would.
+//!
 //! A shared connection that fails fails the batches it carried (each
 //! session sees its connection fail, as with a dedicated one) and is
 //! opened again by the next session attaching. A session that needs
@@ -31,6 +35,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use super::cluster::Cluster;
 use super::{Conn, Dialer, Reconnect, SetupStep};
 use crate::error::UpstreamError;
 use crate::protocol::reply::ReplyError;
@@ -96,6 +101,9 @@ pub struct Pool {
     /// database.
     setup: Vec<SetupStep>,
     dialer: Arc<Dialer>,
+    /// A clustered cache: each shared connection is a router of its own
+    /// with a connection to each node it reaches.
+    cluster: Option<Arc<Cluster>>,
     backoff: Arc<Mutex<Reconnect>>,
     /// Whether the cache takes `HELLO 3`: 0 not known yet, 1 it does, 2
     /// it refused it (as Redis before 6 does).
@@ -189,6 +197,7 @@ impl Pool {
         backoff: Arc<Mutex<Reconnect>>,
         per_node: usize,
         setup: Vec<SetupStep>,
+        cluster: Option<Arc<Cluster>>,
     ) -> Pool {
         Pool {
             slots: Mutex::default(),
@@ -196,6 +205,7 @@ impl Pool {
             next: AtomicUsize::new(0),
             setup,
             dialer,
+            cluster,
             backoff,
             resp3: Arc::default(),
             open: Arc::default(),
@@ -252,6 +262,7 @@ impl Pool {
             }
             let task = Mux {
                 dialer: self.dialer.clone(),
+                cluster: self.cluster.clone(),
                 backoff: self.backoff.clone(),
                 setup,
                 depth,
@@ -269,6 +280,7 @@ impl Pool {
 /// One shared connection's task.
 struct Mux {
     dialer: Arc<Dialer>,
+    cluster: Option<Arc<Cluster>>,
     backoff: Arc<Mutex<Reconnect>>,
     setup: Vec<SetupStep>,
     depth: usize,
@@ -286,7 +298,12 @@ impl Mux {
     async fn run(self, mut rx: mpsc::UnboundedReceiver<Batch>) {
         let dialer = &self.dialer;
         let addr = dialer.config.address.clone();
-        let connect = dialer.open(&addr, None, &self.setup, self.depth);
+        let connect = async {
+            match &self.cluster {
+                Some(cluster) => cluster.connect(self.setup.clone(), self.depth).await,
+                None => dialer.open(&addr, None, &self.setup, self.depth).await,
+            }
+        };
         let conn = match tokio::time::timeout(dialer.config.connect_timeout(), connect).await {
             Ok(Ok(conn)) => {
                 super::record_success(&self.backoff, dialer.side, &addr);

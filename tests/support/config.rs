@@ -145,16 +145,6 @@ impl Config {
             .expect("admin is a table")
             .entry("address")
             .or_insert_with(|| "127.0.0.1:0".into());
-        // Shared connections are not for clustered caches (yet).
-        if let Some(ups) = doc.get_mut("upstreams").and_then(Value::as_table_mut) {
-            for (_, up) in ups.iter_mut() {
-                if let Some(up) = up.as_table_mut() {
-                    if up.get("cluster").and_then(Value::as_bool) == Some(true) {
-                        up.remove("connections");
-                    }
-                }
-            }
-        }
         toml::to_string(&doc).expect("a TOML table serializes")
     }
 }
