@@ -3,7 +3,8 @@
 twemproxy (nutcracker), and through cutover in old-only and dual-write, in one
 run, interleaved, medians of several rounds. "cutover dual-write cluster" is
 dual-write with new a three-primary Redis Cluster (`cluster = true`), against
-the standalone -> standalone "cutover dual-write" of the same rounds.
+the standalone -> standalone "cutover dual-write" of the same rounds; "...
+cluster shared" the same with shared connections on both caches.
 "... shared" are old-only and dual-write with `connections = "shared"` on
 both caches (session threads: one per core, the default); "... shared 1
 thread" the same with `listen.workers = 1`, twemproxy's one thread.
@@ -145,14 +146,14 @@ def main():
             wait_port(port, what)
             return p
 
-        old, new, twem, c_old, c_dual, b_old, b_dual, c_clu, s_old, s_dual, w_old, w_dual = (
-            free_port() for _ in range(12))
+        old, new, twem, c_old, c_dual, b_old, b_dual, c_clu, c_clus, s_old, s_dual, w_old, w_dual = (
+            free_port() for _ in range(13))
         for port, name in ((old, "old"), (new, "new")):
             start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                    "--dir", tmp], port, "redis-" + name)
         import re
         wanted = lambda name: not args.only or re.search(args.only, name)
-        cluster = start_cluster(start, tmp, 3) if wanted("cluster") else None
+        cluster = None
 
         with open(os.path.join(tmp, "nutcracker.yml"), "w") as f:
             f.write("bench:\n  listen: 127.0.0.1:%d\n  hash: fnv1a_64\n  distribution: ketama\n"
@@ -176,6 +177,7 @@ def main():
             ("cutover old-only", c_old, "old-only", {}),
             ("cutover dual-write", c_dual, "dual-write", {}),
             ("cutover dual-write cluster", c_clu, "dual-write", {"new_cluster": True}),
+            ("cutover dual-write cluster shared", c_clus, "dual-write", {"new_cluster": True, "shared": True}),
             ("cutover old-only shared", s_old, "old-only", {"shared": True}),
             ("cutover dual-write shared", s_dual, "dual-write", {"shared": True}),
             ("cutover old-only shared 1 thread", w_old, "old-only", {"shared": True, "workers": 1}),
@@ -185,6 +187,7 @@ def main():
         for name, port, phase, kw in candidates:
             if wanted(name):
                 if kw.get("new_cluster"):
+                    cluster = cluster or start_cluster(start, tmp, 3)
                     kw["new"] = cluster[0]
                 targets.append(cutover(port, phase, name, **kw))
         if args.before:
