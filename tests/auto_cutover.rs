@@ -47,12 +47,17 @@ async fn read_keys(proxy: &TestProxy, n: usize) {
     }
 }
 
-/// Polls until the route is in `phase` (panics after `within`).
+/// Polls until the route is in `phase` and auto-cutover reports it
+/// (panics after `within`). The controller flips the route, then records
+/// the flip in its status line: between the two, a status can show the
+/// new phase beside the line from before.
 async fn wait_phase(proxy: &TestProxy, phase: &str, within: Duration) -> serde_json::Value {
     let deadline = Instant::now() + within;
+    let reported = format!("in {phase}");
     loop {
         let r = route_status(proxy).await;
-        if r["phase"] == phase {
+        let line = r["auto_cutover"].as_str().unwrap_or_default();
+        if r["phase"] == phase && line.starts_with(&reported) {
             return r;
         }
         assert!(Instant::now() < deadline, "never reached {phase}: {r}");
