@@ -10,7 +10,7 @@ both caches (session threads: one per core, the default); "... shared 1
 thread" the same with `listen.workers = 1`, twemproxy's one thread.
 
 Usage: benches/e2e.py [--rounds 5] [--requests 200000] [--clients 50]
-                      [--pipelines 16,1] [--only REGEX]
+                      [--pipelines 16,1] [--only REGEX] [--per-node 2]
                       [--before PATH-TO-OTHER-CUTOVER-BINARY]
 (builds cutover in release mode; installs redis-server/nutcracker if missing)
 
@@ -130,6 +130,7 @@ def main():
     ap.add_argument("--pipelines", default="16,1")
     ap.add_argument("--before", help="another cutover binary to run beside this one")
     ap.add_argument("--only", help="run only the cutover targets matching this regex")
+    ap.add_argument("--per-node", type=int, default=2, help="shared_per_node of the shared targets")
     args = ap.parse_args()
 
     subprocess.run([os.path.join(ROOT, "scripts", "ensure-deps.sh"), "nutcracker"], check=True)
@@ -163,7 +164,7 @@ def main():
 
         def cutover(port, phase, name, binary=binary, new=new, new_cluster=False, shared=False, workers=None):
             path = os.path.join(tmp, name.replace(" ", "-") + ".toml")
-            conns = 'connections = "shared"\n' if shared else ''
+            conns = 'connections = "shared"\nshared_per_node = %d\n' % args.per_node if shared else ''
             threads = 'workers = %d\n' % workers if workers else ''
             with open(path, "w") as f:
                 f.write('[listen]\naddress = "127.0.0.1:%d"\n%s[upstreams.old]\naddress = "127.0.0.1:%d"\n%s'
