@@ -44,12 +44,8 @@ async fn ask(c: &mut RawClient, cmd: &[&str]) -> Vec<u8> {
 /// The `(dedicated, shared connections, sessions)` of each upstream in
 /// `/status`, old first.
 async fn status_counts(proxy: &TestProxy) -> Vec<(u64, u64, u64)> {
-    let (_, body) = proxy.admin("GET", "/status", None).await;
-    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
-    status["upstreams"]
-        .as_array()
-        .unwrap()
-        .iter()
+    let ups = proxy.upstream_status().await;
+    ups.iter()
         .map(|u| {
             let n = |v: &serde_json::Value| v.as_u64().unwrap();
             (

@@ -46,9 +46,7 @@ async fn many_clients_share_two_connections_per_cache() {
     assert!(old.clients() <= 2, "old has {} connections", old.clients());
     assert!(new.clients() <= 2, "new has {} connections", new.clients());
     // /status and /metrics count them.
-    let (_, body) = proxy.admin("GET", "/status", None).await;
-    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
-    for u in status["upstreams"].as_array().unwrap() {
+    for u in proxy.upstream_status().await {
         let shared = &u["shared"];
         assert!(shared["connections"].as_u64().unwrap() <= 2, "{u}");
         assert_eq!(shared["sessions"], 200, "{u}");

@@ -176,9 +176,7 @@ async fn sessions_on_resp3_share_connections_opened_with_hello_3() {
     drop(first);
     // Its own connections closed, the RESP3 shared ones open.
     support::wait_for("the RESP3 shared connections", async || {
-        let (_, body) = proxy.admin("GET", "/status", None).await;
-        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let ups = status["upstreams"].as_array().unwrap().clone();
+        let ups = proxy.upstream_status().await;
         ups.iter().all(|u| u["dedicated"] == 0)
             && by_protocol(&old).1 == 1
             && by_protocol(&new).1 == 1
@@ -236,9 +234,7 @@ async fn sessions_on_resp3_share_connections_opened_with_hello_3() {
     );
     // No session but the first (gone) needed a connection of its own.
     support::wait_for("only shared connections", async || {
-        let (_, body) = proxy.admin("GET", "/status", None).await;
-        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let ups = status["upstreams"].as_array().unwrap().clone();
+        let ups = proxy.upstream_status().await;
         ups.iter()
             .all(|u| u["dedicated"] == 0 && u["shared"]["connections"] == 2)
     })

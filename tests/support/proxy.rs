@@ -81,6 +81,13 @@ impl TestProxy {
         .unwrap()
     }
 
+    /// The caches in `GET /status` (`upstreams`), old first.
+    pub async fn upstream_status(&self) -> Vec<serde_json::Value> {
+        let (_, body) = self.admin("GET", "/status", None).await;
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        status["upstreams"].as_array().unwrap().clone()
+    }
+
     /// Stops the proxy and starts it again from the same config file (and
     /// state file), on new ports.
     pub async fn restart(&mut self) {
