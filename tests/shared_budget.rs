@@ -104,11 +104,15 @@ async fn a_thousand_idle_clients_and_fifty_busy_ones_use_a_bounded_number_of_con
         most <= budget,
         "{most} connections to a cache (budget {budget})"
     );
-    for (dedicated, conns, sessions) in status_counts(&proxy).await {
+    // The busy clients have gone (their sessions end as the proxy reads
+    // their close).
+    support::wait_for("the busy sessions ended", async || {
+        status_counts(&proxy).await.iter().all(|c| c.2 == 1000)
+    })
+    .await;
+    for (dedicated, conns, _) in status_counts(&proxy).await {
         assert_eq!(dedicated, 0);
         assert!(conns as usize <= budget, "{conns}");
-        // (The busy ones have gone.)
-        assert_eq!(sessions, 1000);
     }
     // A session that needs state takes one connection of its own on each
     // cache (dual-write; the mirror's is opened as the write is mirrored,
@@ -229,7 +233,7 @@ async fn a_slow_command_holds_up_others_no_longer_than_the_cache_does() {
     println!("beside a script of {took:?}: {count} small round trips, slowest {slowest:?}");
     assert!(count > 100, "{count} small round trips");
     assert!(
-        slowest < took + Duration::from_millis(300),
+        slowest < took + Duration::from_millis(500),
         "a small command waited {slowest:?} beside a script of {took:?}"
     );
 }
